@@ -1,0 +1,1 @@
+"""Edge proxy (origin pull and cache). Not built yet: see the open issues."""

@@ -1,0 +1,498 @@
+"""YAML config -> validated, frozen `Config`.
+
+Loading never stops at the first problem: every check appends a reason with
+its file:line, and `load_config` raises one `ConfigError` listing them all.
+Nothing half-loaded ever reaches the server; a reload either swaps in a
+complete new `Config` or keeps the old one.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import dnslib
+
+from .model import (Address, AdminState, AllDown, Algorithm, Config, IPVersion, Listener,
+                    Location, NetOverride, RecordSet, Service, ServerSettings, Site, Soa,
+                    ZoneConfig)
+from .yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "gslb.yaml"
+STATIC_TYPES = ("A", "AAAA", "CNAME", "MX", "NS", "TXT", "SRV", "CAA", "PTR")
+MAX_TTL = 2**31 - 1
+
+
+class ConfigError(ValueError):
+    """A config was rejected; ``problems`` holds every reason as "file:line: text"."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def normalize_name(name: str) -> str:
+    """Absolute, lower-case DNS name ("Foo.Example" -> "foo.example.")."""
+    name = name.strip().lower()
+    return name if name.endswith(".") else name + "."
+
+
+def in_zone(name: str, origin: str) -> bool:
+    """True when ``name`` is ``origin`` or below it (both normalised)."""
+    return name == origin or name.endswith("." + origin)
+
+
+class _Checker:
+    """Collects problems; helpers return a usable value even when they complain."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+
+    def add(self, where: Where, text: str) -> None:
+        self.problems.append(f"{where}: {text}")
+
+    def mapping(self, value: Any, where: Where, what: str) -> LineDict:
+        if isinstance(value, LineDict):
+            return value
+        if value is not None:
+            self.add(where, f"{what} must be a mapping, got {type(value).__name__}")
+        empty = LineDict()
+        empty.where, empty.key_where = where, {}
+        return empty
+
+    def keys(self, block: LineDict, allowed: Iterable[str], what: str) -> None:
+        allowed = tuple(allowed)
+        for key in block:
+            if key not in allowed:
+                self.add(block.at(key), f"unknown key {key!r} in {what} "
+                         f"(allowed: {', '.join(allowed)})")
+
+    def items(self, value: Any, where: Where, what: str) -> list[tuple[Any, Where]]:
+        """A scalar or a list, as (item, where) pairs."""
+        if value is None:
+            return []
+        if isinstance(value, LineList):
+            return [(v, value.at(i)) for i, v in enumerate(value)]
+        if isinstance(value, (dict, list)):
+            self.add(where, f"{what} must be a value or a list of values")
+            return []
+        return [(value, where)]
+
+    def integer(self, block: LineDict, key: str, default: int, lo: int, hi: int,
+                what: str) -> int:
+        value = block.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(block.at(key), f"{what}.{key} must be an integer, got {value!r}")
+            return default
+        if not lo <= value <= hi:
+            self.add(block.at(key), f"{what}.{key} = {value} is out of range {lo}..{hi}")
+            return default
+        return value
+
+    def number(self, block: LineDict, key: str, lo: float, hi: float, what: str,
+               default: float | None = None) -> float | None:
+        if key not in block:
+            if default is None:
+                self.add(block.where, f"{what} needs {key}")
+            return default
+        value = block[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.add(block.at(key), f"{what}.{key} must be a number, got {value!r}")
+            return default
+        if not lo <= value <= hi:
+            self.add(block.at(key), f"{what}.{key} = {value} is out of range {lo}..{hi}")
+            return default
+        return float(value)
+
+    def choice(self, block: LineDict, key: str, enum_type: Any, default: Any, what: str) -> Any:
+        if key not in block:
+            return default
+        try:
+            return enum_type(block[key])
+        except ValueError:
+            names = ", ".join(e.value for e in enum_type)
+            self.add(block.at(key), f"{what}.{key} = {block[key]!r} is not one of: {names}")
+            return default
+
+    def text(self, block: LineDict, key: str, what: str, default: str = "") -> str:
+        value = block.get(key, default)
+        if not isinstance(value, str):
+            self.add(block.at(key), f"{what}.{key} must be a string")
+            return default
+        return value
+
+    def ip(self, value: Any, where: Where, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            return ipaddress.ip_address(str(value).strip())
+        except ValueError:
+            self.add(where, f"{what}: {value!r} is not an IP address")
+            return None
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def _listener(ck: _Checker, text: Any, where: Where) -> Listener | None:
+    if not isinstance(text, str):
+        ck.add(where, f"listen address must be a string like 127.0.0.1:8053, got {text!r}")
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not sep or not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        ck.add(where, f"listen address {text!r} must be ADDR:PORT (IPv6 as [::1]:8053)")
+        return None
+    return Listener(host, number)
+
+
+def parse_listener(text: str) -> Listener:
+    """Parse a command-line ADDR:PORT; raise ValueError with a clear message."""
+    ck = _Checker("--dns")
+    found = _listener(ck, text, Where("command line", 0))
+    if found is None:
+        raise ValueError(ck.problems[0].split(": ", 1)[1])
+    return found
+
+
+def _server(ck: _Checker, raw: Any, where: Where) -> ServerSettings:
+    block = ck.mapping(raw, where, "server")
+    ck.keys(block, ("listen", "workers", "tcp_idle_timeout", "edns_payload"), "server")
+    listeners = [_listener(ck, v, w) for v, w in ck.items(block.get("listen"), block.at("listen"),
+                                                          "server.listen")]
+    if "listen" not in block:
+        listeners = [Listener("127.0.0.1", 8053), Listener("::1", 8053)]
+    workers_raw = block.get("workers", "auto")
+    workers = 0
+    if workers_raw != "auto":
+        workers = ck.integer(block, "workers", 0, 1, 256, "server")
+    idle = ck.number(block, "tcp_idle_timeout", 0.1, 3600, "server", default=10.0)
+    payload = ck.integer(block, "edns_payload", 1232, 512, 4096, "server")
+    return ServerSettings(tuple(x for x in listeners if x), workers, float(idle or 10.0), payload)
+
+
+def _geoip(ck: _Checker, raw: Any, where: Where, base: Path) -> str | None:
+    if raw is None:
+        return None
+    block = ck.mapping(raw, where, "geoip")
+    ck.keys(block, ("database",), "geoip")
+    if "database" not in block:
+        ck.add(block.where, "geoip needs database: PATH (a GeoIP2/GeoLite2 City or Country .mmdb)")
+        return None
+    path = Path(os.path.expandvars(str(block["database"])))
+    if not path.is_absolute():
+        path = base / path
+    from .geo import GeoError, open_database  # deferred: geo imports model only
+    try:
+        open_database(str(path)).close()
+    except GeoError as exc:
+        ck.add(block.at("database"), str(exc))
+        return None
+    return str(path)
+
+
+def _location(ck: _Checker, raw: Any, where: Where, what: str) -> Location | None:
+    block = ck.mapping(raw, where, what)
+    ck.keys(block, ("lat", "lon", "city", "country", "continent"), what)
+    lat = ck.number(block, "lat", -90, 90, what)
+    lon = ck.number(block, "lon", -180, 180, what)
+    if lat is None or lon is None:
+        return None
+    return Location(lat, lon, ck.text(block, "city", what), ck.text(block, "country", what),
+                    ck.text(block, "continent", what))
+
+
+def _address(ck: _Checker, raw: Any, where: Where, what: str) -> Address | None:
+    state = AdminState.UP
+    if isinstance(raw, LineDict):
+        ck.keys(raw, ("address", "state"), what)
+        state = ck.choice(raw, "state", AdminState, AdminState.UP, what)
+        where, raw = raw.at("address"), raw.get("address")
+    ip = ck.ip(raw, where, what)
+    if ip is None:
+        return None
+    return Address(ip.compressed, ip.version, state)
+
+
+def _sites(ck: _Checker, raw: Any, where: Where) -> dict[str, Site]:
+    block = ck.mapping(raw, where, "sites")
+    seen_ips: dict[str, str] = {}
+    sites: dict[str, Site] = {}
+    for name, body in block.items():
+        what = f"site {name!r}"
+        site = ck.mapping(body, block.at(name), what)
+        ck.keys(site, ("city", "lat", "lon", "addresses", "weight", "state"), what)
+        lat = ck.number(site, "lat", -90, 90, what)
+        lon = ck.number(site, "lon", -180, 180, what)
+        addrs: list[Address] = []
+        for value, w in ck.items(site.get("addresses"), site.at("addresses"), f"{what} addresses"):
+            addr = _address(ck, value, w, f"{what} address")
+            if addr is None:
+                continue
+            if addr.ip in seen_ips:
+                ck.add(w, f"{what}: address {addr.ip} is already used by site {seen_ips[addr.ip]!r}")
+                continue
+            seen_ips[addr.ip] = str(name)
+            addrs.append(addr)
+        if not addrs and "addresses" not in site:
+            ck.add(site.where, f"{what} needs addresses: [IPv4 and/or IPv6 addresses]")
+        weight = ck.integer(site, "weight", 1, 0, 1000, what)
+        state = ck.choice(site, "state", AdminState, AdminState.UP, what)
+        sites[str(name)] = Site(str(name), lat or 0.0, lon or 0.0, tuple(addrs),
+                                ck.text(site, "city", what), weight, state)
+    return sites
+
+
+def _nets(ck: _Checker, raw: Any, where: Where, sites: dict[str, Site]) -> list[NetOverride]:
+    block = ck.mapping(raw, where, "nets")
+    out: list[NetOverride] = []
+    seen: dict[Any, Where] = {}
+    for cidr, body in block.items():
+        w = block.at(cidr)
+        what = f"nets {cidr!r}"
+        try:
+            network = ipaddress.ip_network(str(cidr), strict=True)
+        except ValueError as exc:
+            ck.add(w, f"{what}: bad CIDR ({exc})")
+            continue
+        if network in seen:
+            ck.add(w, f"{what} repeats the network at {seen[network]}")
+            continue
+        seen[network] = w
+        entry = ck.mapping(body, w, what)
+        ck.keys(entry, ("location", "sites"), what)
+        if ("location" in entry) == ("sites" in entry):
+            ck.add(entry.where, f"{what} needs exactly one of location: or sites:")
+            continue
+        if "location" in entry:
+            loc = _location(ck, entry["location"], entry.at("location"), f"{what} location")
+            if loc:
+                out.append(NetOverride(network, location=loc))
+            continue
+        names = []
+        for value, sw in ck.items(entry["sites"], entry.at("sites"), f"{what} sites"):
+            if value not in sites:
+                ck.add(sw, f"{what}: unknown site {value!r}")
+            else:
+                names.append(str(value))
+        if names:
+            out.append(NetOverride(network, sites=tuple(names)))
+    return out
+
+
+def _parse_rdata(ck: _Checker, name: str, rtype: str, ttl: int, value: Any,
+                 where: Where) -> tuple[bytes, str] | None:
+    if rtype == "TXT" and isinstance(value, str) and not value.startswith('"'):
+        value = '"' + value.replace('"', '\\"') + '"'
+    text = f"{name} {ttl} IN {rtype} {value}"
+    try:
+        records = dnslib.RR.fromZone(text)
+        if len(records) != 1 or dnslib.QTYPE[records[0].rtype] != rtype:
+            raise ValueError("not exactly one record")
+        rr = records[0]
+        buf = dnslib.DNSBuffer()
+        rr.rdata.pack(buf)
+        # dnslib may compress names inside rdata against the buffer; a fresh buffer
+        # holds nothing to point at, so the bytes are self-contained.
+        return bytes(buf.data), rr.rdata.toZone()
+    except Exception as exc:  # dnslib raises many types for bad text
+        ck.add(where, f"record {name} {rtype}: cannot parse value {value!r} ({exc})")
+        return None
+
+
+def _records(ck: _Checker, raw: Any, where: Where, origin: str, default_ttl: int) -> list[RecordSet]:
+    block = ck.mapping(raw, where, f"zone {origin} records")
+    out: list[RecordSet] = []
+    for label, body in block.items():
+        name = origin if label in ("@", "") else (
+            normalize_name(str(label)) if str(label).endswith(".") else normalize_name(f"{label}.{origin}"))
+        w = block.at(label)
+        if not in_zone(name, origin):
+            ck.add(w, f"record {label!r} is outside zone {origin}")
+            continue
+        entries = body if isinstance(body, LineList) else [body]
+        wheres = [body.at(i) for i in range(len(body))] if isinstance(body, LineList) else [w]
+        types_here: dict[str, Where] = {}
+        for entry, ew in zip(entries, wheres):
+            what = f"record {name}"
+            rec = ck.mapping(entry, ew, what)
+            ck.keys(rec, ("type", "ttl", "value", "values"), what)
+            rtype = str(rec.get("type", "")).upper()
+            if rtype not in STATIC_TYPES:
+                ck.add(rec.at("type"), f"{what}: type {rec.get('type')!r} is not one of "
+                       f"{', '.join(STATIC_TYPES)}")
+                continue
+            if rtype in types_here:
+                ck.add(rec.where, f"{what} {rtype} is defined twice (first at {types_here[rtype]})")
+                continue
+            types_here[rtype] = rec.where
+            ttl = ck.integer(rec, "ttl", default_ttl, 0, MAX_TTL, what)
+            if ("value" in rec) == ("values" in rec):
+                ck.add(rec.where, f"{what} {rtype} needs exactly one of value: or values:")
+                continue
+            key = "value" if "value" in rec else "values"
+            rdatas, texts = [], []
+            for value, vw in ck.items(rec[key], rec.at(key), f"{what} {key}"):
+                parsed = _parse_rdata(ck, name, rtype, ttl, value, vw)
+                if parsed:
+                    rdatas.append(parsed[0])
+                    texts.append(parsed[1])
+            if rtype == "CNAME" and len(rdatas) > 1:
+                ck.add(rec.where, f"{what}: a CNAME has exactly one value")
+            if rtype == "NS" and name == origin:
+                ck.add(rec.where, f"{what}: apex NS records come from the zone's ns: list")
+                continue
+            if rdatas:
+                out.append(RecordSet(name, getattr(dnslib.QTYPE, rtype), ttl,
+                                     tuple(rdatas), tuple(texts)))
+        if "CNAME" in types_here and len(types_here) > 1:
+            ck.add(w, f"record {name}: CNAME cannot coexist with other types "
+                   f"({', '.join(t for t in types_here if t != 'CNAME')})")
+    return out
+
+
+def _zones(ck: _Checker, raw: Any, where: Where) -> list[ZoneConfig]:
+    block = ck.mapping(raw, where, "zones")
+    if not block:
+        ck.add(block.where, "at least one zone is needed under zones:")
+    out: list[ZoneConfig] = []
+    for origin_raw, body in block.items():
+        origin = normalize_name(str(origin_raw))
+        what = f"zone {origin}"
+        zone = ck.mapping(body, block.at(origin_raw), what)
+        ck.keys(zone, ("ttl", "soa", "ns", "records"), what)
+        ttl = ck.integer(zone, "ttl", 3600, 0, MAX_TTL, what)
+        soa_block = ck.mapping(zone.get("soa"), zone.at("soa"), f"{what} soa")
+        ck.keys(soa_block, ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
+                            "ttl"), f"{what} soa")
+        ns_names = [normalize_name(str(v)) for v, _ in ck.items(zone.get("ns"), zone.at("ns"),
+                                                               f"{what} ns")]
+        if not ns_names:
+            ck.add(zone.where, f"{what} needs ns: [name server names]")
+        mname = normalize_name(str(soa_block.get("mname", ns_names[0] if ns_names else origin)))
+        rname = normalize_name(str(soa_block.get("rname", f"hostmaster.{origin}")))
+        soa = Soa(mname, rname,
+                  ck.integer(soa_block, "serial", 1, 0, 2**32 - 1, f"{what} soa"),
+                  ck.integer(soa_block, "refresh", 3600, 0, MAX_TTL, f"{what} soa"),
+                  ck.integer(soa_block, "retry", 600, 0, MAX_TTL, f"{what} soa"),
+                  ck.integer(soa_block, "expire", 1209600, 0, MAX_TTL, f"{what} soa"),
+                  ck.integer(soa_block, "minimum", 60, 0, 86400, f"{what} soa"),
+                  ck.integer(soa_block, "ttl", ttl, 0, MAX_TTL, f"{what} soa"))
+        records = _records(ck, zone.get("records"), zone.at("records"), origin, ttl)
+        for ns in ns_names:
+            if in_zone(ns, origin) and not any(r.name == ns and r.rtype in (1, 28) for r in records):
+                ck.add(zone.at("ns"), f"{what}: name server {ns} is inside the zone "
+                       "but has no A/AAAA record (glue)")
+        out.append(ZoneConfig(origin, soa, tuple(ns_names), ttl, tuple(records)))
+    return out
+
+
+def _services(ck: _Checker, raw: Any, where: Where, sites: dict[str, Site],
+              zones: list[ZoneConfig]) -> list[Service]:
+    block = ck.mapping(raw, where, "services")
+    out: list[Service] = []
+    static = {(r.name, r.rtype) for z in zones for r in z.records}
+    cnames = {r.name for z in zones for r in z.records if r.rtype == 5}
+    allowed = ("pool", "algorithm", "answers", "ttl", "ip_version", "all_down", "fallback")
+    for name_raw, body in block.items():
+        name = normalize_name(str(name_raw))
+        w = block.at(name_raw)
+        what = f"service {name}"
+        svc = ck.mapping(body, w, what)
+        ck.keys(svc, allowed, what)
+        labels = name.rstrip(".").split(".")
+        if any(label == "*" for label in labels[1:]) or any("*" in l and l != "*" for l in labels):
+            ck.add(w, f"{what}: a wildcard must be the whole leftmost label (*.example.net.)")
+        owner = name[2:] if name.startswith("*.") else name
+        if not any(in_zone(owner, z.origin) for z in zones):
+            ck.add(w, f"{what} is outside every zone ({', '.join(z.origin for z in zones)})")
+        if (name, 1) in static or (name, 28) in static or name in cnames:
+            ck.add(w, f"{what} clashes with static A/AAAA/CNAME records of the same name")
+        pool: list[str] = []
+        for value, pw in ck.items(svc.get("pool"), svc.at("pool"), f"{what} pool"):
+            if value not in sites:
+                ck.add(pw, f"{what}: unknown site {value!r} in pool")
+            elif value in pool:
+                ck.add(pw, f"{what}: site {value!r} is in the pool twice")
+            else:
+                pool.append(str(value))
+        if "pool" not in svc:
+            ck.add(svc.where, f"{what} needs pool: [site names]")
+        algorithm = ck.choice(svc, "algorithm", Algorithm, Algorithm.NEAREST, what)
+        answers = ck.integer(svc, "answers", 1, 1, 16, what)
+        ttl = ck.integer(svc, "ttl", 30, 0, MAX_TTL, what)
+        ip_version = ck.choice(svc, "ip_version", IPVersion, IPVersion.DEFAULT, what)
+        all_down = ck.choice(svc, "all_down", AllDown, AllDown.SERVE_ALL, what)
+        fallback = [a for v, fw in ck.items(svc.get("fallback"), svc.at("fallback"),
+                                            f"{what} fallback")
+                    if (a := _address(ck, v, fw, f"{what} fallback"))]
+        if all_down is AllDown.FALLBACK and not fallback:
+            ck.add(svc.at("all_down"), f"{what}: all_down: fallback needs fallback: [addresses]")
+        if fallback and all_down is not AllDown.FALLBACK:
+            ck.add(svc.at("fallback"), f"{what}: fallback: is only used with all_down: fallback")
+        for family in _families(ip_version):
+            if pool and not any(sites[s].family(family) for s in pool):
+                ck.add(svc.at("pool"), f"{what}: ip_version {ip_version.value} needs IPv{family} "
+                       "addresses but no site in the pool has any")
+        if algorithm is Algorithm.WEIGHTED and pool and not any(sites[s].weight for s in pool):
+            ck.add(svc.at("pool"), f"{what}: weighted pool where every site has weight 0")
+        out.append(Service(name, tuple(pool), algorithm, answers, ttl, ip_version, all_down,
+                           tuple(fallback)))
+    names = [s.name for s in out]
+    for name in {n for n in names if names.count(n) > 1}:
+        ck.add(block.where, f"service {name} is defined more than once")
+    return out
+
+
+def _families(policy: IPVersion) -> tuple[int, ...]:
+    if policy in (IPVersion.DEFAULT, IPVersion.V4_ONLY):
+        return (4,)
+    if policy is IPVersion.V6_ONLY:
+        return (6,)
+    return ()  # preferred policies work with either family present
+
+
+TOP_KEYS = ("server", "geoip", "nets", "sites", "zones", "services")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load and validate ``path``; raise ConfigError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = load_yaml(path)
+    except FileNotFoundError:
+        raise ConfigError([f"{source}:0: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}:0: cannot read ({exc})"]) from None
+    except YamlError as exc:
+        raise ConfigError([str(exc)]) from None
+    return build_config(raw, source, path.resolve().parent)
+
+
+def build_config(raw: Any, source: str, base: Path) -> Config:
+    """Validate already-parsed YAML (with line info) into a Config."""
+    ck = _Checker(source)
+    top = ck.mapping(raw, Where(source, 1), "config")
+    ck.keys(top, TOP_KEYS, "the top level")
+    server = _server(ck, top.get("server"), top.at("server"))
+    geoip = _geoip(ck, top.get("geoip"), top.at("geoip"), base)
+    sites = _sites(ck, top.get("sites"), top.at("sites"))
+    nets = _nets(ck, top.get("nets"), top.at("nets"), sites)
+    zones = _zones(ck, top.get("zones"), top.at("zones"))
+    services = _services(ck, top.get("services"), top.at("services"), sites, zones)
+    origins = [z.origin for z in zones]
+    for origin in {o for o in origins if origins.count(o) > 1}:
+        ck.add(top.at("zones"), f"zone {origin} is defined more than once")
+    used = {s for svc in services for s in svc.pool}
+    for name in sites:
+        if name not in used:
+            ck.add(top["sites"].at(name), f"site {name!r} is in no service's pool (unused)")
+    if ck.problems:
+        raise ConfigError(ck.problems)
+    return Config(source, server, geoip, tuple(zones), sites, tuple(services), tuple(nets))

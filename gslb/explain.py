@@ -1,0 +1,99 @@
+"""`gslb explain`: the chain of decisions behind one answer.
+
+It builds a real query, feeds it to the same `Responder.answer` the server
+uses and decodes the bytes that come back, so the explanation and the server
+cannot disagree. The intermediate steps are read from the same caches and
+pure functions the answer was built from.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import dnslib
+
+from . import select
+from .answers import Dynamic
+from .config import Config, normalize_name
+from .server import TCP_LIMIT, Responder
+
+
+def build_query(name: str, qtype: str, ecs: str | None) -> bytes:
+    """A query as a resolver would send it: RD off, EDNS on, ECS if given."""
+    q = dnslib.DNSRecord.question(name, qtype)
+    q.header.rd = 0
+    options = []
+    if ecs:
+        net = ipaddress.ip_network(ecs, strict=False)
+        family = 1 if net.version == 4 else 2
+        raw = net.network_address.packed[:(net.prefixlen + 7) // 8]
+        options.append(dnslib.EDNSOption(8, family.to_bytes(2, "big")
+                                         + bytes((net.prefixlen, 0)) + raw))
+    q.add_ar(dnslib.EDNS0(udp_len=1232, opts=options))
+    return bytes(q.pack())
+
+
+def ecs_scope(response: dnslib.DNSRecord) -> int | None:
+    for rr in response.ar:
+        if rr.rtype == dnslib.QTYPE.OPT:
+            for opt in rr.rdata:
+                if opt.code == 8:
+                    return opt.data[3]
+    return None
+
+
+def explain(config: Config, name: str, qtype: str, client: str | None = None,
+            ecs: str | None = None) -> str:
+    """Human-readable decision chain for ``name``/``qtype`` from ``client`` or ``ecs``."""
+    responder = Responder(config)
+    client = client or "127.0.0.1"
+    wire = build_query(name, qtype, ecs)
+    out = responder.answer(wire, client, TCP_LIMIT)
+    if out is None:
+        raise ValueError("the server would drop this query")
+    response = dnslib.DNSRecord.parse(out)
+    lines = [f"query: {normalize_name(name)} {qtype} from {client}"
+             + (f" with ECS {ecs}" if ecs else "")]
+    table = responder.table
+    entry = table.resolve(normalize_name(name), getattr(dnslib.QTYPE, qtype))
+    if isinstance(entry, Dynamic):
+        svc = entry.service
+        lines.append(f"service: {svc.name} (algorithm {svc.algorithm.value}, answers "
+                     f"{svc.answers}, ttl {svc.ttl}, ip_version {svc.ip_version.value}, "
+                     f"all_down {svc.all_down.value})")
+        ecs_raw = None
+        if ecs:
+            net = ipaddress.ip_network(ecs, strict=False)
+            ecs_raw = ((1 if net.version == 4 else 2).to_bytes(2, "big")
+                       + bytes((net.prefixlen, 0))
+                       + net.network_address.packed[:(net.prefixlen + 7) // 8])
+        decision, used_ecs = responder.locate(ecs_raw, client)
+        where = f"ECS {ecs}" if used_ecs else f"source address {client}"
+        loc = decision.location.describe() if decision.location else "unknown location"
+        lines.append(f"located: {where} -> {decision.source} network {decision.network} -> {loc}")
+        if decision.sites:
+            lines.append(f"  nets entry fixes the site order: {', '.join(decision.sites)}")
+        ranked = select.rank(svc, config.sites, decision)
+        lines.append("ranking:")
+        for i, r in enumerate(ranked, 1):
+            dist = f"{r.distance_km:,.0f} km" if r.distance_km is not None else "distance n/a"
+            states = ", ".join(f"{a.ip} {table.health.state(a.ip).value}"
+                               for a in r.site.addresses)
+            lines.append(f"  {i}. {r.site.name} ({r.site.city or 'no city'}; {dist}): {states}")
+        reply = table.service(entry, decision)
+        if reply.selection is not None:
+            for note in reply.selection.notes:
+                lines.append(f"policy: {note}")
+    else:
+        lines.append("static: not a service name; the answer comes from the zone data")
+    rcode = dnslib.RCODE[response.header.rcode]
+    lines.append(f"answer: {rcode}, {len(response.rr)} record(s)"
+                 + (" (TC: truncated over UDP)" if response.header.tc else ""))
+    for rr in response.rr:
+        lines.append(f"  {rr.rname} {rr.ttl} {dnslib.QTYPE[rr.rtype]} {rr.rdata}")
+    for rr in response.auth:
+        lines.append(f"  authority: {rr.rname} {rr.ttl} {dnslib.QTYPE[rr.rtype]} {rr.rdata}")
+    scope = ecs_scope(response)
+    if scope is not None:
+        lines.append(f"ecs scope: /{scope}" + (" (answer is the same for every client)"
+                                                if scope == 0 else ""))
+    return "\n".join(lines)

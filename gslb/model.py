@@ -1,0 +1,182 @@
+"""Validated configuration values: frozen dataclasses and enums, nothing else.
+
+config.py turns YAML into these; every other module only reads them.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Algorithm(enum.Enum):
+    """How a service orders its pool of sites."""
+
+    NEAREST = "nearest"      # great-circle distance from the client's location
+    FAILOVER = "failover"    # the pool's order, first usable site wins
+    WEIGHTED = "weighted"    # sites in proportion to their weight
+
+
+class IPVersion(enum.Enum):
+    """Which address families a service answers (the seed's five policies)."""
+
+    DEFAULT = "default"          # same as v4_only
+    V4_ONLY = "v4_only"
+    V6_ONLY = "v6_only"
+    V4_PREFERRED = "v4_preferred"
+    V6_PREFERRED = "v6_preferred"
+
+
+class AllDown(enum.Enum):
+    """What a service answers when no site has a usable address."""
+
+    SERVE_ALL = "serve_all"      # fail open: answer as if everything were up
+    FALLBACK = "fallback"        # fixed addresses from the config
+    SERVE_NONE = "serve_none"    # NODATA with a short TTL
+
+
+class AdminState(enum.Enum):
+    """Operator-set state of a site or an address."""
+
+    UP = "up"          # follow the health checks (or count as up without any)
+    DOWN = "down"      # never answered
+    DRAIN = "drain"    # not answered to new queries, still checked
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a client is, as far as GeoIP or the operator's `nets` know."""
+
+    lat: float | None
+    lon: float | None
+    city: str = ""
+    country: str = ""
+    continent: str = ""
+
+    @property
+    def has_coords(self) -> bool:
+        return self.lat is not None and self.lon is not None
+
+    def describe(self) -> str:
+        place = ", ".join(p for p in (self.city, self.country, self.continent) if p) or "unknown"
+        if self.has_coords:
+            return f"{place} ({self.lat:.4f}, {self.lon:.4f})"
+        return place
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One edge address and its configured admin state."""
+
+    ip: str                  # canonical text form
+    version: int             # 4 or 6
+    state: AdminState = AdminState.UP
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """An edge site (POP): coordinates and addresses."""
+
+    name: str
+    lat: float
+    lon: float
+    addresses: tuple[Address, ...]
+    city: str = ""
+    weight: int = 1
+    state: AdminState = AdminState.UP
+
+    def family(self, version: int) -> tuple[Address, ...]:
+        return tuple(a for a in self.addresses if a.version == version)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A name whose A/AAAA answers are computed from a pool of sites."""
+
+    name: str                # absolute, lower case; "*.x." for a wildcard
+    pool: tuple[str, ...]    # site names, in the operator's default order
+    algorithm: Algorithm = Algorithm.NEAREST
+    answers: int = 1
+    ttl: int = 30
+    ip_version: IPVersion = IPVersion.DEFAULT
+    all_down: AllDown = AllDown.SERVE_ALL
+    fallback: tuple[Address, ...] = ()
+
+    @property
+    def wildcard(self) -> bool:
+        return self.name.startswith("*.")
+
+
+@dataclass(frozen=True, slots=True)
+class NetOverride:
+    """An operator `nets` entry: a CIDR mapped to a location or a site order."""
+
+    network: IPNetwork
+    location: Location | None = None
+    sites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSet:
+    """Static records of one name and type, rdata already in wire form."""
+
+    name: str
+    rtype: int
+    ttl: int
+    rdata: tuple[bytes, ...]
+    text: tuple[str, ...]    # presentation form, for `explain` and the API
+
+
+@dataclass(frozen=True, slots=True)
+class Soa:
+    mname: str
+    rname: str
+    serial: int
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 1209600
+    minimum: int = 60
+    ttl: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneConfig:
+    origin: str              # absolute, lower case
+    soa: Soa
+    ns: tuple[str, ...]
+    ttl: int
+    records: tuple[RecordSet, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: tuple[Listener, ...]
+    workers: int = 0             # 0 = one per core
+    tcp_idle_timeout: float = 10.0
+    edns_payload: int = 1232
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated configuration. Swapped whole on reload."""
+
+    source: str
+    server: ServerSettings
+    geoip_database: str | None
+    zones: tuple[ZoneConfig, ...]
+    sites: Mapping[str, Site]
+    services: tuple[Service, ...]
+    nets: tuple[NetOverride, ...] = ()
+    extra: Mapping[str, object] = field(default_factory=dict)

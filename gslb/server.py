@@ -1,0 +1,387 @@
+"""Where a DNS query becomes an answer: `Responder.answer(bytes) -> bytes`.
+
+The common query (one question, class IN, optionally one OPT with optional
+ECS) is parsed inline and answered from precomputed bytes: the ID, flags and
+the question (exactly as received, so 0x20 case survives) are patched around
+a body built when config or health last changed. Everything else goes
+through the strict parser in query.py.
+
+`DnsServer` owns the sockets: UDP through `loop.add_reader` with a drain loop
+(asyncio's datagram transport allocates 256 KiB per packet; see
+anchors/performance.md), TCP through asyncio streams (RFC 7766).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from .answers import AnswerTable, Dynamic, Reply
+from .config import Config, load_config
+from .geo import Decision, Locator, open_database
+from .health import HealthBoard, HealthView
+from .model import Listener
+from .query import Opt, Query, parse_query, validate_ecs
+from .wire import (CLASS_IN, QTYPE_AXFR, QTYPE_IXFR, RCODE_BADVERS, RCODE_FORMERR,
+                   RCODE_NOTIMP, RCODE_REFUSED, FormError, counts)
+from .zone import ZoneIndex
+
+log = logging.getLogger("gslb.server")
+
+UDP_PLAIN_LIMIT = 512
+TCP_LIMIT = 65535
+QD1_AN0_NS0 = b"\x00\x01\x00\x00\x00\x00"
+AR0, AR1 = b"\x00\x00", b"\x00\x01"
+OPT_HEAD = b"\x00\x00\x29"
+CLASS_IN_BYTES = b"\x00\x01"
+DECISION_CACHE_LIMIT = 200_000
+RECV_SIZE = 4096
+DRAIN_BATCH = 64
+EMPTY_COUNTS = counts(0, 0, 0, 0)
+
+
+def decode_qkey(qkey: bytes) -> tuple[str, int]:
+    """Lower-cased wire question -> (text name, qtype). Dots inside labels are escaped."""
+    labels, i = [], 0
+    while qkey[i]:
+        n = qkey[i]
+        labels.append(qkey[i + 1:i + 1 + n].decode("latin-1").replace(".", "\\."))
+        i += n + 1
+    name = ".".join(labels) + "." if labels else "."
+    return name, int.from_bytes(qkey[i + 1:i + 3], "big")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Everything the query path reads for one config; replaced whole on reload."""
+
+    config: Config
+    zones: ZoneIndex
+    locator: Locator
+
+
+def build_engine(config: Config) -> Engine:
+    reader = open_database(config.geoip_database) if config.geoip_database else None
+    return Engine(config, ZoneIndex(config), Locator(reader, config.nets))
+
+
+class Responder:
+    """Bytes in, bytes out. Holds the current engine, answer table and caches."""
+
+    def __init__(self, config: Config):
+        self.engine = build_engine(config)
+        self.health = HealthBoard(config)
+        self.table = AnswerTable(config, self.engine.zones, self.health.view)
+        self.decisions: dict[object, Decision] = {}
+        self.payload = config.server.edns_payload
+        self._payload_bytes = struct.pack("!H", self.payload)
+        self._rotor = 0
+        self.health.subscribe(self._on_health)
+        self.stats = {"queries": 0, "fast": 0, "slow": 0, "dropped": 0, "errors": 0}
+
+    # --- changes (off the query path) ------------------------------------------------
+
+    def _on_health(self, view: HealthView) -> None:
+        self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table)
+
+    def swap_config(self, config: Config) -> None:
+        """Install a validated config atomically: queries see old or new, never a mix."""
+        engine = build_engine(config)
+        old = self.engine
+        self.health.set_config(config)   # rebuilds the table for the old engine; replaced below
+        table = AnswerTable(config, engine.zones, self.health.view)
+        self.engine, self.table, self.decisions = engine, table, {}
+        self.payload = config.server.edns_payload
+        self._payload_bytes = struct.pack("!H", self.payload)
+        old.locator.close()
+
+    # --- the query path ----------------------------------------------------------------
+
+    def locate(self, ecs: bytes | None, client: str) -> tuple[Decision, bool]:
+        """Decision for the ECS option (if usable) or the client address; (decision, used_ecs)."""
+        key: object = ecs if ecs is not None and ecs[2] else client
+        decision = self.decisions.get(key)
+        if decision is None:
+            if key is client:
+                addr = ipaddress.ip_address(client.split("%", 1)[0])
+            else:
+                family, source, raw = validate_ecs(ecs)       # FormError -> FORMERR
+                width = 4 if family == 1 else 16
+                addr = ipaddress.ip_address(raw.ljust(width, b"\x00"))
+            decision = self.engine.locator.locate(addr)
+            if len(self.decisions) >= DECISION_CACHE_LIMIT:
+                self.decisions.clear()
+            self.decisions[key] = decision
+        return decision, key is not client
+
+    def answer(self, data: bytes, client: str, limit: int) -> bytes | None:
+        """The response to one query, or None to drop it. Never raises for any input.
+
+        ``limit`` is the transport's size cap: 512 for UDP (raised by EDNS), 65535 for TCP.
+        """
+        n = len(data)
+        if n < 17 or data[2] & 0xF8 or data[4:10] != QD1_AN0_NS0:
+            return self._slow(data, client, limit)
+        i = 12
+        length = data[12]
+        while length:
+            if length > 63:
+                return self._slow(data, client, limit)
+            i += length + 1
+            if i >= n:
+                return self._slow(data, client, limit)
+            length = data[i]
+        qend = i + 5
+        if qend > n or data[qend - 2:qend] != CLASS_IN_BYTES:
+            return self._slow(data, client, limit)
+        arcount = data[10:12]
+        ecs = None
+        if arcount == AR0:
+            if qend != n:
+                return self._slow(data, client, limit)
+            opt = None
+        elif arcount == AR1 and data[qend:qend + 3] == OPT_HEAD:
+            rdlen = int.from_bytes(data[qend + 9:qend + 11], "big")
+            if qend + 11 + rdlen != n or data[qend + 6] != 0:   # length, EDNS version
+                return self._slow(data, client, limit)
+            j = qend + 11
+            while j < n:
+                if j + 4 > n:
+                    return self._slow(data, client, limit)
+                olen = int.from_bytes(data[j + 2:j + 4], "big")
+                if j + 4 + olen > n:
+                    return self._slow(data, client, limit)
+                if data[j:j + 2] == b"\x00\x08":
+                    if ecs is not None:
+                        return self._slow(data, client, limit)
+                    ecs = data[j + 4:j + 4 + olen]
+                j += 4 + olen
+            opt = Opt(max(512, int.from_bytes(data[qend + 3:qend + 5], "big")),
+                      bool(data[qend + 7] & 0x80), ecs)
+        else:
+            return self._slow(data, client, limit)
+        qtype = (data[qend - 4] << 8) | data[qend - 3]
+        if qtype == 0 or qtype == 41 or 128 <= qtype <= 254:   # meta types, OPT, AXFR/IXFR
+            return self._slow(data, client, limit)
+        try:
+            if ecs is not None and ecs not in self.decisions:
+                validate_ecs(ecs)          # malformed ECS -> FORMERR (RFC 7871 7.1.1)
+            return self._respond(data[:2], data[2], data[3], data[12:qend], opt, client, limit)
+        except FormError:
+            return self._error(data[:2], data[2], RCODE_FORMERR, b"", None)
+
+    def _respond(self, qid: bytes, f1: int, f2: int, question: bytes, opt: Opt | None,
+                 client: str, limit: int) -> bytes:
+        qkey = question.lower()
+        table = self.table
+        entry = table.entries.get(qkey)
+        if entry is None:
+            entry = table.entry(qkey, decode_qkey)
+        scope = 0
+        ecs = opt.ecs if opt is not None else None
+        if type(entry) is Dynamic:
+            decision, _ = self.locate(ecs, client)
+            reply: Reply = table.service(entry, decision)
+            if reply.client_dependent and ecs is not None and ecs[2]:
+                scope = decision.network.prefixlen
+        else:
+            reply = entry  # type: ignore[assignment]
+        variants = reply.variants
+        if len(variants) == 1:
+            variant = variants[0]
+        else:
+            self._rotor += 1
+            variant = variants[self._rotor % len(variants)]
+        flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | reply.rcode))
+        if opt is None:
+            out = qid + flags + variant.counts + question + variant.body
+            if len(out) > limit:
+                return qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 0) + question
+            return out
+        opt_rr = self._opt_rr(opt.do, ecs, scope)
+        out = qid + flags + variant.counts_opt + question + variant.body + opt_rr
+        if limit == UDP_PLAIN_LIMIT:
+            limit = min(max(opt.payload, UDP_PLAIN_LIMIT), self.payload)
+        if len(out) > limit:
+            return qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 1) + question + opt_rr
+        return out
+
+    def _opt_rr(self, do: bool, ecs: bytes | None, scope: int, ext_rcode: int = 0) -> bytes:
+        flags = b"\x80\x00" if do else b"\x00\x00"
+        if ecs is None:
+            return OPT_HEAD + self._payload_bytes + bytes((ext_rcode, 0)) + flags + b"\x00\x00"
+        # RFC 7871 7.2.1: echo family, source prefix and address; set the scope.
+        option = b"\x00\x08" + struct.pack("!H", len(ecs)) + ecs[:3] + bytes((scope,)) + ecs[4:]
+        return (OPT_HEAD + self._payload_bytes + bytes((ext_rcode, 0)) + flags
+                + struct.pack("!H", len(option)) + option)
+
+    def _error(self, qid: bytes, f1: int, rcode: int, question: bytes, opt: Opt | None) -> bytes:
+        """An error response: opcode and RD copied, question echoed when we have one."""
+        flags = bytes((0x80 | (f1 & 0x79), rcode & 0x0F))
+        extra = b""
+        if opt is not None:
+            extra = self._opt_rr(opt.do, None, 0, rcode >> 4)
+        return qid + flags + counts(1 if question else 0, 0, 0, 1 if extra else 0) + question + extra
+
+    def _slow(self, data: bytes, client: str, limit: int) -> bytes | None:
+        if len(data) < 12 or data[2] & 0x80:
+            return None   # no header, or a response: never answer (no reflection loops)
+        qid, f1 = data[:2], data[2]
+        try:
+            q: Query = parse_query(data)
+        except FormError:
+            return self._error(qid, f1, RCODE_FORMERR, b"", None)
+        except (IndexError, ValueError):
+            return self._error(qid, f1, RCODE_FORMERR, b"", None)
+        if q.opcode != 0:
+            return self._error(qid, f1, RCODE_NOTIMP, q.question, q.opt)
+        if q.opt is not None and q.opt.version != 0:
+            return self._error(qid, f1, RCODE_BADVERS, q.question, q.opt)
+        if q.qclass != CLASS_IN or q.qtype in (QTYPE_AXFR, QTYPE_IXFR):
+            return self._error(qid, f1, RCODE_REFUSED, q.question, q.opt)
+        if 128 <= q.qtype <= 254 or q.qtype == 0:
+            return self._error(qid, f1, RCODE_NOTIMP, q.question, q.opt)
+        try:
+            return self._respond(qid, f1, data[3], q.question, q.opt, client, limit)
+        except FormError:
+            return self._error(qid, f1, RCODE_FORMERR, b"", None)
+
+
+# --- sockets -----------------------------------------------------------------------------
+
+
+def _bind_udp(listener: Listener, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((listener.host, listener.port))
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_tcp(listener: Listener, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((listener.host, listener.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class DnsServer:
+    """UDP and TCP listeners around one Responder, plus reload."""
+
+    def __init__(self, config: Config, listeners: tuple[Listener, ...], reuse_port: bool = False,
+                 config_path: str | None = None):
+        self.responder = Responder(config)
+        self.listeners = listeners
+        self.reuse_port = reuse_port
+        self.config_path = config_path or config.source
+        self._udp: list[socket.socket] = []
+        self._tcp: list[asyncio.base_events.Server] = []
+        self._conns: set[asyncio.Task] = set()
+        self.on_reload: list[Callable[[Config], None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            sock = _bind_udp(listener, self.reuse_port)
+            self._udp.append(sock)
+            loop.add_reader(sock.fileno(), self._drain_udp, sock)
+            tcp = _bind_tcp(listener, self.reuse_port)
+            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+
+    def _drain_udp(self, sock: socket.socket) -> None:
+        # Several datagrams per wake-up: one readiness callback costs more than a recvfrom.
+        recv, send, answer = sock.recvfrom, sock.sendto, self.responder.answer
+        for _ in range(DRAIN_BATCH):
+            try:
+                data, addr = recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                out = answer(data, addr[0], UDP_PLAIN_LIMIT)
+            except Exception:   # last line of defence: one bad packet never stops the server
+                self.responder.stats["errors"] += 1
+                log.exception("unexpected error answering a %d-byte query", len(data))
+                continue
+            if out is not None:
+                try:
+                    send(out, addr)
+                except OSError:
+                    pass
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "0.0.0.0"
+        idle = self.responder.engine.config.server.tcp_idle_timeout
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), idle)
+                size = int.from_bytes(head, "big")
+                data = await asyncio.wait_for(reader.readexactly(size), idle)
+                try:
+                    out = self.responder.answer(data, client, TCP_LIMIT)
+                except Exception:
+                    self.responder.stats["errors"] += 1
+                    log.exception("unexpected error answering a TCP query")
+                    break
+                if out is None:
+                    break
+                writer.write(len(out).to_bytes(2, "big") + out)
+                await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+            writer.close()
+
+    async def reload(self) -> bool:
+        """Load the config file again; swap it in if valid, else keep serving the old one."""
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, self.config_path)
+        except Exception as exc:  # ConfigError lists every problem; others are I/O
+            problems = getattr(exc, "problems", [str(exc)])
+            log.error("reload of %s rejected, still serving the previous config:\n  %s",
+                      self.config_path, "\n  ".join(problems))
+            return False
+        self.responder.swap_config(config)
+        for callback in self.on_reload:
+            callback(config)
+        log.info("reloaded %s: %d zones, %d services", self.config_path,
+                 len(config.zones), len(config.services))
+        return True
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._udp:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        for server in self._tcp:
+            server.close()
+        for task in list(self._conns):
+            task.cancel()
+        for server in self._tcp:
+            await server.wait_closed()
+        self._udp.clear()
+        self._tcp.clear()
