@@ -136,7 +136,7 @@ class Responder:
                 return self._slow(data, client, limit)
             length = data[i]
         qend = i + 5
-        if qend > n or data[qend - 2:qend] != CLASS_IN_BYTES:
+        if qend > n or i > 266 or data[qend - 2:qend] != CLASS_IN_BYTES:   # name > 255 octets
             return self._slow(data, client, limit)
         arcount = data[10:12]
         ecs = None
