@@ -1,0 +1,187 @@
+"""Running it: reload under load, workers, `explain` agreeing with the server, the demo."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import yaml
+
+from tests.conftest import (DEMO_NAME, ROOT, dig_short, free_port, load_default, make_query,
+                            parse, stop, wait_ready)
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+class Load(threading.Thread):
+    """Sequential UDP queries from one socket; counts answers and losses."""
+
+    def __init__(self, port: int, ecs: str):
+        super().__init__(daemon=True)
+        self.port, self.wire = port, make_query(DEMO_NAME, "A", ecs)
+        self.answered = self.lost = 0
+        self.seen: set[str] = set()
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.0)
+            while not self.stop_flag.is_set():
+                s.sendto(self.wire, ("127.0.0.1", self.port))
+                try:
+                    data = s.recv(4096)
+                except socket.timeout:
+                    self.lost += 1
+                    continue
+                self.answered += 1
+                self.seen.update(str(r.rdata) for r in parse(data).rr)
+
+
+def test_sighup_reload_under_load_drops_nothing(start_server):
+    cfg = load_default()
+    srv = start_server(cfg)
+    load = Load(srv.port, "198.51.100.0/24")
+    load.start()
+    try:
+        time.sleep(0.3)
+        for addr in ("127.0.0.22", "127.0.0.32", "127.0.0.12"):
+            cfg["sites"]["fra"]["addresses"] = [addr, "2001:db8:ed9e::12"]
+            srv.config.write_text(yaml.safe_dump(cfg, sort_keys=False)
+                                  .replace("demo-city.mmdb", str(ROOT / "data/demo-city.mmdb")))
+            srv.hup()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and dig_short(srv.port, DEMO_NAME,
+                                                            "+subnet=198.51.100.0/24") != [addr]:
+                time.sleep(0.05)
+            assert dig_short(srv.port, DEMO_NAME, "+subnet=198.51.100.0/24") == [addr]
+        # A broken config is rejected with its problems logged; the old one keeps serving.
+        good = srv.config.read_text()
+        srv.config.write_text(good.replace("ttl: 30", "ttl: -5").replace("nearest", "closest"))
+        srv.hup()
+        deadline = time.monotonic() + 5
+        while "rejected" not in srv.logtext() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        load.stop_flag.set()
+        load.join(5)
+    log = srv.logtext()
+    assert "reload of" in log and "rejected" in log
+    assert "ttl = -5 is out of range" in log and "'closest' is not one of" in log
+    assert dig_short(srv.port, DEMO_NAME, "+subnet=198.51.100.0/24") == ["127.0.0.12"]
+    assert load.lost == 0 and load.answered > 50
+    assert {"127.0.0.22", "127.0.0.32", "127.0.0.12"} <= load.seen
+
+
+def test_workers_share_the_port_and_all_reload(start_server):
+    cfg = load_default()
+    srv = start_server(cfg, workers=2)
+    workers = children_of(srv.proc.pid)
+    assert len(workers) == 2
+    # Many source ports spread over both SO_REUSEPORT sockets: every one answers.
+    for i in range(40):
+        assert dig_short(srv.port, DEMO_NAME, "+subnet=203.0.113.0/24") == ["127.0.0.13"]
+    cfg["sites"]["sin"]["addresses"] = ["127.0.0.23", "2001:db8:ed9e::13"]
+    srv.config.write_text(yaml.safe_dump(cfg, sort_keys=False)
+                          .replace("demo-city.mmdb", str(ROOT / "data/demo-city.mmdb")))
+    out = subprocess.run([sys.executable, "-m", "gslb.cli", "reload", "--pidfile",
+                          str(srv.pidfile), "-c", str(srv.config)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and srv.logtext().count("reloaded") < 2:
+        time.sleep(0.05)
+    assert srv.logtext().count("reloaded") == 2          # both workers
+    for i in range(40):
+        assert dig_short(srv.port, DEMO_NAME, "+subnet=203.0.113.0/24") == ["127.0.0.23"]
+    stop(srv.proc)
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in workers)
+
+
+def test_a_dead_worker_is_replaced(start_server):
+    srv = start_server(load_default(), workers=2)
+    first = children_of(srv.proc.pid)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = children_of(srv.proc.pid)
+        if len(now) == 2 and first[0] not in now:
+            break
+        time.sleep(0.1)
+    assert len(children_of(srv.proc.pid)) == 2
+    assert dig_short(srv.port, DEMO_NAME, "+subnet=192.0.2.0/24") == ["127.0.0.11"]
+
+
+def test_reload_refuses_a_bad_config_before_signalling(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("zones: {}\n")
+    out = subprocess.run([sys.executable, "-m", "gslb.cli", "reload", "--pid", "1", "-c", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 1 and "at least one zone" in out.stderr
+
+
+def explain_answer(config: str, *args: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "gslb.cli", "explain", "-c", config, *args],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("answer:"))
+    return sorted(l.split()[-1] for l in lines[start + 1:] if not l.strip().startswith(("authority",
+                                                                                         "ecs")))
+
+
+def test_explain_agrees_with_the_server(demo_server):
+    cases = [("--ecs", "192.0.2.0/24", "A"), ("--ecs", "198.51.100.0/24", "A"),
+             ("--ecs", "203.0.113.0/24", "AAAA"), ("--ecs", "2001:db8:6::/48", "AAAA"),
+             ("--ecs", "2001:db8:7::/48", "A"), ("--ecs", "233.252.0.0/24", "A"),
+             ("--client", "127.0.0.1", "A")]
+    for flag, who, qtype in cases:
+        got = explain_answer(str(demo_server.config), DEMO_NAME, flag, who, "--type", qtype)
+        subnet = [f"+subnet={who}"] if flag == "--ecs" else []
+        assert got == dig_short(demo_server.port, DEMO_NAME, qtype, *subnet), (who, qtype)
+
+
+def test_explain_shows_the_chain(demo_server):
+    out = subprocess.run([sys.executable, "-m", "gslb.cli", "explain", "-c", str(demo_server.config),
+                          DEMO_NAME, "--ecs", "2001:db8:4::/48"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
+    assert "geoip network 2001:db8:4::/48 -> London" in out
+    assert "1. fra (Frankfurt;" in out and "km" in out
+    assert "ecs scope: /48" in out and "127.0.0.12" in out
+
+
+def test_demo_prints_commands_that_work():
+    port = free_port()
+    log_path = ROOT / ".pytest_cache" / f"demo-{port}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "--dns", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, cwd=ROOT)
+    try:
+        banner = []
+        for line in proc.stdout:
+            banner.append(line.rstrip())
+            if line.startswith("Stop with"):
+                break
+        wait_ready(port, proc, log_path)
+        digs = [l.strip() for l in banner if l.strip().startswith("dig ")]
+        assert len(digs) >= 4
+        expected = {"192.0.2.0/24": "127.0.0.11", "198.51.100.0/24": "127.0.0.12",
+                    "203.0.113.0/24": "127.0.0.13", "2001:db8:4::/48": "127.0.0.12"}
+        for cmd in digs:
+            argv = shlex.split(cmd.split("#")[0]) + ["+short", "+time=2", "+tries=1"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=15).stdout.split()
+            assert out, cmd
+            for subnet, addr in expected.items():
+                if f"+subnet={subnet}" in cmd:
+                    assert out == [addr], cmd
+    finally:
+        stop(proc)
+        log_path.unlink(missing_ok=True)
