@@ -8,14 +8,16 @@ BADVERS, an unusable header -> drop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .wire import EDNS_ECS, QTYPE_OPT, FormError
 
 MAX_POINTER_HOPS = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Opt:
+class Opt(NamedTuple):
+    """The query's OPT record. A tuple: the fast path makes one per EDNS query."""
+
     payload: int
     do: bool
     ecs: bytes | None        # raw option data (family, source, scope, address)

@@ -39,6 +39,8 @@ AR0, AR1 = b"\x00\x00", b"\x00\x01"
 OPT_HEAD = b"\x00\x00\x29"
 CLASS_IN_BYTES = b"\x00\x01"
 DECISION_CACHE_LIMIT = 200_000
+WIRE_CACHE_LIMIT = 50_000
+CACHE_NONE, CACHE_SHARED, CACHE_PER_CLIENT = 0, 1, 2
 RECV_SIZE = 4096
 DRAIN_BATCH = 64
 EMPTY_COUNTS = counts(0, 0, 0, 0)
@@ -77,6 +79,7 @@ class Responder:
         self.health = HealthBoard(config)
         self.table = AnswerTable(config, self.engine.zones, self.health.view)
         self.decisions: dict[object, Decision] = {}
+        self._new_wire_caches()
         self.payload = config.server.edns_payload
         self._payload_bytes = struct.pack("!H", self.payload)
         self._rotor = 0
@@ -85,8 +88,18 @@ class Responder:
 
     # --- changes (off the query path) ------------------------------------------------
 
+    def _new_wire_caches(self) -> None:
+        # Whole responses (minus the ID) keyed by the query bytes after the ID:
+        # flags, counts, the question with its case, and the OPT with any ECS.
+        # Everything a response depends on is in that key, except the client
+        # address for client-dependent answers without usable ECS, which use
+        # the second map. Both are dropped whenever the answer table changes.
+        self._wire: dict[bytes, bytes] = {}
+        self._wire_by_client: dict[tuple[bytes, str], bytes] = {}
+
     def _on_health(self, view: HealthView) -> None:
         self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table)
+        self._new_wire_caches()
 
     def swap_config(self, config: Config) -> None:
         """Install a validated config atomically: queries see old or new, never a mix."""
@@ -95,6 +108,7 @@ class Responder:
         self.health.set_config(config)   # rebuilds the table for the old engine; replaced below
         table = AnswerTable(config, engine.zones, self.health.view)
         self.engine, self.table, self.decisions = engine, table, {}
+        self._new_wire_caches()
         self.payload = config.server.edns_payload
         self._payload_bytes = struct.pack("!H", self.payload)
         old.locator.close()
@@ -123,6 +137,17 @@ class Responder:
 
         ``limit`` is the transport's size cap: 512 for UDP (raised by EDNS), 65535 for TCP.
         """
+        if limit == UDP_PLAIN_LIMIT:
+            tail = data[2:]
+            hit = self._wire.get(tail)
+            if hit is None:
+                hit = self._wire_by_client.get((tail, client))
+            if hit is not None:
+                return data[:2] + hit
+        return self._fast(data, client, limit)
+
+    def _fast(self, data: bytes, client: str, limit: int) -> bytes | None:
+        """Parse the common query shape inline; anything unusual goes to the slow path."""
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:10] != QD1_AN0_NS0:
             return self._slow(data, client, limit)
@@ -170,24 +195,38 @@ class Responder:
         try:
             if ecs is not None and ecs not in self.decisions:
                 validate_ecs(ecs)          # malformed ECS -> FORMERR (RFC 7871 7.1.1)
-            return self._respond(data[:2], data[2], data[3], data[12:qend], opt, client, limit)
+            out, kind = self._respond(data[:2], data[2], data[3], data[12:qend], opt, client,
+                                      limit)
         except FormError:
             return self._error(data[:2], data[2], RCODE_FORMERR, b"", None)
+        if kind and limit == UDP_PLAIN_LIMIT:
+            if len(self._wire) + len(self._wire_by_client) >= WIRE_CACHE_LIMIT:
+                self._new_wire_caches()
+            if kind == CACHE_SHARED:
+                self._wire[data[2:]] = out[2:]
+            else:
+                self._wire_by_client[(data[2:], client)] = out[2:]
+        return out
 
     def _respond(self, qid: bytes, f1: int, f2: int, question: bytes, opt: Opt | None,
-                 client: str, limit: int) -> bytes:
+                 client: str, limit: int) -> tuple[bytes, int]:
+        """The response and how it may be cached (CACHE_*)."""
         qkey = question.lower()
         table = self.table
         entry = table.entries.get(qkey)
         if entry is None:
             entry = table.entry(qkey, decode_qkey)
         scope = 0
+        kind = CACHE_SHARED
         ecs = opt.ecs if opt is not None else None
         if type(entry) is Dynamic:
-            decision, _ = self.locate(ecs, client)
+            decision, used_ecs = self.locate(ecs, client)
             reply: Reply = table.service(entry, decision)
-            if reply.client_dependent and ecs is not None and ecs[2]:
-                scope = decision.network.prefixlen
+            if reply.client_dependent:
+                if used_ecs:
+                    scope = decision.network.prefixlen
+                else:
+                    kind = CACHE_PER_CLIENT
         else:
             reply = entry  # type: ignore[assignment]
         variants = reply.variants
@@ -196,19 +235,20 @@ class Responder:
         else:
             self._rotor += 1
             variant = variants[self._rotor % len(variants)]
+            kind = CACHE_NONE        # rotation: every query must pick again
         flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | reply.rcode))
         if opt is None:
             out = qid + flags + variant.counts + question + variant.body
             if len(out) > limit:
-                return qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 0) + question
-            return out
+                out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 0) + question
+            return out, kind
         opt_rr = self._opt_rr(opt.do, ecs, scope)
         out = qid + flags + variant.counts_opt + question + variant.body + opt_rr
         if limit == UDP_PLAIN_LIMIT:
             limit = min(max(opt.payload, UDP_PLAIN_LIMIT), self.payload)
         if len(out) > limit:
-            return qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 1) + question + opt_rr
-        return out
+            out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 1) + question + opt_rr
+        return out, kind
 
     def _opt_rr(self, do: bool, ecs: bytes | None, scope: int, ext_rcode: int = 0) -> bytes:
         flags = b"\x80\x00" if do else b"\x00\x00"
@@ -246,7 +286,7 @@ class Responder:
         if 128 <= q.qtype <= 254 or q.qtype == 0:
             return self._error(qid, f1, RCODE_NOTIMP, q.question, q.opt)
         try:
-            return self._respond(qid, f1, data[3], q.question, q.opt, client, limit)
+            return self._respond(qid, f1, data[3], q.question, q.opt, client, limit)[0]
         except FormError:
             return self._error(qid, f1, RCODE_FORMERR, b"", None)
 
