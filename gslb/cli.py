@@ -8,15 +8,12 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG, ConfigError, load_config, parse_listener
 from .model import Config, Listener
 
 log = logging.getLogger("gslb")
-
-EXIT_BIND_FAILED = 3
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -44,102 +41,41 @@ def summary(config: Config) -> str:
 # --- serve ---------------------------------------------------------------------------------
 
 
-async def run_worker(config: Config, listeners: tuple[Listener, ...], reuse_port: bool,
-                     ready: str | None = None) -> None:
-    """One serving process: sockets, SIGHUP reload, SIGTERM/SIGINT stop."""
-    from .server import DnsServer
+def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
+    from .supervisor import Supervisor
 
-    server = DnsServer(config, listeners, reuse_port=reuse_port)
-    await server.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.reload()))
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if ready:
-        log.info("%s", ready)
-    await stop.wait()
-    await server.stop()
-
-
-def _worker_main(config: Config, listeners: tuple[Listener, ...], reuse_port: bool,
-                 ready: str | None) -> int:
+    listeners = tuple(args.dns) if args.dns else config.server.listen
+    workers = args.workers or config.server.workers or (os.cpu_count() or 1)
+    http = args.http if args.http else config.dashboard.listen
+    if args.no_http:
+        http = None
+    if getattr(args, "pidfile", None):
+        Path(args.pidfile).write_text(f"{os.getpid()}\n")
+    where = ", ".join(map(str, listeners))
+    ready = ready or f"ready: {summary(config)}; DNS on {where}"
+    if http is not None:
+        ready += f"; dashboard on http://{http}/"
+    sup = Supervisor(args.config, config, listeners, workers, http, ready)
     try:
-        asyncio.run(run_worker(config, listeners, reuse_port, ready))
+        return asyncio.run(sup.run())
     except OSError as exc:
-        log.error("cannot listen on %s: %s", ", ".join(map(str, listeners)), exc)
-        return EXIT_BIND_FAILED
-    return 0
-
-
-def _supervise(config: Config, listeners: tuple[Listener, ...], workers: int, ready: str) -> int:
-    """Fork `workers` processes sharing the ports via SO_REUSEPORT; relay signals."""
-    children: dict[int, float] = {}
-    stopping = False
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            os._exit(_worker_main(config, listeners, True, ready if index == 0 else None))
-        children[pid] = time.monotonic()
-
-    def relay(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, relay)
-    for index in range(workers):
-        spawn(index)
-    log.info("supervisor %d: %d workers on %s", os.getpid(), workers,
-             ", ".join(map(str, listeners)))
-    status = 0
-    while children:
-        try:
-            pid, wstatus = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        started = children.pop(pid, time.monotonic())
-        code = os.waitstatus_to_exitcode(wstatus)
-        if stopping:
-            continue
-        if code == EXIT_BIND_FAILED:
-            log.error("a worker could not bind its sockets; stopping")
-            stopping, status = True, 1
-            relay(signal.SIGTERM, None)
-            continue
-        log.error("worker %d exited with %d; restarting", pid, code)
-        if time.monotonic() - started < 1:
-            time.sleep(1)   # do not spin on a worker that dies at start
-        spawn(len(children))
-    return status
+        log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        if getattr(args, "pidfile", None):
+            Path(args.pidfile).unlink(missing_ok=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    config = _load_or_exit(args.config)
-    listeners = tuple(args.dns) if args.dns else config.server.listen
-    workers = args.workers or config.server.workers or (os.cpu_count() or 1)
-    if args.pidfile:
-        Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    ready = f"ready: {summary(config)}; DNS on {', '.join(map(str, listeners))}"
-    try:
-        if workers == 1:
-            return _worker_main(config, listeners, False, ready)
-        return _supervise(config, listeners, workers, ready)
-    finally:
-        if args.pidfile:
-            Path(args.pidfile).unlink(missing_ok=True)
+    return _serve(args, _load_or_exit(args.config), "")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .supervisor import worker_main
+
+    _setup_logging(False)
+    return asyncio.run(worker_main(args.control_fd))
 
 
 # --- check / reload --------------------------------------------------------------------------
@@ -200,7 +136,7 @@ DEMO_TRIES = (
 )
 
 
-def demo_banner(config: Config, listeners: tuple[Listener, ...]) -> str:
+def demo_banner(config: Config, listeners: tuple[Listener, ...], http: Listener | None) -> str:
     first = listeners[0]
     at = f"@{first.host} -p {first.port}"
     name = "www.test.com." + config.zones[0].origin
@@ -210,8 +146,11 @@ def demo_banner(config: Config, listeners: tuple[Listener, ...]) -> str:
         lines.append(f"  dig {at} {name} A +subnet={subnet} +norec    # {who}")
     lines += [f"  dig {at} {name} AAAA +norec",
               f"  dig {at} {config.zones[0].origin} SOA +norec",
-              f"  gslb explain {name} --ecs 198.51.100.0/24",
-              "", "Stop with Ctrl-C."]
+              f"  gslb explain {name} --ecs 198.51.100.0/24"]
+    if http is not None:
+        lines += [f"  open http://{http}/            # health dashboard",
+                  f"  curl -s http://{http}/metrics | grep gslb_"]
+    lines += ["", "Stop with Ctrl-C."]
     return "\n".join(lines)
 
 
@@ -219,8 +158,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     config = _load_or_exit(args.config)
     listeners = tuple(args.dns) if args.dns else config.server.listen
-    print(demo_banner(config, listeners), flush=True)
-    return _worker_main(config, listeners, False, f"ready: {summary(config)}")
+    http = None if args.no_http else (args.http or config.dashboard.listen)
+    print(demo_banner(config, listeners, http), flush=True)
+    args.workers = args.workers or 1
+    return _serve(args, config, f"ready: {summary(config)}")
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -251,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gslb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def add_http(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--http", type=_listener_arg, metavar="ADDR:PORT",
+                       help="dashboard, API and /metrics here (default 127.0.0.1:8080)")
+        p.add_argument("--no-http", action="store_true", help="no dashboard")
+
     def with_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG),
                        help="config file (default: data/gslb.yaml)")
@@ -262,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="processes sharing the port via SO_REUSEPORT (default: one per core)")
     p.add_argument("--pidfile", help="write the serving PID here (for `gslb reload`)")
+    add_http(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_serve)
 
@@ -289,8 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="serve the default config on loopback and print what to try")
     with_config(p)
     p.add_argument("--dns", action="append", type=_listener_arg, metavar="ADDR:PORT")
+    p.add_argument("--workers", type=int, default=1)
+    add_http(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)   # started by the supervisor only
+    p.add_argument("--control-fd", type=int, required=True)
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

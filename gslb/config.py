@@ -14,9 +14,9 @@ from typing import Any, Iterable
 
 import dnslib
 
-from .model import (Address, AdminState, AllDown, Algorithm, Config, IPVersion, Listener,
-                    Location, NetOverride, RecordSet, Service, ServerSettings, Site, Soa,
-                    ZoneConfig)
+from .model import (Address, AdminState, AllDown, Algorithm, CheckKind, CheckSpec, Config,
+                    DashboardSettings, HealthSettings, IPVersion, Listener, Location,
+                    NetOverride, RecordSet, Service, ServerSettings, Site, Soa, ZoneConfig)
 from .yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "gslb.yaml"
@@ -207,16 +207,39 @@ def _location(ck: _Checker, raw: Any, where: Where, what: str) -> Location | Non
                     ck.text(block, "continent", what))
 
 
+def _probe_target(ck: _Checker, text: Any, where: Where, what: str) -> tuple[str, int]:
+    """`HOST`, `HOST:PORT` or `[V6]:PORT` -> (host, port or 0)."""
+    text = str(text).strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        number = int(port) if port else 0
+        if not 0 <= number <= 65535 or not host:
+            raise ValueError
+    except ValueError:
+        ck.add(where, f"{what}: probe {text!r} must be HOST, HOST:PORT or [IPv6]:PORT")
+        return "", 0
+    return host, number
+
+
 def _address(ck: _Checker, raw: Any, where: Where, what: str) -> Address | None:
-    state = AdminState.UP
+    state, check, probe = AdminState.UP, "", ("", 0)
     if isinstance(raw, LineDict):
-        ck.keys(raw, ("address", "state"), what)
+        ck.keys(raw, ("address", "state", "check", "probe"), what)
         state = ck.choice(raw, "state", AdminState, AdminState.UP, what)
+        check = ck.text(raw, "check", what)
+        if "probe" in raw:
+            probe = _probe_target(ck, raw["probe"], raw.at("probe"), what)
         where, raw = raw.at("address"), raw.get("address")
     ip = ck.ip(raw, where, what)
     if ip is None:
         return None
-    return Address(ip.compressed, ip.version, state)
+    return Address(ip.compressed, ip.version, state, check, probe[0], probe[1])
 
 
 def _sites(ck: _Checker, raw: Any, where: Where) -> dict[str, Site]:
@@ -226,7 +249,7 @@ def _sites(ck: _Checker, raw: Any, where: Where) -> dict[str, Site]:
     for name, body in block.items():
         what = f"site {name!r}"
         site = ck.mapping(body, block.at(name), what)
-        ck.keys(site, ("city", "lat", "lon", "addresses", "weight", "state"), what)
+        ck.keys(site, ("city", "lat", "lon", "addresses", "weight", "state", "check"), what)
         lat = ck.number(site, "lat", -90, 90, what)
         lon = ck.number(site, "lon", -180, 180, what)
         addrs: list[Address] = []
@@ -244,7 +267,8 @@ def _sites(ck: _Checker, raw: Any, where: Where) -> dict[str, Site]:
         weight = ck.integer(site, "weight", 1, 0, 1000, what)
         state = ck.choice(site, "state", AdminState, AdminState.UP, what)
         sites[str(name)] = Site(str(name), lat or 0.0, lon or 0.0, tuple(addrs),
-                                ck.text(site, "city", what), weight, state)
+                                ck.text(site, "city", what), weight, state,
+                                ck.text(site, "check", what))
     return sites
 
 
@@ -457,7 +481,86 @@ def _families(policy: IPVersion) -> tuple[int, ...]:
     return ()  # preferred policies work with either family present
 
 
-TOP_KEYS = ("server", "geoip", "nets", "sites", "zones", "services")
+CHECK_KEYS = ("type", "port", "path", "host", "expect", "body", "verify_tls", "interval",
+              "timeout", "rise", "fall")
+DEFAULT_PORTS = {CheckKind.HTTP: 80, CheckKind.HTTPS: 443}
+
+
+def _checks(ck: _Checker, raw: Any, where: Where) -> dict[str, CheckSpec]:
+    block = ck.mapping(raw, where, "checks")
+    out: dict[str, CheckSpec] = {}
+    for name, body in block.items():
+        what = f"check {name!r}"
+        c = ck.mapping(body, block.at(name), what)
+        ck.keys(c, CHECK_KEYS, what)
+        kind = ck.choice(c, "type", CheckKind, CheckKind.HTTP, what)
+        if "type" not in c:
+            ck.add(c.where, f"{what} needs type: http, https or tcp")
+        if kind is CheckKind.TCP and "port" not in c:
+            ck.add(c.where, f"{what}: a tcp check needs port:")
+        port = ck.integer(c, "port", DEFAULT_PORTS.get(kind, 0), 1, 65535, what)
+        path = ck.text(c, "path", what, "/")
+        if not path.startswith("/"):
+            ck.add(c.at("path"), f"{what}: path must start with /")
+        expect = []
+        for value, w in ck.items(c.get("expect", 200), c.at("expect"), f"{what} expect"):
+            if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+                ck.add(w, f"{what}: expect {value!r} is not an HTTP status code")
+            else:
+                expect.append(value)
+        verify = c.get("verify_tls", True)
+        if not isinstance(verify, bool):
+            ck.add(c.at("verify_tls"), f"{what}: verify_tls must be true or false")
+            verify = True
+        interval = ck.number(c, "interval", 0.1, 3600, what, default=5.0) or 5.0
+        timeout = ck.number(c, "timeout", 0.05, 600, what, default=2.0) or 2.0
+        if timeout > interval:
+            ck.add(c.at("timeout"), f"{what}: timeout {timeout} is longer than interval {interval}")
+        out[str(name)] = CheckSpec(
+            str(name), kind, port, path, ck.text(c, "host", what), tuple(expect) or (200,),
+            ck.text(c, "body", what), verify, interval, timeout,
+            ck.integer(c, "rise", 2, 1, 100, what), ck.integer(c, "fall", 3, 1, 100, what))
+    return out
+
+
+def _check_refs(ck: _Checker, top: LineDict, sites: dict[str, Site],
+                checks: dict[str, CheckSpec]) -> None:
+    raw_sites = top.get("sites")
+    for site in sites.values():
+        where = raw_sites.at(site.name) if isinstance(raw_sites, LineDict) else top.where
+        for name in {site.check} | {a.check for a in site.addresses}:
+            if name and name not in checks:
+                ck.add(where, f"site {site.name!r}: unknown check {name!r} "
+                       f"(defined: {', '.join(checks) or 'none'})")
+
+
+def _health(ck: _Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
+    block = ck.mapping(raw, where, "health")
+    ck.keys(block, ("state_file", "max_concurrent"), "health")
+    state = block.get("state_file", "gslb-state.json")
+    path = None
+    if state:
+        path = Path(os.path.expandvars(str(state)))
+        path = path if path.is_absolute() else base / path
+    return HealthSettings(str(path) if path else None,
+                          ck.integer(block, "max_concurrent", 256, 1, 100_000, "health"))
+
+
+def _dashboard(ck: _Checker, raw: Any, where: Where) -> DashboardSettings:
+    block = ck.mapping(raw, where, "dashboard")
+    ck.keys(block, ("listen", "token", "token_env"), "dashboard")
+    listen = Listener("127.0.0.1", 8080)
+    if "listen" in block:
+        listen = _listener(ck, block["listen"], block.at("listen"))
+    token = ck.text(block, "token", "dashboard")
+    env = ck.text(block, "token_env", "dashboard", "GSLB_ADMIN_TOKEN")
+    # The environment wins, so operators can keep the secret out of the YAML.
+    token = os.environ.get(env, "") or token
+    return DashboardSettings(listen, token)
+
+
+TOP_KEYS = ("server", "geoip", "nets", "sites", "zones", "services", "checks", "health",
+            "dashboard")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -486,6 +589,10 @@ def build_config(raw: Any, source: str, base: Path) -> Config:
     nets = _nets(ck, top.get("nets"), top.at("nets"), sites)
     zones = _zones(ck, top.get("zones"), top.at("zones"))
     services = _services(ck, top.get("services"), top.at("services"), sites, zones)
+    checks = _checks(ck, top.get("checks"), top.at("checks"))
+    _check_refs(ck, top, sites, checks)
+    health = _health(ck, top.get("health"), top.at("health"), base)
+    dashboard = _dashboard(ck, top.get("dashboard"), top.at("dashboard"))
     origins = [z.origin for z in zones]
     for origin in {o for o in origins if origins.count(o) > 1}:
         ck.add(top.at("zones"), f"zone {origin} is defined more than once")
@@ -495,4 +602,5 @@ def build_config(raw: Any, source: str, base: Path) -> Config:
             ck.add(top["sites"].at(name), f"site {name!r} is in no service's pool (unused)")
     if ck.problems:
         raise ConfigError(ck.problems)
-    return Config(source, server, geoip, tuple(zones), sites, tuple(services), tuple(nets))
+    return Config(source, server, geoip, tuple(zones), sites, tuple(services), tuple(nets),
+                  checks, health, dashboard)

@@ -14,6 +14,7 @@ import dnslib
 from . import select
 from .answers import Dynamic
 from .config import Config, normalize_name
+from .health import HealthView
 from .server import TCP_LIMIT, Responder
 
 
@@ -42,9 +43,12 @@ def ecs_scope(response: dnslib.DNSRecord) -> int | None:
 
 
 def explain(config: Config, name: str, qtype: str, client: str | None = None,
-            ecs: str | None = None) -> str:
-    """Human-readable decision chain for ``name``/``qtype`` from ``client`` or ``ecs``."""
-    responder = Responder(config)
+            ecs: str | None = None, health: HealthView | None = None) -> str:
+    """Human-readable decision chain for ``name``/``qtype`` from ``client`` or ``ecs``.
+
+    Without ``health`` every address counts as not yet checked (usable).
+    """
+    responder = Responder(config, health)
     client = client or "127.0.0.1"
     wire = build_query(name, qtype, ecs)
     out = responder.answer(wire, client, TCP_LIMIT)

@@ -1,32 +1,59 @@
-"""Health of edge addresses as the answer builder sees it.
+"""Health of edge addresses: probes, hysteresis, admin overrides, snapshots.
 
-The selection code only ever reads a frozen `HealthView`. `HealthBoard` is the
-in-process API that owns the mutable state: the config's admin states, runtime
-overrides and (later) probe results feed it, and every change produces a new
-view and notifies subscribers, which rebuild their answers off the query path.
+Three parts, as in gdnsd: *how* to check (`CheckSpec`, from config) is separate
+from *what* to check (`Target`, one per address); `Prober` only reports raw
+results; `HealthBoard` applies rise/fall once for all of them, merges the
+operator's overrides, keeps history, and publishes a frozen `HealthView` to
+subscribers (the answer builders), which rebuild their tables off the query
+path. Nothing here runs on the DNS query path.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import enum
+import json
+import logging
+import os
+import random
+import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
-from .model import AdminState, Config
+import aiohttp
+
+from .model import AdminState, CheckKind, CheckSpec, Config
+
+log = logging.getLogger("gslb.health")
+
+HISTORY = 200
+BODY_LIMIT = 65536
 
 
 class State(enum.Enum):
     UP = "up"
     DOWN = "down"
     DRAIN = "drain"
-    UNKNOWN = "unknown"     # not checked yet: counts as usable, never as down
+    UNKNOWN = "unknown"     # not checked yet, or no check: usable, never "down"
 
 
 @dataclass(frozen=True)
 class AddressHealth:
-    state: State
-    reason: str
-    since: float
+    """Everything known about one edge address, as of one snapshot."""
+
+    site: str
+    state: State                     # effective: what the answers use
+    reason: str                      # why it is in that state
+    since: float                     # when it entered that state (epoch seconds)
+    probe: State = State.UNKNOWN     # the checks' own verdict
+    forced: str = ""                 # "", "address" or "site": an override decided
+    check: str = ""                  # check name, "" when unchecked
+    last_ok: bool | None = None
+    last_detail: str = ""
+    last_latency_ms: float | None = None
+    last_checked: float | None = None
 
 
 @dataclass(frozen=True)
@@ -45,29 +72,160 @@ class HealthView:
         return State.UNKNOWN if entry is None else entry.state
 
 
-_ADMIN = {AdminState.DOWN: State.DOWN, AdminState.DRAIN: State.DRAIN}
+@dataclass(frozen=True)
+class Change:
+    at: float
+    site: str
+    ip: str
+    old: State
+    new: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address to probe and how."""
+
+    ip: str
+    site: str
+    spec: CheckSpec
+    host: str       # where to connect (the address itself, or its `probe` override)
+    port: int
+
+
+def targets(config: Config) -> list[Target]:
+    """Every (address, check) pair the config asks for."""
+    out = []
+    for site in config.sites.values():
+        for addr in site.addresses:
+            name = addr.check or site.check
+            if not name or name not in config.checks:
+                continue
+            spec = config.checks[name]
+            out.append(Target(addr.ip, site.name, spec, addr.probe_host or addr.ip,
+                              addr.probe_port or spec.port))
+    return out
+
+
+@dataclass
+class _Probe:
+    """Mutable per-address probe state, owned by the board."""
+
+    state: State = State.UNKNOWN
+    ok_run: int = 0
+    fail_run: int = 0
+    since: float = 0.0
+    reason: str = "not checked yet"
+    last_ok: bool | None = None
+    last_detail: str = ""
+    last_latency_ms: float | None = None
+    last_checked: float | None = None
+
+
+_ADMIN = {AdminState.DOWN: State.DOWN, AdminState.DRAIN: State.DRAIN, AdminState.UP: State.UP}
 
 
 class HealthBoard:
-    """Holds admin states and overrides; hands out views; tells subscribers."""
+    """Owns health state; hands out views; tells subscribers on every change."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time,
+                 state_file: str | None = None):
         self._clock = clock
+        self._config = config
+        self._state_file = Path(state_file) if state_file else None
         self._site_override: dict[str, AdminState] = {}
         self._addr_override: dict[str, AdminState] = {}
+        self._probes: dict[str, _Probe] = {}
+        self._first_round: set[str] = set()
         self._subscribers: list[Callable[[HealthView], None]] = []
+        self.result_listeners: list[Callable[[Target, bool, float], None]] = []
+        self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
+        self.change_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._version = 0
-        self._config = config
-        self._since: dict[str, AddressHealth] = {}
+        self._load_overrides()
+        self._sync_targets()
         self.view = self._compute()
+
+    # --- subscribers and config ---------------------------------------------------------
 
     def subscribe(self, callback: Callable[[HealthView], None]) -> None:
         self._subscribers.append(callback)
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
     def set_config(self, config: Config) -> None:
-        """A reloaded config brings new sites and admin states."""
+        """A reloaded config: new sites, checks and admin states; probe state kept per address."""
         self._config = config
+        self._sync_targets()
         self._publish()
+
+    def _sync_targets(self) -> None:
+        now = self._clock()
+        wanted = {t.ip for t in targets(self._config)}
+        for ip in list(self._probes):
+            if ip not in wanted:
+                del self._probes[ip]
+        for ip in wanted - set(self._probes):
+            self._probes[ip] = _Probe(since=now)
+            self._first_round.add(ip)
+        self._first_round &= wanted
+
+    @property
+    def first_round_done(self) -> bool:
+        return not self._first_round
+
+    def end_first_round(self) -> None:
+        """Called by the prober when the first round's deadline passed."""
+        if self._first_round:
+            self._first_round.clear()
+            self._publish()
+
+    # --- probe results ------------------------------------------------------------------
+
+    def record(self, target: Target, ok: bool, detail: str, latency: float) -> None:
+        """One raw check result; applies rise/fall and publishes on a state change."""
+        probe = self._probes.get(target.ip)
+        if probe is None:
+            return
+        now = self._clock()
+        probe.last_ok, probe.last_detail = ok, detail
+        probe.last_latency_ms, probe.last_checked = latency * 1000, now
+        for listener in self.result_listeners:
+            listener(target, ok, latency)
+        spec = target.spec
+        if ok:
+            probe.ok_run, probe.fail_run = probe.ok_run + 1, 0
+        else:
+            probe.fail_run, probe.ok_run = probe.fail_run + 1, 0
+        old = probe.state
+        if old is State.UNKNOWN:
+            # The first result decides directly: nothing flaps through rise/fall at
+            # start, and nothing is published as down before the round is complete.
+            new = State.UP if ok else State.DOWN
+        elif old is State.UP and probe.fail_run >= spec.fall:
+            new = State.DOWN
+        elif old is State.DOWN and probe.ok_run >= spec.rise:
+            new = State.UP
+        else:
+            new = old
+        first = target.ip in self._first_round
+        self._first_round.discard(target.ip)
+        if new is not old:
+            probe.state, probe.since = new, now
+            if old is State.UNKNOWN:
+                probe.reason = f"first check: {detail}"
+            elif new is State.DOWN:
+                probe.reason = f"{probe.fail_run} failures in a row (fall {spec.fall}): {detail}"
+            else:
+                probe.reason = f"{probe.ok_run} successes in a row (rise {spec.rise}): {detail}"
+        if first and not self._first_round:
+            self._publish()          # the first round just completed: one rebuild for all
+        elif new is not old and not self._first_round:
+            self._publish()
+
+    # --- admin overrides ----------------------------------------------------------------
 
     def set_site(self, site: str, state: AdminState | None) -> None:
         """Force a whole site up/down/drain; None clears the override."""
@@ -81,43 +239,229 @@ class HealthBoard:
             raise KeyError(f"no edge address {ip}")
         self._set(self._addr_override, ip, state)
 
+    def overrides(self) -> dict[str, dict[str, str]]:
+        return {"sites": {k: v.value for k, v in sorted(self._site_override.items())},
+                "addresses": {k: v.value for k, v in sorted(self._addr_override.items())}}
+
     def _set(self, table: dict[str, AdminState], key: str, state: AdminState | None) -> None:
         if state is None:
             table.pop(key, None)
         else:
             table[key] = state
+        self._save_overrides()
         self._publish()
+
+    def _load_overrides(self) -> None:
+        if self._state_file is None or not self._state_file.exists():
+            return   # a missing file counts as empty
+        try:
+            data = json.loads(self._state_file.read_text())
+            self._site_override = {k: AdminState(v) for k, v in data.get("sites", {}).items()}
+            self._addr_override = {k: AdminState(v) for k, v in data.get("addresses", {}).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            log.error("ignoring unreadable override file %s: %s", self._state_file, exc)
+
+    def _save_overrides(self) -> None:
+        if self._state_file is None:
+            return
+        # Written to a temporary name and renamed: a crash never leaves half a file.
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+        tmp.write_text(json.dumps(self.overrides(), indent=1) + "\n")
+        os.replace(tmp, self._state_file)
+
+    # --- views --------------------------------------------------------------------------
 
     def _compute(self) -> HealthView:
         now = self._clock()
+        old = self.view.addresses if hasattr(self, "view") else {}
+        gated = bool(self._first_round)
         out: dict[str, AddressHealth] = {}
         for site in self._config.sites.values():
             for addr in site.addresses:
-                state, reason = self._effective(site.name, site.state, addr.ip, addr.state)
-                old = self._since.get(addr.ip)
-                since = old.since if old and old.state is state else now
-                out[addr.ip] = AddressHealth(state, reason, since)
-        self._since = out
+                probe = self._probes.get(addr.ip)
+                state, reason, forced = self._effective(site.name, site.state, addr.ip,
+                                                        addr.state, probe, gated)
+                previous = old.get(addr.ip)
+                since = previous.since if previous and previous.state is state else now
+                if probe is not None and not forced and probe.state is state:
+                    since = probe.since or since
+                out[addr.ip] = AddressHealth(
+                    site.name, state, reason, since,
+                    probe.state if probe else State.UNKNOWN, forced,
+                    addr.check or site.check if probe else "",
+                    probe.last_ok if probe else None, probe.last_detail if probe else "",
+                    probe.last_latency_ms if probe else None,
+                    probe.last_checked if probe else None)
         return HealthView(out, self._version)
 
-    def _effective(self, site: str, site_state: AdminState, ip: str,
-                   addr_state: AdminState) -> tuple[State, str]:
+    def _effective(self, site: str, site_state: AdminState, ip: str, addr_state: AdminState,
+                   probe: _Probe | None, gated: bool) -> tuple[State, str, str]:
         # The most specific statement wins: runtime address override, runtime
-        # site override, then the config's address and site states.
+        # site override, the config's address and site states, then the checks.
         if ip in self._addr_override:
             s = self._addr_override[ip]
-            return _ADMIN.get(s, State.UP), f"forced {s.value} (address override)"
+            return _ADMIN[s], f"forced {s.value} by an operator (address)", "address"
         if site in self._site_override:
             s = self._site_override[site]
-            return _ADMIN.get(s, State.UP), f"forced {s.value} (site override)"
+            return _ADMIN[s], f"forced {s.value} by an operator (site {site})", "site"
         if addr_state is not AdminState.UP:
-            return _ADMIN[addr_state], f"{addr_state.value} in config (address)"
+            return _ADMIN[addr_state], f"{addr_state.value} in config (address)", ""
         if site_state is not AdminState.UP:
-            return _ADMIN[site_state], f"{site_state.value} in config (site)"
-        return State.UNKNOWN, "no health check configured"
+            return _ADMIN[site_state], f"{site_state.value} in config (site)", ""
+        if probe is None:
+            return State.UNKNOWN, "no health check configured", ""
+        if gated or probe.state is State.UNKNOWN:
+            return State.UNKNOWN, "first round of checks not complete", ""
+        return probe.state, probe.reason, ""
 
     def _publish(self) -> None:
         self._version += 1
+        before = self.view.addresses if hasattr(self, "view") else {}
         self.view = self._compute()
+        now = self._clock()
+        for ip, entry in self.view.addresses.items():
+            old = before.get(ip)
+            if old is not None and old.state is not entry.state:
+                change = Change(now, entry.site, ip, old.state, entry.state, entry.reason)
+                self.history.append(change)
+                self.change_counts[(ip, entry.state.value)] += 1
+                log.warning("%s (site %s): %s -> %s: %s", ip, entry.site, old.state.value,
+                            entry.state.value, entry.reason)
         for callback in list(self._subscribers):
             callback(self.view)
+
+
+# --- probing ---------------------------------------------------------------------------------
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate rejected: {exc.certificate_error}"
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return f"TLS error: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup failed: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connect failed: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad HTTP response: {exc.message}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "bad HTTP body"
+    if isinstance(exc, OSError):
+        return f"connect failed: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Prober:
+    """Probes every target on its own jittered schedule, in one event loop."""
+
+    def __init__(self, board: HealthBoard):
+        self.board = board
+        self._tasks: dict[Target, asyncio.Task] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._sem = asyncio.Semaphore(board.config.health.max_concurrent)
+        self._insecure = ssl.create_default_context()
+        self._insecure.check_hostname = False
+        self._insecure.verify_mode = ssl.CERT_NONE
+        self._first_deadline: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=10),
+            auto_decompress=False)
+        self.retarget(self.board.config)
+
+    def retarget(self, config: Config) -> None:
+        """Start, keep or stop probe loops to match `config` (after a reload)."""
+        wanted = set(targets(config))
+        for target in set(self._tasks) - wanted:
+            self._tasks.pop(target).cancel()
+        for target in wanted - set(self._tasks):
+            self._tasks[target] = asyncio.get_running_loop().create_task(self._loop(target))
+        if wanted and not self.board.first_round_done:
+            # A target that never answers (a hanging check) must not hold the
+            # first round open for ever: close it after the slowest check's
+            # first attempt could have finished.
+            slowest = max(min(t.spec.interval, 1.0) + t.spec.timeout for t in wanted)
+            if self._first_deadline is not None:
+                self._first_deadline.cancel()
+            self._first_deadline = asyncio.get_running_loop().call_later(
+                slowest + 1.0, self.board.end_first_round)
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        if self._first_deadline is not None:
+            self._first_deadline.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self, target: Target) -> None:
+        spec = target.spec
+        loop = asyncio.get_running_loop()
+        # Spread the first checks over up to a second so they do not all fire at once.
+        await asyncio.sleep(random.uniform(0, min(spec.interval, 1.0)))
+        while True:
+            start = loop.time()
+            ok, detail = await self.probe(target)
+            self.board.record(target, ok, detail, loop.time() - start)
+            # +-10 % jitter keeps thousands of checks from aligning.
+            await asyncio.sleep(spec.interval * random.uniform(0.9, 1.1))
+
+    async def probe(self, target: Target) -> tuple[bool, str]:
+        """One check of one target: (passed, what was seen)."""
+        spec = target.spec
+        async with self._sem:
+            try:
+                return await asyncio.wait_for(self._probe(target), spec.timeout)
+            except asyncio.CancelledError:
+                raise
+            except asyncio.TimeoutError:
+                return False, f"timed out after {spec.timeout:g} s"
+            except Exception as exc:  # every failure is a result, never a crash
+                return False, _describe_error(exc)
+
+    async def _probe(self, target: Target) -> tuple[bool, str]:
+        spec = target.spec
+        if spec.kind is CheckKind.TCP:
+            _, writer = await asyncio.open_connection(target.host, target.port)
+            writer.close()
+            return True, f"TCP connect to port {target.port} ok"
+        assert self._session is not None
+        scheme = "https" if spec.kind is CheckKind.HTTPS else "http"
+        url = f"{scheme}://{_host_for_url(target.host)}:{target.port}{spec.path}"
+        headers = {"Host": spec.host} if spec.host else {}
+        kwargs: dict = {}
+        if spec.kind is CheckKind.HTTPS:
+            kwargs["ssl"] = None if spec.verify_tls else self._insecure
+            if spec.host:
+                kwargs["server_hostname"] = spec.host
+        async with self._session.get(url, headers=headers, allow_redirects=False,
+                                     **kwargs) as resp:
+            body = await resp.content.read(BODY_LIMIT) if spec.body else b""
+            if resp.status not in spec.expect:
+                return False, f"HTTP {resp.status} (expected {', '.join(map(str, spec.expect))})"
+            if spec.body and spec.body.encode() not in body:
+                return False, f"HTTP {resp.status} but the body lacks {spec.body!r}"
+            return True, f"HTTP {resp.status}"
+
+
+def view_to_json(view: HealthView) -> dict:
+    """A JSON-able form of a view, for the API."""
+    return {ip: {"site": h.site, "state": h.state.value, "reason": h.reason, "since": h.since,
+                 "probe": h.probe.value, "forced": h.forced, "check": h.check,
+                 "last_ok": h.last_ok, "last_detail": h.last_detail,
+                 "last_latency_ms": h.last_latency_ms, "last_checked": h.last_checked}
+            for ip, h in view.addresses.items()}
+

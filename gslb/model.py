@@ -46,6 +46,30 @@ class AdminState(enum.Enum):
     DRAIN = "drain"    # not answered to new queries, still checked
 
 
+class CheckKind(enum.Enum):
+    HTTP = "http"
+    HTTPS = "https"
+    TCP = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """How to check (gdnsd's service type): declared once, attached to sites or addresses."""
+
+    name: str
+    kind: CheckKind
+    port: int
+    path: str = "/"
+    host: str = ""                   # Host header / TLS SNI; blank = the probed address
+    expect: tuple[int, ...] = (200,)
+    body: str = ""                   # substring the body must contain; blank = any
+    verify_tls: bool = True
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where a client is, as far as GeoIP or the operator's `nets` know."""
@@ -74,6 +98,9 @@ class Address:
     ip: str                  # canonical text form
     version: int             # 4 or 6
     state: AdminState = AdminState.UP
+    check: str = ""          # check name; blank = the site's
+    probe_host: str = ""     # probe this host instead of `ip` (NAT, or the demo's ::1)
+    probe_port: int = 0      # ... and this port instead of the check's
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +114,7 @@ class Site:
     city: str = ""
     weight: int = 1
     state: AdminState = AdminState.UP
+    check: str = ""          # check name applied to every address without its own
 
     def family(self, version: int) -> tuple[Address, ...]:
         return tuple(a for a in self.addresses if a.version == version)
@@ -168,6 +196,18 @@ class ServerSettings:
     edns_payload: int = 1232
 
 
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    state_file: str | None = None    # admin overrides, kept across restarts
+    max_concurrent: int = 256        # probes in flight at once
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    listen: Listener | None = None   # None: no dashboard
+    token: str = ""                  # admin actions need it; blank = admin actions refused
+
+
 @dataclass(frozen=True)
 class Config:
     """A complete, validated configuration. Swapped whole on reload."""
@@ -179,4 +219,6 @@ class Config:
     sites: Mapping[str, Site]
     services: tuple[Service, ...]
     nets: tuple[NetOverride, ...] = ()
-    extra: Mapping[str, object] = field(default_factory=dict)
+    checks: Mapping[str, CheckSpec] = field(default_factory=dict)
+    health: HealthSettings = HealthSettings()
+    dashboard: DashboardSettings = DashboardSettings()

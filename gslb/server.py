@@ -18,12 +18,11 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable
 
 from .answers import AnswerTable, Dynamic, Reply
-from .config import Config, load_config
+from .config import Config
 from .geo import Decision, Locator, open_database
-from .health import HealthBoard, HealthView
+from .health import HealthView
 from .model import Listener
 from .query import Opt, Query, parse_query, validate_ecs
 from .wire import (CLASS_IN, QTYPE_AXFR, QTYPE_IXFR, RCODE_BADVERS, RCODE_FORMERR,
@@ -74,17 +73,32 @@ def build_engine(config: Config) -> Engine:
 class Responder:
     """Bytes in, bytes out. Holds the current engine, answer table and caches."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, health: HealthView | None = None):
         self.engine = build_engine(config)
-        self.health = HealthBoard(config)
-        self.table = AnswerTable(config, self.engine.zones, self.health.view)
+        self.health = health or HealthView()
+        self.table = AnswerTable(config, self.engine.zones, self.health)
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
         self.payload = config.server.edns_payload
         self._payload_bytes = struct.pack("!H", self.payload)
         self._rotor = 0
-        self.health.subscribe(self._on_health)
-        self.stats = {"queries": 0, "fast": 0, "slow": 0, "dropped": 0, "errors": 0}
+        # Queries by (rcode, service): a list slot per pair, so counting a cached
+        # answer is one index increment.
+        self._stat_slots: dict[tuple[int, str], int] = {}
+        self.counters: list[int] = []
+        self.errors = 0
+
+    def _slot(self, rcode: int, service: str | None) -> int:
+        key = (rcode, service or "")
+        slot = self._stat_slots.get(key)
+        if slot is None:
+            slot = self._stat_slots[key] = len(self.counters)
+            self.counters.append(0)
+        return slot
+
+    def query_counts(self) -> dict[tuple[int, str], int]:
+        """Queries answered so far by (rcode, service name or "" for zone data)."""
+        return {key: self.counters[slot] for key, slot in self._stat_slots.items()}
 
     # --- changes (off the query path) ------------------------------------------------
 
@@ -94,10 +108,12 @@ class Responder:
         # Everything a response depends on is in that key, except the client
         # address for client-dependent answers without usable ECS, which use
         # the second map. Both are dropped whenever the answer table changes.
-        self._wire: dict[bytes, bytes] = {}
-        self._wire_by_client: dict[tuple[bytes, str], bytes] = {}
+        self._wire: dict[bytes, tuple[bytes, int]] = {}
+        self._wire_by_client: dict[tuple[bytes, str], tuple[bytes, int]] = {}
 
-    def _on_health(self, view: HealthView) -> None:
+    def set_health(self, view: HealthView) -> None:
+        """A new health snapshot: rebuild the answers now, off the query path."""
+        self.health = view
         self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table)
         self._new_wire_caches()
 
@@ -105,8 +121,7 @@ class Responder:
         """Install a validated config atomically: queries see old or new, never a mix."""
         engine = build_engine(config)
         old = self.engine
-        self.health.set_config(config)   # rebuilds the table for the old engine; replaced below
-        table = AnswerTable(config, engine.zones, self.health.view)
+        table = AnswerTable(config, engine.zones, self.health)
         self.engine, self.table, self.decisions = engine, table, {}
         self._new_wire_caches()
         self.payload = config.server.edns_payload
@@ -143,7 +158,8 @@ class Responder:
             if hit is None:
                 hit = self._wire_by_client.get((tail, client))
             if hit is not None:
-                return data[:2] + hit
+                self.counters[hit[1]] += 1
+                return data[:2] + hit[0]
         return self._fast(data, client, limit)
 
     def _fast(self, data: bytes, client: str, limit: int) -> bytes | None:
@@ -195,22 +211,22 @@ class Responder:
         try:
             if ecs is not None and ecs not in self.decisions:
                 validate_ecs(ecs)          # malformed ECS -> FORMERR (RFC 7871 7.1.1)
-            out, kind = self._respond(data[:2], data[2], data[3], data[12:qend], opt, client,
-                                      limit)
+            out, kind, slot = self._respond(data[:2], data[2], data[3], data[12:qend], opt,
+                                            client, limit)
         except FormError:
             return self._error(data[:2], data[2], RCODE_FORMERR, b"", None)
         if kind and limit == UDP_PLAIN_LIMIT:
             if len(self._wire) + len(self._wire_by_client) >= WIRE_CACHE_LIMIT:
                 self._new_wire_caches()
             if kind == CACHE_SHARED:
-                self._wire[data[2:]] = out[2:]
+                self._wire[data[2:]] = (out[2:], slot)
             else:
-                self._wire_by_client[(data[2:], client)] = out[2:]
+                self._wire_by_client[(data[2:], client)] = (out[2:], slot)
         return out
 
     def _respond(self, qid: bytes, f1: int, f2: int, question: bytes, opt: Opt | None,
-                 client: str, limit: int) -> tuple[bytes, int]:
-        """The response and how it may be cached (CACHE_*)."""
+                 client: str, limit: int) -> tuple[bytes, int, int]:
+        """The response, how it may be cached (CACHE_*) and its counter slot."""
         qkey = question.lower()
         table = self.table
         entry = table.entries.get(qkey)
@@ -237,18 +253,20 @@ class Responder:
             variant = variants[self._rotor % len(variants)]
             kind = CACHE_NONE        # rotation: every query must pick again
         flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | reply.rcode))
+        slot = self._slot(reply.rcode, reply.service)
+        self.counters[slot] += 1
         if opt is None:
             out = qid + flags + variant.counts + question + variant.body
             if len(out) > limit:
                 out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 0) + question
-            return out, kind
+            return out, kind, slot
         opt_rr = self._opt_rr(opt.do, ecs, scope)
         out = qid + flags + variant.counts_opt + question + variant.body + opt_rr
         if limit == UDP_PLAIN_LIMIT:
             limit = min(max(opt.payload, UDP_PLAIN_LIMIT), self.payload)
         if len(out) > limit:
             out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 1) + question + opt_rr
-        return out, kind
+        return out, kind, slot
 
     def _opt_rr(self, do: bool, ecs: bytes | None, scope: int, ext_rcode: int = 0) -> bytes:
         flags = b"\x80\x00" if do else b"\x00\x00"
@@ -261,6 +279,7 @@ class Responder:
 
     def _error(self, qid: bytes, f1: int, rcode: int, question: bytes, opt: Opt | None) -> bytes:
         """An error response: opcode and RD copied, question echoed when we have one."""
+        self.counters[self._slot(rcode, None)] += 1
         flags = bytes((0x80 | (f1 & 0x79), rcode & 0x0F))
         extra = b""
         if opt is not None:
@@ -322,18 +341,16 @@ def _bind_tcp(listener: Listener, reuse_port: bool) -> socket.socket:
 
 
 class DnsServer:
-    """UDP and TCP listeners around one Responder, plus reload."""
+    """UDP and TCP listeners around one Responder."""
 
     def __init__(self, config: Config, listeners: tuple[Listener, ...], reuse_port: bool = False,
-                 config_path: str | None = None):
-        self.responder = Responder(config)
+                 health: HealthView | None = None):
+        self.responder = Responder(config, health)
         self.listeners = listeners
         self.reuse_port = reuse_port
-        self.config_path = config_path or config.source
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._conns: set[asyncio.Task] = set()
-        self.on_reload: list[Callable[[Config], None]] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -357,7 +374,7 @@ class DnsServer:
             try:
                 out = answer(data, addr[0], UDP_PLAIN_LIMIT)
             except Exception:   # last line of defence: one bad packet never stops the server
-                self.responder.stats["errors"] += 1
+                self.responder.errors += 1
                 log.exception("unexpected error answering a %d-byte query", len(data))
                 continue
             if out is not None:
@@ -381,7 +398,7 @@ class DnsServer:
                 try:
                     out = self.responder.answer(data, client, TCP_LIMIT)
                 except Exception:
-                    self.responder.stats["errors"] += 1
+                    self.responder.errors += 1
                     log.exception("unexpected error answering a TCP query")
                     break
                 if out is None:
@@ -395,22 +412,9 @@ class DnsServer:
                 self._conns.discard(task)
             writer.close()
 
-    async def reload(self) -> bool:
-        """Load the config file again; swap it in if valid, else keep serving the old one."""
-        loop = asyncio.get_running_loop()
-        try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
-        except Exception as exc:  # ConfigError lists every problem; others are I/O
-            problems = getattr(exc, "problems", [str(exc)])
-            log.error("reload of %s rejected, still serving the previous config:\n  %s",
-                      self.config_path, "\n  ".join(problems))
-            return False
+    def apply_config(self, config: Config) -> None:
+        """Serve a new, already validated config (listeners stay as they are)."""
         self.responder.swap_config(config)
-        for callback in self.on_reload:
-            callback(config)
-        log.info("reloaded %s: %d zones, %d services", self.config_path,
-                 len(config.zones), len(config.services))
-        return True
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()

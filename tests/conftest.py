@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -123,7 +123,11 @@ class Server:
     config: Path
     log: Path
     pidfile: Path
-    extra: dict = field(default_factory=dict)
+    http_port: int = 0
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def dig(self, *args: str, host: str = "127.0.0.1") -> str:
         return dig(self.port, *args, host=host)
@@ -196,20 +200,23 @@ def start_server(tmp_path: Path) -> Iterator:
     procs: list[subprocess.Popen] = []
 
     def start(cfg: dict | None = None, workers: int = 1, v6: bool = True,
-              port: int | None = None) -> Server:
+              port: int | None = None, env: dict | None = None) -> Server:
         port = port or free_port()
+        http_port = free_port()
         path = write_config(tmp_path, cfg if cfg is not None else load_default(),
                             f"gslb-{len(procs)}.yaml")
         log = tmp_path / f"server-{len(procs)}.log"
         pidfile = tmp_path / f"server-{len(procs)}.pid"
         cmd = [sys.executable, "-m", "gslb.cli", "serve", "-c", str(path),
-               "--dns", f"127.0.0.1:{port}", "--workers", str(workers), "--pidfile", str(pidfile)]
+               "--dns", f"127.0.0.1:{port}", "--workers", str(workers), "--pidfile", str(pidfile),
+               "--http", f"127.0.0.1:{http_port}"]
         if v6:
             cmd += ["--dns", f"[::1]:{port}"]
-        proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
         procs.append(proc)
         wait_ready(port, proc, log)
-        return Server(port, proc, path, log, pidfile)
+        return Server(port, proc, path, log, pidfile, http_port)
 
     yield start
     for proc in procs:
@@ -220,16 +227,16 @@ def start_server(tmp_path: Path) -> Iterator:
 def demo_server(tmp_path_factory) -> Iterator[Server]:
     """One server on the default config, shared by a module's read-only tests."""
     tmp = tmp_path_factory.mktemp("demo")
-    port = free_port()
+    port, http_port = free_port(), free_port()
     path = write_config(tmp, load_default())
     log = tmp / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "serve", "-c", str(path),
                              "--dns", f"127.0.0.1:{port}", "--dns", f"[::1]:{port}",
-                             "--workers", "1"],
+                             "--workers", "1", "--http", f"127.0.0.1:{http_port}"],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         wait_ready(port, proc, log)
-        yield Server(port, proc, path, log, tmp / "none.pid")
+        yield Server(port, proc, path, log, tmp / "none.pid", http_port)
     finally:
         stop(proc)
 

@@ -97,9 +97,9 @@ def test_workers_share_the_port_and_all_reload(start_server):
                          capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and srv.logtext().count("reloaded") < 2:
+    while time.monotonic() < deadline and srv.logtext().count("applied new config") < 2:
         time.sleep(0.05)
-    assert srv.logtext().count("reloaded") == 2          # both workers
+    assert srv.logtext().count("applied new config") == 2          # both workers
     for i in range(40):
         assert dig_short(srv.port, DEMO_NAME, "+subnet=203.0.113.0/24") == ["127.0.0.23"]
     stop(srv.proc)
@@ -162,7 +162,9 @@ def test_demo_prints_commands_that_work():
     port = free_port()
     log_path = ROOT / ".pytest_cache" / f"demo-{port}.log"
     log_path.parent.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "--dns", f"127.0.0.1:{port}"],
+    http = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "--dns", f"127.0.0.1:{port}",
+                             "--http", f"127.0.0.1:{http}"],
                             stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, cwd=ROOT)
     try:
         banner = []

@@ -8,6 +8,7 @@ import dnslib
 import pytest
 
 from gslb.config import build_config
+from gslb.health import HealthBoard
 from gslb.model import AdminState
 from gslb.server import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder
 from gslb.yamlsrc import load_yaml_text
@@ -24,7 +25,12 @@ def responder(cfg: dict) -> Responder:
     cfg = dict(cfg)
     cfg["geoip"] = {"database": str(DATA / "demo-city.mmdb")}
     raw = load_yaml_text(yaml.safe_dump(cfg, sort_keys=False), "test.yaml")
-    return Responder(build_config(raw, "test.yaml", Path(".")))
+    config = build_config(raw, "test.yaml", Path("."))
+    r = Responder(config)
+    # The server's arrangement: a board owns health and pushes views to the responder.
+    r.board = HealthBoard(config)
+    r.board.subscribe(r.set_health)
+    return r
 
 
 def ask(r: Responder, name: str = DEMO_NAME, qtype: str = "A", ecs: str | None = None,
@@ -113,7 +119,7 @@ def test_failover_uses_pool_order_and_scope_zero():
     for subnet in ("192.0.2.0/24", "198.51.100.0/24"):
         resp = ask(r, ecs=subnet)
         assert answers(resp) == [SIN] and ecs_scope(resp) == 0
-    r.health.set_site("sin", AdminState.DOWN)
+    r.board.set_site("sin", AdminState.DOWN)
     assert answers(ask(r, ecs="192.0.2.0/24")) == [NYC]
     # A nets entry with its own site order makes the answer client-specific.
     cfg = service_cfg(algorithm="failover", pool=["sin", "nyc", "fra"])
@@ -131,7 +137,7 @@ def test_weighted_distribution_follows_weights():
     seen = collections.Counter(answers(ask(r, ecs="203.0.113.0/24"))[0] for _ in range(400))
     assert set(seen) == {NYC, FRA}
     assert 2.5 <= seen[NYC] / seen[FRA] <= 3.5
-    r.health.set_site("nyc", AdminState.DOWN)
+    r.board.set_site("nyc", AdminState.DOWN)
     assert {answers(ask(r))[0] for _ in range(20)} == {FRA}
 
 
@@ -152,11 +158,11 @@ def test_answers_n_rotates_within_the_site():
 def test_health_down_moves_to_next_nearest_and_back():
     r = responder(service_cfg())
     assert answers(ask(r, ecs="198.51.100.0/24")) == [FRA]
-    r.health.set_site("fra", AdminState.DOWN)
+    r.board.set_site("fra", AdminState.DOWN)
     assert answers(ask(r, ecs="198.51.100.0/24")) == [NYC]      # next nearest to Frankfurt
-    r.health.set_site("fra", None)
+    r.board.set_site("fra", None)
     assert answers(ask(r, ecs="198.51.100.0/24")) == [FRA]
-    r.health.set_address(FRA, AdminState.DRAIN)
+    r.board.set_address(FRA, AdminState.DRAIN)
     assert answers(ask(r, ecs="198.51.100.0/24")) == [NYC]
 
 
@@ -190,14 +196,14 @@ def test_v4_preferred_keeps_dual_stack_clients_on_one_site():
     r = responder(service_cfg(ip_version="v4_preferred"))
     # Frankfurt's IPv6 address is down but its IPv4 is fine: IPv4 still picks fra,
     # so AAAA must not send the same client to fra's v6 (down) ...
-    r.health.set_address(FRA6, AdminState.DOWN)
+    r.board.set_address(FRA6, AdminState.DOWN)
     assert answers(ask(r, ecs="198.51.100.0/24")) == [FRA]
     # ... and with fra lacking usable v6, AAAA picks on its own: the next nearest.
     assert answers(ask(r, qtype="AAAA", ecs="198.51.100.0/24")) == [NYC6]
     # Frankfurt's IPv4 down: IPv4 moves to nyc, and IPv6 follows IPv4 to nyc
     # even though fra's IPv6 is back up.
-    r.health.set_address(FRA6, None)
-    r.health.set_address(FRA, AdminState.DOWN)
+    r.board.set_address(FRA6, None)
+    r.board.set_address(FRA, AdminState.DOWN)
     assert answers(ask(r, ecs="198.51.100.0/24")) == [NYC]
     assert answers(ask(r, qtype="AAAA", ecs="198.51.100.0/24")) == [NYC6]
 
@@ -205,7 +211,7 @@ def test_v4_preferred_keeps_dual_stack_clients_on_one_site():
 def test_v6_preferred_falls_back_when_no_v6_is_healthy():
     r = responder(service_cfg(ip_version="v6_preferred"))
     for ip in (NYC6, FRA6, SIN6):
-        r.health.set_address(ip, AdminState.DOWN)
+        r.board.set_address(ip, AdminState.DOWN)
     # No usable IPv6 anywhere: IPv4 picks on its own (nearest), not the v6 anchor.
     assert answers(ask(r, ecs="203.0.113.0/24")) == [SIN]
 
@@ -219,7 +225,7 @@ def test_all_down_modes(mode, expect_a):
         svc["fallback"] = ["192.0.2.250"]
     r = responder(service_cfg(**svc))
     for site in ("nyc", "fra", "sin"):
-        r.health.set_site(site, AdminState.DOWN)
+        r.board.set_site(site, AdminState.DOWN)
     resp = ask(r, ecs="198.51.100.0/24")
     assert answers(resp) == expect_a
     if mode == "serve_none":
@@ -236,7 +242,7 @@ def test_answer_table_is_rebuilt_on_health_change_not_per_query():
     for _ in range(5):
         ask(r, ecs="198.51.100.0/24")
     assert r.table is table                  # queries never rebuild
-    r.health.set_site("fra", AdminState.DOWN)
+    r.board.set_site("fra", AdminState.DOWN)
     assert r.table is not table              # a change does, eagerly:
     assert len(r.table.dynamic) == len(table.dynamic)
 

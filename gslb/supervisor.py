@@ -1,0 +1,266 @@
+"""The serving process tree: one supervisor and N DNS workers.
+
+The supervisor owns everything that must exist once: the config (parsed once
+per reload), the health prober and its board, the dashboard. Workers own only
+sockets and a `Responder`. They talk over a socketpair with length-prefixed
+pickles (both ends are this program): the supervisor sends the config, every
+health snapshot and every reload; a worker sends "ready" and, each second,
+its query counters. So every worker answers from the same health, and a
+worker that dies is replaced with the current state.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ConfigError, load_config
+from .health import HealthBoard, HealthView, Prober
+from .model import Config, Listener
+
+log = logging.getLogger("gslb.supervisor")
+
+EXIT_BIND_FAILED = 3
+STATS_INTERVAL = 1.0
+_LEN = struct.Struct("!I")
+
+
+async def send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    writer.write(_LEN.pack(len(data)) + data)
+    await writer.drain()
+
+
+async def receive(reader: asyncio.StreamReader) -> dict[str, Any]:
+    size = _LEN.unpack(await reader.readexactly(_LEN.size))[0]
+    return pickle.loads(await reader.readexactly(size))
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+
+async def worker_main(fd: int) -> int:
+    """Run one DNS worker controlled through the socket ``fd``."""
+    from .server import DnsServer
+
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    hello = await receive(reader)
+    config: Config = hello["config"]
+    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"])
+    try:
+        await server.start()
+    except OSError as exc:
+        await send(writer, {"bind_error": str(exc)})
+        return EXIT_BIND_FAILED
+    await send(writer, {"ready": os.getpid()})
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the supervisor reloads for us
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            await send(writer, {"counts": server.responder.query_counts(),
+                                "errors": server.responder.errors})
+
+    async def listen() -> None:
+        while True:
+            message = await receive(reader)
+            if "health" in message:
+                server.responder.set_health(message["health"])
+            if "config" in message:
+                server.apply_config(message["config"])
+                log.info("worker %d: applied new config", os.getpid())
+
+    tasks = [loop.create_task(report()), loop.create_task(listen()),
+             loop.create_task(stop.wait())]
+    # Whichever ends first (a stop signal, or the supervisor's end of the pipe) ends us.
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await server.stop()
+    writer.close()
+    return 0
+
+
+# --- supervisor side -------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    index: int
+    proc: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    reader: asyncio.StreamReader
+    ready: asyncio.Future
+    counts: dict[tuple[int, str], int] = field(default_factory=dict)
+    errors: int = 0
+
+
+class Supervisor:
+    """Starts workers, runs the prober and dashboard, relays config and health."""
+
+    def __init__(self, config_path: str, config: Config, listeners: tuple[Listener, ...],
+                 workers: int, http: Listener | None, ready_line: str = ""):
+        self.config_path = config_path
+        self.config = config
+        self.listeners = listeners
+        self.n_workers = workers
+        self.http = http
+        self.ready_line = ready_line
+        self.board = HealthBoard(config, state_file=config.health.state_file)
+        self.workers: dict[int, Worker] = {}
+        self.retired: dict[tuple[int, str], int] = {}   # counts of workers that are gone
+        self.rebuilds = {"health": 0, "config": 0}
+        self.reloads = {"ok": 0, "rejected": 0}
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from .dashboard import start_dashboard
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self.reload()))
+        prober = Prober(self.board)
+        await prober.start()
+        self.prober = prober
+        self.board.subscribe(self._on_view)
+        runner = None
+        try:
+            if self.http is not None:
+                runner = await start_dashboard(self, self.http)
+            for index in range(self.n_workers):
+                await self._spawn(index)
+            results = await asyncio.gather(*(w.ready for w in self.workers.values()))
+            if not all(results):
+                log.error("a worker could not listen on %s; stopping",
+                          ", ".join(map(str, self.listeners)))
+                return 1
+            if self.ready_line:
+                log.info("%s", self.ready_line)
+            await stop.wait()
+            return 0
+        finally:
+            self._stopping = True
+            await self._stop_workers()
+            await prober.stop()
+            if runner is not None:
+                await runner.cleanup()
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self, index: int) -> Worker:
+        ours, theirs = socket.socketpair()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gslb.cli", "worker", "--control-fd", str(theirs.fileno()),
+            pass_fds=(theirs.fileno(),))
+        theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        ready = asyncio.get_running_loop().create_future()
+        worker = Worker(index, proc, writer, reader, ready)
+        self.workers[proc.pid] = worker
+        await send(writer, {"config": self.config, "listeners": self.listeners,
+                            "reuse_port": True, "health": self.board.view})
+        self._spawn_task(self._read_worker(worker))
+        return worker
+
+    async def _read_worker(self, worker: Worker) -> None:
+        try:
+            while True:
+                message = await receive(worker.reader)
+                if "ready" in message and not worker.ready.done():
+                    worker.ready.set_result(True)
+                elif "bind_error" in message:
+                    log.error("worker %d: %s", worker.proc.pid, message["bind_error"])
+                    if not worker.ready.done():
+                        worker.ready.set_result(False)
+                elif "counts" in message:
+                    worker.counts, worker.errors = message["counts"], message["errors"]
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        code = await worker.proc.wait()
+        if not worker.ready.done():
+            worker.ready.set_result(False)
+        self.workers.pop(worker.proc.pid, None)
+        for key, value in worker.counts.items():
+            self.retired[key] = self.retired.get(key, 0) + value
+        worker.writer.close()
+        if self._stopping or code == EXIT_BIND_FAILED:
+            return
+        log.error("worker %d exited with %s; starting a new one", worker.proc.pid, code)
+        await asyncio.sleep(0.5)   # do not spin on a worker that dies at once
+        if not self._stopping:
+            await self._spawn(worker.index)
+
+    async def _stop_workers(self) -> None:
+        for worker in list(self.workers.values()):
+            if worker.proc.returncode is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in list(self.workers.values()):
+            try:
+                await asyncio.wait_for(worker.proc.wait(), 10)
+            except asyncio.TimeoutError:
+                worker.proc.kill()
+                await worker.proc.wait()
+
+    # --- changes --------------------------------------------------------------------------
+
+    def _on_view(self, view: HealthView) -> None:
+        self.rebuilds["health"] += 1
+        for worker in list(self.workers.values()):
+            self._spawn_task(self._safe_send(worker, {"health": view}))
+
+    async def _safe_send(self, worker: Worker, message: dict[str, Any]) -> None:
+        try:
+            await send(worker.writer, message)
+        except (ConnectionError, OSError):
+            pass   # the worker is gone; _read_worker replaces it
+
+    async def reload(self) -> bool:
+        """Re-read the config file; swap it in everywhere, or keep the old one and say why."""
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, self.config_path)
+        except ConfigError as exc:
+            self.reloads["rejected"] += 1
+            log.error("reload of %s rejected, still serving the previous config:\n  %s",
+                      self.config_path, "\n  ".join(exc.problems))
+            return False
+        self.config = config
+        self.rebuilds["config"] += 1
+        for worker in list(self.workers.values()):
+            await self._safe_send(worker, {"config": config})
+        self.board.set_config(config)        # publishes a view, sent to every worker
+        self.prober.retarget(config)
+        self.reloads["ok"] += 1
+        log.info("config reloaded from %s: %d zones, %d services, %d sites", self.config_path,
+                 len(config.zones), len(config.services), len(config.sites))
+        return True
+
+    def query_counts(self) -> dict[tuple[int, str], int]:
+        total = dict(self.retired)
+        for worker in self.workers.values():
+            for key, value in worker.counts.items():
+                total[key] = total.get(key, 0) + value
+        return total
