@@ -128,40 +128,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # --- demo ------------------------------------------------------------------------------------
 
 
-DEMO_TRIES = (
-    ("192.0.2.0/24", "a client in New York"),
-    ("198.51.100.0/24", "a client in Frankfurt"),
-    ("203.0.113.0/24", "a client in Singapore"),
-    ("2001:db8:4::/48", "a client in London"),
-)
-
-
-def demo_banner(config: Config, listeners: tuple[Listener, ...], http: Listener | None) -> str:
-    first = listeners[0]
-    at = f"@{first.host} -p {first.port}"
-    name = "www.test.com." + config.zones[0].origin
-    lines = [f"gslb demo: authoritative DNS for {', '.join(z.origin for z in config.zones)} "
-             f"on {', '.join(map(str, listeners))}", "", "Try:"]
-    for subnet, who in DEMO_TRIES:
-        lines.append(f"  dig {at} {name} A +subnet={subnet} +norec    # {who}")
-    lines += [f"  dig {at} {name} AAAA +norec",
-              f"  dig {at} {config.zones[0].origin} SOA +norec",
-              f"  gslb explain {name} --ecs 198.51.100.0/24"]
-    if http is not None:
-        lines += [f"  open http://{http}/            # health dashboard",
-                  f"  curl -s http://{http}/metrics | grep gslb_"]
-    lines += ["", "Stop with Ctrl-C."]
-    return "\n".join(lines)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import banner, start_edges, stop_edges
+
     _setup_logging(args.verbose)
     config = _load_or_exit(args.config)
     listeners = tuple(args.dns) if args.dns else config.server.listen
     http = None if args.no_http else (args.http or config.dashboard.listen)
-    print(demo_banner(config, listeners, http), flush=True)
-    args.workers = args.workers or 1
-    return _serve(args, config, f"ready: {summary(config)}")
+    edges = start_edges(config)
+    try:
+        print(banner(config, listeners, http, edges), flush=True)
+        args.workers = args.workers or 1
+        return _serve(args, config, f"ready: {summary(config)}")
+    finally:
+        stop_edges(edges)
 
 
 # --- main ------------------------------------------------------------------------------------

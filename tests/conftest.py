@@ -180,8 +180,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-def load_default() -> dict:
-    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+def load_default(checks: bool = True) -> dict:
+    """data/gslb.yaml as a dict; checks=False strips the health checks from it."""
+    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    if not checks:
+        cfg.pop("checks", None)
+        for site in cfg["sites"].values():
+            site.pop("check", None)
+            site["addresses"] = [a["address"] if isinstance(a, dict) else a
+                                 for a in site["addresses"]]
+    return cfg
 
 
 def write_config(tmp: Path, cfg: dict, name: str = "gslb.yaml") -> Path:

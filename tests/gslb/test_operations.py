@@ -116,7 +116,7 @@ def test_a_dead_worker_is_replaced(start_server):
         if len(now) == 2 and first[0] not in now:
             break
         time.sleep(0.1)
-    assert len(children_of(srv.proc.pid)) == 2
+    assert len(children_of(srv.proc.pid)) == 2, srv.logtext()
     assert dig_short(srv.port, DEMO_NAME, "+subnet=192.0.2.0/24") == ["127.0.0.11"]
 
 
