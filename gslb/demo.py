@@ -1,6 +1,7 @@
 """`gslb demo`: the default config on loopback, stand-in edges, and what to try."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ def stop_edges(edges: list[DemoEdge]) -> None:
             edge.proc.wait(5)
 
 
+def _program() -> str:
+    """How the user can run us again (e.g. .venv/bin/gslb), for copy-paste."""
+    path = sys.argv[0]
+    if os.path.basename(path) == "gslb" and os.path.exists(path):
+        rel = os.path.relpath(path)
+        return rel if rel.startswith(".") else f"./{rel}" if os.sep in rel else rel
+    return "gslb"
+
+
 def banner(config: Config, listeners: tuple[Listener, ...], http: Listener | None,
            edges: list[DemoEdge]) -> str:
     first = listeners[0]
@@ -63,7 +73,7 @@ def banner(config: Config, listeners: tuple[Listener, ...], http: Listener | Non
         lines.append(f"  dig {at} {name} A +subnet={subnet} +norec    # {who}")
     lines += [f"  dig {at} {name} AAAA +norec",
               f"  dig {at} {config.zones[0].origin} SOA +norec",
-              f"  gslb explain {name} --ecs 198.51.100.0/24"]
+              f"  {_program()} explain {name} --ecs 198.51.100.0/24"]
     if http is not None:
         lines += [f"  open http://{http}/            # health dashboard",
                   f"  curl -s http://{http}/metrics | grep gslb_"]

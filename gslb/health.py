@@ -326,8 +326,9 @@ class HealthBoard:
                 change = Change(now, entry.site, ip, old.state, entry.state, entry.reason)
                 self.history.append(change)
                 self.change_counts[(ip, entry.state.value)] += 1
-                log.warning("%s (site %s): %s -> %s: %s", ip, entry.site, old.state.value,
-                            entry.state.value, entry.reason)
+                level = logging.WARNING if entry.state is State.DOWN else logging.INFO
+                log.log(level, "%s (site %s): %s -> %s: %s", ip, entry.site, old.state.value,
+                        entry.state.value, entry.reason)
         for callback in list(self._subscribers):
             callback(self.view)
 

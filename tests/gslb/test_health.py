@@ -205,7 +205,7 @@ def test_rise_and_fall_hysteresis(caplog):
     for t in ts.values():
         board.record(t, True, "HTTP 200", 0.01)
     t = ts["127.0.0.12"]
-    caplog.set_level(logging.WARNING, "gslb.health")
+    caplog.set_level(logging.INFO, "gslb.health")
     caplog.clear()
     for _ in range(2):
         board.record(t, False, "HTTP 503", 0.01)
@@ -277,7 +277,7 @@ async def test_many_flapping_checks_stay_bounded(caplog):
     config = build_config(load_yaml_text(yaml.safe_dump(cfg), "t.yaml"), "t.yaml", Path("."))
     board = HealthBoard(config)
     prober = Prober(board)
-    caplog.set_level(logging.WARNING, "gslb.health")
+    caplog.set_level(logging.INFO, "gslb.health")
     await prober.start()
     try:
         await asyncio.sleep(3)
