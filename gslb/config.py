@@ -16,7 +16,8 @@ import dnslib
 
 from .model import (Address, AdminState, AllDown, Algorithm, CheckKind, CheckSpec, Config,
                     DashboardSettings, HealthSettings, IPVersion, Listener, Location,
-                    NetOverride, RecordSet, Service, ServerSettings, Site, Soa, ZoneConfig)
+                    NetOverride, RateLimit, RecordSet, Service, ServerSettings, Site, Soa,
+                    ZoneConfig)
 from .yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "gslb.yaml"
@@ -162,7 +163,9 @@ def parse_listener(text: str) -> Listener:
 
 def _server(ck: _Checker, raw: Any, where: Where) -> ServerSettings:
     block = ck.mapping(raw, where, "server")
-    ck.keys(block, ("listen", "workers", "tcp_idle_timeout", "edns_payload"), "server")
+    ck.keys(block, ("listen", "workers", "tcp_idle_timeout", "edns_payload", "tcp_read_timeout",
+                    "tcp_max_connections", "tcp_max_per_client", "tcp_max_queued", "rate_limit",
+                    "cookies", "cookie_secret_env", "nsid"), "server")
     listeners = [_listener(ck, v, w) for v, w in ck.items(block.get("listen"), block.at("listen"),
                                                           "server.listen")]
     if "listen" not in block:
@@ -173,7 +176,46 @@ def _server(ck: _Checker, raw: Any, where: Where) -> ServerSettings:
         workers = ck.integer(block, "workers", 0, 1, 256, "server")
     idle = ck.number(block, "tcp_idle_timeout", 0.1, 3600, "server", default=10.0)
     payload = ck.integer(block, "edns_payload", 1232, 512, 4096, "server")
-    return ServerSettings(tuple(x for x in listeners if x), workers, float(idle or 10.0), payload)
+    read = ck.number(block, "tcp_read_timeout", 0.1, 600, "server", default=5.0)
+    cookies = block.get("cookies", True)
+    if not isinstance(cookies, bool):
+        ck.add(block.at("cookies"), "server.cookies must be true or false")
+        cookies = True
+    secret = b""
+    env = ck.text(block, "cookie_secret_env", "server")
+    if env:
+        try:
+            secret = bytes.fromhex(os.environ.get(env, ""))
+            if os.environ.get(env) and len(secret) < 16:
+                raise ValueError
+        except ValueError:
+            ck.add(block.at("cookie_secret_env"), f"${env} must hold at least 16 bytes in hex")
+            secret = b""
+    nsid = ck.text(block, "nsid", "server").encode()
+    if len(nsid) > 255:
+        ck.add(block.at("nsid"), "server.nsid is longer than 255 bytes")
+    return ServerSettings(
+        tuple(x for x in listeners if x), workers, float(idle or 10.0), payload,
+        float(read or 5.0),
+        ck.integer(block, "tcp_max_connections", 4096, 1, 1_000_000, "server"),
+        ck.integer(block, "tcp_max_per_client", 64, 1, 1_000_000, "server"),
+        ck.integer(block, "tcp_max_queued", 64, 1, 100_000, "server"),
+        _rate_limit(ck, block.get("rate_limit"), block.at("rate_limit")),
+        cookies, secret, nsid[:255])
+
+
+def _rate_limit(ck: _Checker, raw: Any, where: Where) -> RateLimit:
+    block = ck.mapping(raw, where, "server.rate_limit")
+    what = "server.rate_limit"
+    ck.keys(block, ("enabled", "responses_per_second", "slip", "ipv4_prefix", "ipv6_prefix"), what)
+    enabled = block.get("enabled", bool(block))
+    if not isinstance(enabled, bool):
+        ck.add(block.at("enabled"), f"{what}.enabled must be true or false")
+        enabled = False
+    rate = ck.number(block, "responses_per_second", 0.1, 1_000_000, what, default=20.0)
+    return RateLimit(enabled, float(rate or 20.0), ck.integer(block, "slip", 2, 0, 100, what),
+                     ck.integer(block, "ipv4_prefix", 24, 8, 32, what),
+                     ck.integer(block, "ipv6_prefix", 56, 16, 128, what))
 
 
 def _geoip(ck: _Checker, raw: Any, where: Where, base: Path) -> str | None:

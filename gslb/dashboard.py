@@ -73,6 +73,17 @@ class _Collector:
         for result, n in sup.reloads.items():
             reloads.add_metric([result], n)
         yield reloads
+        extra = sup.extra_counts()
+        rrl = CounterMetricFamily("gslb_rrl_responses", "UDP responses rate limited, by action",
+                                  labels=["action"])
+        for action in ("dropped", "slipped"):
+            rrl.add_metric([action], extra.get(("rrl", action), 0))
+        yield rrl
+        tcp = CounterMetricFamily("gslb_tcp_connections_closed", "TCP connections refused or "
+                                  "closed early by the connection limits", labels=["reason"])
+        for reason in ("refused", "evicted"):
+            tcp.add_metric([reason], extra.get(("tcp", reason), 0))
+        yield tcp
         workers = GaugeMetricFamily("gslb_workers", "DNS worker processes running")
         workers.add_metric([], len(sup.workers))
         yield workers

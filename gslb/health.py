@@ -374,6 +374,7 @@ class Prober:
         self._insecure.check_hostname = False
         self._insecure.verify_mode = ssl.CERT_NONE
         self._first_deadline: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -399,9 +400,10 @@ class Prober:
                 slowest + 1.0, self.board.end_first_round)
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.wait(list(self._tasks.values()), timeout=5) if self._tasks else None
         self._tasks.clear()
         if self._first_deadline is not None:
             self._first_deadline.cancel()
@@ -413,7 +415,7 @@ class Prober:
         loop = asyncio.get_running_loop()
         # Spread the first checks over up to a second so they do not all fire at once.
         await asyncio.sleep(random.uniform(0, min(spec.interval, 1.0)))
-        while True:
+        while not self._stopping:
             start = loop.time()
             ok, detail = await self.probe(target)
             self.board.record(target, ok, detail, loop.time() - start)
@@ -425,7 +427,10 @@ class Prober:
         spec = target.spec
         async with self._sem:
             try:
-                return await asyncio.wait_for(self._probe(target), spec.timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation that lands as the probe finishes.
+                async with asyncio.timeout(spec.timeout):
+                    return await self._probe(target)
             except asyncio.CancelledError:
                 raise
             except asyncio.TimeoutError:

@@ -189,11 +189,30 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Response rate limiting in the manner of BIND/Knot RRL (UDP only)."""
+
+    enabled: bool = False
+    responses_per_second: float = 20.0   # per client network and identical response
+    slip: int = 2                        # every Nth limited response goes out truncated; 0 = drop all
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 56
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: tuple[Listener, ...]
     workers: int = 0             # 0 = one per core
     tcp_idle_timeout: float = 10.0
     edns_payload: int = 1232
+    tcp_read_timeout: float = 5.0        # a started message must arrive whole within this
+    tcp_max_connections: int = 4096      # per worker; the longest idle one is closed past it
+    tcp_max_per_client: int = 64         # per client address, per worker
+    tcp_max_queued: int = 64             # responses waiting for a client that does not read
+    rate_limit: RateLimit = RateLimit()
+    cookies: bool = True                 # EDNS Cookies (RFC 7873 / 9018)
+    cookie_secret: bytes = b""           # shared by all workers; generated when empty
+    nsid: bytes = b""                    # RFC 5001 name server identifier; empty = off
 
 
 @dataclass(frozen=True, slots=True)

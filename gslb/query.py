@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .cookies import EDNS_COOKIE
+from .cookies import split as split_cookie
 from .wire import EDNS_ECS, QTYPE_OPT, FormError
+
+EDNS_NSID = 3
 
 MAX_POINTER_HOPS = 32
 
@@ -22,6 +26,8 @@ class Opt(NamedTuple):
     do: bool
     ecs: bytes | None        # raw option data (family, source, scope, address)
     version: int = 0         # anything but 0 is answered BADVERS
+    cookie: bytes | None = None  # raw COOKIE option data (RFC 7873)
+    nsid: bool = False       # the client asked for our NSID (RFC 5001)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,8 @@ def validate_ecs(ecs: bytes) -> tuple[int, int, bytes]:
 
 def _parse_opt(data: bytes, i: int, rdlen: int, klass: int, ttl: bytes) -> Opt:
     end = i + rdlen
-    ecs = None
+    ecs = cookie = None
+    nsid = False
     while i < end:
         if i + 4 > end:
             raise FormError("truncated EDNS option")
@@ -102,8 +109,15 @@ def _parse_opt(data: bytes, i: int, rdlen: int, klass: int, ttl: bytes) -> Opt:
                 raise FormError("two ECS options")
             ecs = data[i + 4:i + 4 + olen]
             validate_ecs(ecs)
+        elif code == EDNS_COOKIE:
+            if cookie is not None:
+                raise FormError("two COOKIE options")
+            cookie = data[i + 4:i + 4 + olen]
+            split_cookie(cookie)
+        elif code == EDNS_NSID:
+            nsid = True
         i += 4 + olen
-    return Opt(max(512, klass), bool(ttl[2] & 0x80), ecs, ttl[1])
+    return Opt(max(512, klass), bool(ttl[2] & 0x80), ecs, ttl[1], cookie, nsid)
 
 
 def parse_query(data: bytes) -> Query:

@@ -15,16 +15,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import resource
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
+from . import cookies
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
 from .geo import Decision, Locator, open_database
 from .health import HealthView
 from .model import Listener
 from .query import Opt, Query, parse_query, validate_ecs
+from .rrl import DROP, RateLimiter
 from .wire import (CLASS_IN, QTYPE_AXFR, QTYPE_IXFR, RCODE_BADVERS, RCODE_FORMERR,
                    RCODE_NOTIMP, RCODE_REFUSED, FormError, counts)
 from .zone import ZoneIndex
@@ -43,6 +48,11 @@ CACHE_NONE, CACHE_SHARED, CACHE_PER_CLIENT = 0, 1, 2
 RECV_SIZE = 4096
 DRAIN_BATCH = 64
 EMPTY_COUNTS = counts(0, 0, 0, 0)
+SLIP_COUNTS = counts(1, 0, 0, 0)
+
+# A computed response: (bytes after the ID, counter slot, RRL identity or None
+# for exempt, length of the question) -- what the UDP cache stores.
+Entry = tuple[bytes, int, object, int]
 
 
 def decode_qkey(qkey: bytes) -> tuple[str, int]:
@@ -79,8 +89,7 @@ class Responder:
         self.table = AnswerTable(config, self.engine.zones, self.health)
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
-        self.payload = config.server.edns_payload
-        self._payload_bytes = struct.pack("!H", self.payload)
+        self._server_settings(config)
         self._rotor = 0
         # Queries by (rcode, service): a list slot per pair, so counting a cached
         # answer is one index increment.
@@ -124,9 +133,25 @@ class Responder:
         table = AnswerTable(config, engine.zones, self.health)
         self.engine, self.table, self.decisions = engine, table, {}
         self._new_wire_caches()
-        self.payload = config.server.edns_payload
-        self._payload_bytes = struct.pack("!H", self.payload)
+        self._server_settings(config)
         old.locator.close()
+
+    def _server_settings(self, config: Config) -> None:
+        server = config.server
+        self.payload = server.edns_payload
+        self._payload_bytes = struct.pack("!H", self.payload)
+        if not hasattr(self, "_own_secret"):
+            self._own_secret = os.urandom(16)
+        # The supervisor hands every worker the same secret; alone, we make our own.
+        self.cookie_secret = (server.cookie_secret or self._own_secret) if server.cookies else b""
+        self.nsid = server.nsid
+        self._nsid_option = struct.pack("!HH", 3, len(self.nsid)) + self.nsid
+        limits = server.rate_limit
+        old = getattr(self, "rrl", None)
+        if not limits.enabled:
+            self.rrl = None
+        elif old is None or old.settings != limits:
+            self.rrl = RateLimiter(limits)
 
     # --- the query path ----------------------------------------------------------------
 
@@ -151,18 +176,34 @@ class Responder:
         """The response to one query, or None to drop it. Never raises for any input.
 
         ``limit`` is the transport's size cap: 512 for UDP (raised by EDNS), 65535 for TCP.
+        Only UDP responses are cached and rate limited.
         """
-        if limit == UDP_PLAIN_LIMIT:
-            tail = data[2:]
-            hit = self._wire.get(tail)
-            if hit is None:
-                hit = self._wire_by_client.get((tail, client))
-            if hit is not None:
-                self.counters[hit[1]] += 1
-                return data[:2] + hit[0]
-        return self._fast(data, client, limit)
+        if limit != UDP_PLAIN_LIMIT:
+            entry = self._compute(data, client, limit)
+            return None if entry is None else data[:2] + entry[0]
+        tail = data[2:]
+        entry = self._wire.get(tail)
+        if entry is None:
+            entry = self._wire_by_client.get((tail, client))
+        if entry is not None:
+            self.counters[entry[1]] += 1
+        else:
+            entry = self._compute(data, client, limit)
+            if entry is None:
+                return None
+        rrl = self.rrl
+        if rrl is not None and entry[2] is not None:
+            verdict = rrl.check(client, entry[2])
+            if verdict:
+                if verdict == DROP:
+                    return None
+                # Slip: a truncated answer, so a real resolver retries over TCP.
+                payload, qlen = entry[0], entry[3]
+                return (data[:2] + bytes((payload[0] | 0x02, payload[1]))
+                        + (SLIP_COUNTS if qlen else EMPTY_COUNTS) + data[12:12 + qlen])
+        return data[:2] + entry[0]
 
-    def _fast(self, data: bytes, client: str, limit: int) -> bytes | None:
+    def _compute(self, data: bytes, client: str, limit: int) -> Entry | None:
         """Parse the common query shape inline; anything unusual goes to the slow path."""
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:10] != QD1_AN0_NS0:
@@ -180,7 +221,8 @@ class Responder:
         if qend > n or i > 266 or data[qend - 2:qend] != CLASS_IN_BYTES:   # name > 255 octets
             return self._slow(data, client, limit)
         arcount = data[10:12]
-        ecs = None
+        ecs = cookie = None
+        nsid = False
         if arcount == AR0:
             if qend != n:
                 return self._slow(data, client, limit)
@@ -196,13 +238,20 @@ class Responder:
                 olen = int.from_bytes(data[j + 2:j + 4], "big")
                 if j + 4 + olen > n:
                     return self._slow(data, client, limit)
-                if data[j:j + 2] == b"\x00\x08":
+                code = data[j:j + 2]
+                if code == b"\x00\x08":
                     if ecs is not None:
                         return self._slow(data, client, limit)
                     ecs = data[j + 4:j + 4 + olen]
+                elif code == b"\x00\x0a":
+                    if cookie is not None:
+                        return self._slow(data, client, limit)
+                    cookie = data[j + 4:j + 4 + olen]
+                elif code == b"\x00\x03":
+                    nsid = True
                 j += 4 + olen
             opt = Opt(max(512, int.from_bytes(data[qend + 3:qend + 5], "big")),
-                      bool(data[qend + 7] & 0x80), ecs)
+                      bool(data[qend + 7] & 0x80), ecs, 0, cookie, nsid)
         else:
             return self._slow(data, client, limit)
         qtype = (data[qend - 4] << 8) | data[qend - 3]
@@ -211,22 +260,23 @@ class Responder:
         try:
             if ecs is not None and ecs not in self.decisions:
                 validate_ecs(ecs)          # malformed ECS -> FORMERR (RFC 7871 7.1.1)
-            out, kind, slot = self._respond(data[:2], data[2], data[3], data[12:qend], opt,
-                                            client, limit)
+            out, kind, slot, identity = self._respond(data[:2], data[2], data[3], data[12:qend],
+                                                      opt, client, limit)
         except FormError:
             return self._error(data[:2], data[2], RCODE_FORMERR, b"", None)
+        entry = (out[2:], slot, identity, qend - 12)
         if kind and limit == UDP_PLAIN_LIMIT:
             if len(self._wire) + len(self._wire_by_client) >= WIRE_CACHE_LIMIT:
                 self._new_wire_caches()
             if kind == CACHE_SHARED:
-                self._wire[data[2:]] = (out[2:], slot)
+                self._wire[data[2:]] = entry
             else:
-                self._wire_by_client[(data[2:], client)] = (out[2:], slot)
-        return out
+                self._wire_by_client[(data[2:], client)] = entry
+        return entry
 
     def _respond(self, qid: bytes, f1: int, f2: int, question: bytes, opt: Opt | None,
-                 client: str, limit: int) -> tuple[bytes, int, int]:
-        """The response, how it may be cached (CACHE_*) and its counter slot."""
+                 client: str, limit: int) -> tuple[bytes, int, int, object]:
+        """The response, how it may be cached (CACHE_*), its counter slot and RRL identity."""
         qkey = question.lower()
         table = self.table
         entry = table.entries.get(qkey)
@@ -252,6 +302,9 @@ class Responder:
             self._rotor += 1
             variant = variants[self._rotor % len(variants)]
             kind = CACHE_NONE        # rotation: every query must pick again
+        # Identical responses share a rate-limit bucket: the body is the answer
+        # RRset, or the zone's SOA for every negative answer of that zone.
+        identity: object = (reply.rcode, variant.body)
         flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | reply.rcode))
         slot = self._slot(reply.rcode, reply.service)
         self.counters[slot] += 1
@@ -259,34 +312,50 @@ class Responder:
             out = qid + flags + variant.counts + question + variant.body
             if len(out) > limit:
                 out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 0) + question
-            return out, kind, slot
-        opt_rr = self._opt_rr(opt.do, ecs, scope)
+            return out, kind, slot, identity
+        extra = b""
+        if opt.cookie is not None and self.cookie_secret:
+            client_cookie, server = cookies.split(opt.cookie)      # FormError if malformed
+            now = int(time.time())
+            if server and cookies.valid(self.cookie_secret, client_cookie, server, client, now):
+                identity = None      # a returning client: its address is not spoofed
+            extra = cookies.option(client_cookie,
+                                   cookies.server_cookie(self.cookie_secret, client_cookie,
+                                                         client, now))
+            kind = CACHE_NONE
+        if opt.nsid and self.nsid:
+            extra += self._nsid_option
+        opt_rr = self._opt_rr(opt.do, ecs, scope, 0, extra)
         out = qid + flags + variant.counts_opt + question + variant.body + opt_rr
         if limit == UDP_PLAIN_LIMIT:
             limit = min(max(opt.payload, UDP_PLAIN_LIMIT), self.payload)
         if len(out) > limit:
             out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 1) + question + opt_rr
-        return out, kind, slot
+        return out, kind, slot, identity
 
-    def _opt_rr(self, do: bool, ecs: bytes | None, scope: int, ext_rcode: int = 0) -> bytes:
+    def _opt_rr(self, do: bool, ecs: bytes | None, scope: int, ext_rcode: int = 0,
+                extra: bytes = b"") -> bytes:
         flags = b"\x80\x00" if do else b"\x00\x00"
-        if ecs is None:
-            return OPT_HEAD + self._payload_bytes + bytes((ext_rcode, 0)) + flags + b"\x00\x00"
-        # RFC 7871 7.2.1: echo family, source prefix and address; set the scope.
-        option = b"\x00\x08" + struct.pack("!H", len(ecs)) + ecs[:3] + bytes((scope,)) + ecs[4:]
+        options = extra
+        if ecs is not None:
+            # RFC 7871 7.2.1: echo family, source prefix and address; set the scope.
+            options = (b"\x00\x08" + struct.pack("!H", len(ecs)) + ecs[:3] + bytes((scope,))
+                       + ecs[4:] + extra)
         return (OPT_HEAD + self._payload_bytes + bytes((ext_rcode, 0)) + flags
-                + struct.pack("!H", len(option)) + option)
+                + struct.pack("!H", len(options)) + options)
 
-    def _error(self, qid: bytes, f1: int, rcode: int, question: bytes, opt: Opt | None) -> bytes:
+    def _error(self, qid: bytes, f1: int, rcode: int, question: bytes, opt: Opt | None) -> Entry:
         """An error response: opcode and RD copied, question echoed when we have one."""
-        self.counters[self._slot(rcode, None)] += 1
+        slot = self._slot(rcode, None)
+        self.counters[slot] += 1
         flags = bytes((0x80 | (f1 & 0x79), rcode & 0x0F))
         extra = b""
         if opt is not None:
             extra = self._opt_rr(opt.do, None, 0, rcode >> 4)
-        return qid + flags + counts(1 if question else 0, 0, 0, 1 if extra else 0) + question + extra
+        out = flags + counts(1 if question else 0, 0, 0, 1 if extra else 0) + question + extra
+        return out, slot, (rcode, b""), len(question)
 
-    def _slow(self, data: bytes, client: str, limit: int) -> bytes | None:
+    def _slow(self, data: bytes, client: str, limit: int) -> Entry | None:
         if len(data) < 12 or data[2] & 0x80:
             return None   # no header, or a response: never answer (no reflection loops)
         qid, f1 = data[:2], data[2]
@@ -305,9 +374,11 @@ class Responder:
         if 128 <= q.qtype <= 254 or q.qtype == 0:
             return self._error(qid, f1, RCODE_NOTIMP, q.question, q.opt)
         try:
-            return self._respond(qid, f1, data[3], q.question, q.opt, client, limit)[0]
+            out, _, slot, identity = self._respond(qid, f1, data[3], q.question, q.opt, client,
+                                                   limit)
         except FormError:
             return self._error(qid, f1, RCODE_FORMERR, b"", None)
+        return out[2:], slot, identity, len(q.question)
 
 
 # --- sockets -----------------------------------------------------------------------------
@@ -340,6 +411,13 @@ def _bind_tcp(listener: Listener, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def _raise_fd_limit() -> None:
+    """Thousands of TCP clients need thousands of descriptors: use the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class DnsServer:
     """UDP and TCP listeners around one Responder."""
 
@@ -350,9 +428,12 @@ class DnsServer:
         self.reuse_port = reuse_port
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
-        self._conns: set[asyncio.Task] = set()
+        self._conns: dict[asyncio.Task, list] = {}       # task -> [client, last activity]
+        self._per_client: dict[str, int] = {}
+        self.tcp_refused = self.tcp_evicted = 0
 
     async def start(self) -> None:
+        _raise_fd_limit()
         loop = asyncio.get_running_loop()
         for listener in self.listeners:
             sock = _bind_udp(listener, self.reuse_port)
@@ -364,6 +445,8 @@ class DnsServer:
     def _drain_udp(self, sock: socket.socket) -> None:
         # Several datagrams per wake-up: one readiness callback costs more than a recvfrom.
         recv, send, answer = sock.recvfrom, sock.sendto, self.responder.answer
+        if self.responder.rrl is not None:
+            self.responder.rrl.now = time.monotonic()
         for _ in range(DRAIN_BATCH):
             try:
                 data, addr = recv(RECV_SIZE)
@@ -384,17 +467,33 @@ class DnsServer:
                     pass
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else "0.0.0.0"
-        idle = self.responder.engine.config.server.tcp_idle_timeout
+        settings = self.responder.engine.config.server
+        task = asyncio.current_task()
+        if self._per_client.get(client, 0) >= settings.tcp_max_per_client or task is None:
+            self.tcp_refused += 1
+            writer.close()
+            return
+        if len(self._conns) >= settings.tcp_max_connections:
+            # Full: make room by closing the connection that has been idle longest
+            # (RFC 7766 6.2.3), so slow or idle clients cannot lock others out.
+            oldest = min(self._conns, key=lambda t: self._conns[t][1])
+            oldest.cancel()
+            self._conns.pop(oldest, None)
+            self.tcp_evicted += 1
+        self._conns[task] = [client, time.monotonic()]
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        # Responses queue in the transport while the client does not read; past
+        # this many bytes drain() waits, and we stop reading further queries.
+        writer.transport.set_write_buffer_limits(high=settings.tcp_max_queued * 512)
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(2), idle)
-                size = int.from_bytes(head, "big")
-                data = await asyncio.wait_for(reader.readexactly(size), idle)
+                async with asyncio.timeout(settings.tcp_idle_timeout):
+                    head = await reader.readexactly(2)
+                async with asyncio.timeout(settings.tcp_read_timeout):
+                    data = await reader.readexactly(int.from_bytes(head, "big"))
+                self._conns[task][1] = time.monotonic()
                 try:
                     out = self.responder.answer(data, client, TCP_LIMIT)
                 except Exception:
@@ -404,13 +503,19 @@ class DnsServer:
                 if out is None:
                     break
                 writer.write(len(out).to_bytes(2, "big") + out)
-                await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+                async with asyncio.timeout(settings.tcp_idle_timeout):
+                    await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError,
+                asyncio.CancelledError):
             pass
         finally:
-            if task is not None:
-                self._conns.discard(task)
-            writer.close()
+            self._conns.pop(task, None)
+            left = self._per_client.get(client, 1) - 1
+            if left:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
+            writer.transport.abort() if writer.transport.get_write_buffer_size() else writer.close()
 
     def apply_config(self, config: Config) -> None:
         """Serve a new, already validated config (listeners stay as they are)."""

@@ -18,7 +18,7 @@ import signal
 import socket
 import struct
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ConfigError, load_config
@@ -70,8 +70,12 @@ async def worker_main(fd: int) -> int:
     async def report() -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
+            rrl = server.responder.rrl
             await send(writer, {"counts": server.responder.query_counts(),
-                                "errors": server.responder.errors})
+                                "errors": server.responder.errors,
+                                "rrl": rrl.counts() if rrl else {},
+                                "tcp": {"refused": server.tcp_refused,
+                                        "evicted": server.tcp_evicted}})
 
     async def listen() -> None:
         while True:
@@ -106,6 +110,7 @@ class Worker:
     ready: asyncio.Future
     counts: dict[tuple[int, str], int] = field(default_factory=dict)
     errors: int = 0
+    extra: dict[str, dict[str, int]] = field(default_factory=dict)   # rrl, tcp counters
 
 
 class Supervisor:
@@ -114,6 +119,9 @@ class Supervisor:
     def __init__(self, config_path: str, config: Config, listeners: tuple[Listener, ...],
                  workers: int, http: Listener | None, ready_line: str = ""):
         self.config_path = config_path
+        # One cookie secret for all workers, so a cookie issued by one is valid at all.
+        self._secret = config.server.cookie_secret or os.urandom(16)
+        config = self._with_secret(config)
         self.config = config
         self.listeners = listeners
         self.n_workers = workers
@@ -122,10 +130,16 @@ class Supervisor:
         self.board = HealthBoard(config, state_file=config.health.state_file)
         self.workers: dict[int, Worker] = {}
         self.retired: dict[tuple[int, str], int] = {}   # counts of workers that are gone
+        self.retired_extra: dict[tuple[str, str], int] = {}
         self.rebuilds = {"health": 0, "config": 0}
         self.reloads = {"ok": 0, "rejected": 0}
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+
+    def _with_secret(self, config: Config) -> Config:
+        if config.server.cookie_secret:
+            return config
+        return replace(config, server=replace(config.server, cookie_secret=self._secret))
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -197,6 +211,7 @@ class Supervisor:
                         worker.ready.set_result(False)
                 elif "counts" in message:
                     worker.counts, worker.errors = message["counts"], message["errors"]
+                    worker.extra = {"rrl": message.get("rrl", {}), "tcp": message.get("tcp", {})}
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         code = await worker.proc.wait()
@@ -205,6 +220,9 @@ class Supervisor:
         self.workers.pop(worker.proc.pid, None)
         for key, value in worker.counts.items():
             self.retired[key] = self.retired.get(key, 0) + value
+        for group, values in worker.extra.items():
+            for key, value in values.items():
+                self.retired_extra[(group, key)] = self.retired_extra.get((group, key), 0) + value
         worker.writer.close()
         if self._stopping or code == EXIT_BIND_FAILED:
             return
@@ -219,7 +237,8 @@ class Supervisor:
                 worker.proc.send_signal(signal.SIGTERM)
         for worker in list(self.workers.values()):
             try:
-                await asyncio.wait_for(worker.proc.wait(), 10)
+                async with asyncio.timeout(10):
+                    await worker.proc.wait()
             except asyncio.TimeoutError:
                 worker.proc.kill()
                 await worker.proc.wait()
@@ -241,7 +260,8 @@ class Supervisor:
         """Re-read the config file; swap it in everywhere, or keep the old one and say why."""
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
+            config = self._with_secret(
+                await loop.run_in_executor(None, load_config, self.config_path))
         except ConfigError as exc:
             self.reloads["rejected"] += 1
             log.error("reload of %s rejected, still serving the previous config:\n  %s",
@@ -257,6 +277,15 @@ class Supervisor:
         log.info("config reloaded from %s: %d zones, %d services, %d sites", self.config_path,
                  len(config.zones), len(config.services), len(config.sites))
         return True
+
+    def extra_counts(self) -> dict[tuple[str, str], int]:
+        """RRL and TCP counters of all workers, by (group, name)."""
+        total = dict(self.retired_extra)
+        for worker in self.workers.values():
+            for group, values in worker.extra.items():
+                for key, value in values.items():
+                    total[(group, key)] = total.get((group, key), 0) + value
+        return total
 
     def query_counts(self) -> dict[tuple[int, str], int]:
         total = dict(self.retired)
