@@ -142,6 +142,7 @@ class HealthBoard:
         self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
         self.change_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._version = 0
+        self.view = HealthView()
         self._load_overrides()
         self._sync_targets()
         self.view = self._compute()
@@ -274,7 +275,7 @@ class HealthBoard:
 
     def _compute(self) -> HealthView:
         now = self._clock()
-        old = self.view.addresses if hasattr(self, "view") else {}
+        old = self.view.addresses
         gated = bool(self._first_round)
         out: dict[str, AddressHealth] = {}
         for site in self._config.sites.values():
@@ -317,7 +318,7 @@ class HealthBoard:
 
     def _publish(self) -> None:
         self._version += 1
-        before = self.view.addresses if hasattr(self, "view") else {}
+        before = self.view.addresses
         self.view = self._compute()
         now = self._clock()
         for ip, entry in self.view.addresses.items():

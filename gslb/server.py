@@ -89,6 +89,8 @@ class Responder:
         self.table = AnswerTable(config, self.engine.zones, self.health)
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
+        self._own_secret = os.urandom(16)
+        self.rrl: RateLimiter | None = None
         self._server_settings(config)
         self._rotor = 0
         # Queries by (rcode, service): a list slot per pair, so counting a cached
@@ -140,18 +142,15 @@ class Responder:
         server = config.server
         self.payload = server.edns_payload
         self._payload_bytes = struct.pack("!H", self.payload)
-        if not hasattr(self, "_own_secret"):
-            self._own_secret = os.urandom(16)
         # The supervisor hands every worker the same secret; alone, we make our own.
         self.cookie_secret = (server.cookie_secret or self._own_secret) if server.cookies else b""
         self.nsid = server.nsid
         self._nsid_option = struct.pack("!HH", 3, len(self.nsid)) + self.nsid
         limits = server.rate_limit
-        old = getattr(self, "rrl", None)
         if not limits.enabled:
             self.rrl = None
-        elif old is None or old.settings != limits:
-            self.rrl = RateLimiter(limits)
+        elif self.rrl is None or self.rrl.settings != limits:
+            self.rrl = RateLimiter(limits)     # a reload keeps the buckets when unchanged
 
     # --- the query path ----------------------------------------------------------------
 
@@ -515,7 +514,10 @@ class DnsServer:
                 self._per_client[client] = left
             else:
                 self._per_client.pop(client, None)
-            writer.transport.abort() if writer.transport.get_write_buffer_size() else writer.close()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()     # a client that stopped reading: do not wait for it
+            else:
+                writer.close()
 
     def apply_config(self, config: Config) -> None:
         """Serve a new, already validated config (listeners stay as they are)."""
