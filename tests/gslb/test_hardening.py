@@ -240,3 +240,30 @@ def test_tcp_limits_and_read_timeout(start_server):
         start = time.monotonic()
         assert slow.recv(1) == b""
         assert 0.3 < time.monotonic() - start < 3
+
+
+def test_client_that_never_reads_is_bounded_and_cut_off(start_server):
+    cfg = load_default(checks=False)
+    cfg["server"].update({"tcp_idle_timeout": 1.0, "tcp_max_queued": 8})
+    srv = start_server(cfg, workers=1)
+    wire = make_query(DEMO_NAME)
+    framed = (len(wire).to_bytes(2, "big") + wire) * 300_000     # ~18 MB: more than any socket buffer
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)      # and we read nothing back
+    s.connect(("127.0.0.1", srv.port))
+    s.setblocking(False)
+    sent, cut_off, start = 0, False, time.monotonic()
+    while time.monotonic() - start < 8 and sent < len(framed):
+        try:
+            sent += s.send(framed[sent:sent + 65536])
+        except BlockingIOError:
+            time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            cut_off = True
+            break
+    s.close()
+    # The server stopped reading once its queue to us was full (we could not
+    # push everything), and reset us once we had not read for the idle timeout.
+    assert sent < len(framed) and cut_off, (sent, len(framed))
+    assert time.monotonic() - start < 6
+    assert udp_query(srv.port, make_query(DEMO_NAME)) is not None
