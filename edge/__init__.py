@@ -1,1 +1,1 @@
-"""Edge proxy (origin pull and cache). Not built yet: see the open issues."""
+"""Edge proxy: routes CDN requests to customer origins (the cache plugs in here)."""

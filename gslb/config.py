@@ -44,7 +44,7 @@ def in_zone(name: str, origin: str) -> bool:
     return name == origin or name.endswith("." + origin)
 
 
-class _Checker:
+class Checker:
     """Collects problems; helpers return a usable value even when they complain."""
 
     def __init__(self, source: str):
@@ -135,7 +135,7 @@ class _Checker:
 # --- sections ---------------------------------------------------------------------------
 
 
-def _listener(ck: _Checker, text: Any, where: Where) -> Listener | None:
+def _listener(ck: Checker, text: Any, where: Where) -> Listener | None:
     if not isinstance(text, str):
         ck.add(where, f"listen address must be a string like 127.0.0.1:8053, got {text!r}")
         return None
@@ -154,14 +154,14 @@ def _listener(ck: _Checker, text: Any, where: Where) -> Listener | None:
 
 def parse_listener(text: str) -> Listener:
     """Parse a command-line ADDR:PORT; raise ValueError with a clear message."""
-    ck = _Checker("--dns")
+    ck = Checker("--dns")
     found = _listener(ck, text, Where("command line", 0))
     if found is None:
         raise ValueError(ck.problems[0].split(": ", 1)[1])
     return found
 
 
-def _server(ck: _Checker, raw: Any, where: Where) -> ServerSettings:
+def _server(ck: Checker, raw: Any, where: Where) -> ServerSettings:
     block = ck.mapping(raw, where, "server")
     ck.keys(block, ("listen", "workers", "tcp_idle_timeout", "edns_payload", "tcp_read_timeout",
                     "tcp_max_connections", "tcp_max_per_client", "tcp_max_queued", "rate_limit",
@@ -204,7 +204,7 @@ def _server(ck: _Checker, raw: Any, where: Where) -> ServerSettings:
         cookies, secret, nsid[:255])
 
 
-def _rate_limit(ck: _Checker, raw: Any, where: Where) -> RateLimit:
+def _rate_limit(ck: Checker, raw: Any, where: Where) -> RateLimit:
     block = ck.mapping(raw, where, "server.rate_limit")
     what = "server.rate_limit"
     ck.keys(block, ("enabled", "responses_per_second", "slip", "ipv4_prefix", "ipv6_prefix"), what)
@@ -218,7 +218,7 @@ def _rate_limit(ck: _Checker, raw: Any, where: Where) -> RateLimit:
                      ck.integer(block, "ipv6_prefix", 56, 16, 128, what))
 
 
-def _geoip(ck: _Checker, raw: Any, where: Where, base: Path) -> str | None:
+def _geoip(ck: Checker, raw: Any, where: Where, base: Path) -> str | None:
     if raw is None:
         return None
     block = ck.mapping(raw, where, "geoip")
@@ -238,7 +238,7 @@ def _geoip(ck: _Checker, raw: Any, where: Where, base: Path) -> str | None:
     return str(path)
 
 
-def _location(ck: _Checker, raw: Any, where: Where, what: str) -> Location | None:
+def _location(ck: Checker, raw: Any, where: Where, what: str) -> Location | None:
     block = ck.mapping(raw, where, what)
     ck.keys(block, ("lat", "lon", "city", "country", "continent"), what)
     lat = ck.number(block, "lat", -90, 90, what)
@@ -249,7 +249,7 @@ def _location(ck: _Checker, raw: Any, where: Where, what: str) -> Location | Non
                     ck.text(block, "continent", what))
 
 
-def _probe_target(ck: _Checker, text: Any, where: Where, what: str) -> tuple[str, int]:
+def _probe_target(ck: Checker, text: Any, where: Where, what: str) -> tuple[str, int]:
     """`HOST`, `HOST:PORT` or `[V6]:PORT` -> (host, port or 0)."""
     text = str(text).strip()
     if text.startswith("["):
@@ -269,7 +269,7 @@ def _probe_target(ck: _Checker, text: Any, where: Where, what: str) -> tuple[str
     return host, number
 
 
-def _address(ck: _Checker, raw: Any, where: Where, what: str) -> Address | None:
+def _address(ck: Checker, raw: Any, where: Where, what: str) -> Address | None:
     state, check, probe = AdminState.UP, "", ("", 0)
     if isinstance(raw, LineDict):
         ck.keys(raw, ("address", "state", "check", "probe"), what)
@@ -284,7 +284,7 @@ def _address(ck: _Checker, raw: Any, where: Where, what: str) -> Address | None:
     return Address(ip.compressed, ip.version, state, check, probe[0], probe[1])
 
 
-def _sites(ck: _Checker, raw: Any, where: Where) -> dict[str, Site]:
+def _sites(ck: Checker, raw: Any, where: Where) -> dict[str, Site]:
     block = ck.mapping(raw, where, "sites")
     seen_ips: dict[str, str] = {}
     sites: dict[str, Site] = {}
@@ -314,7 +314,7 @@ def _sites(ck: _Checker, raw: Any, where: Where) -> dict[str, Site]:
     return sites
 
 
-def _nets(ck: _Checker, raw: Any, where: Where, sites: dict[str, Site]) -> list[NetOverride]:
+def _nets(ck: Checker, raw: Any, where: Where, sites: dict[str, Site]) -> list[NetOverride]:
     block = ck.mapping(raw, where, "nets")
     out: list[NetOverride] = []
     seen: dict[Any, Where] = {}
@@ -351,7 +351,7 @@ def _nets(ck: _Checker, raw: Any, where: Where, sites: dict[str, Site]) -> list[
     return out
 
 
-def _parse_rdata(ck: _Checker, name: str, rtype: str, ttl: int, value: Any,
+def _parse_rdata(ck: Checker, name: str, rtype: str, ttl: int, value: Any,
                  where: Where) -> tuple[bytes, str] | None:
     if rtype == "TXT" and isinstance(value, str) and not value.startswith('"'):
         value = '"' + value.replace('"', '\\"') + '"'
@@ -371,7 +371,7 @@ def _parse_rdata(ck: _Checker, name: str, rtype: str, ttl: int, value: Any,
         return None
 
 
-def _records(ck: _Checker, raw: Any, where: Where, origin: str, default_ttl: int) -> list[RecordSet]:
+def _records(ck: Checker, raw: Any, where: Where, origin: str, default_ttl: int) -> list[RecordSet]:
     block = ck.mapping(raw, where, f"zone {origin} records")
     out: list[RecordSet] = []
     for label, body in block.items():
@@ -422,7 +422,7 @@ def _records(ck: _Checker, raw: Any, where: Where, origin: str, default_ttl: int
     return out
 
 
-def _zones(ck: _Checker, raw: Any, where: Where) -> list[ZoneConfig]:
+def _zones(ck: Checker, raw: Any, where: Where) -> list[ZoneConfig]:
     block = ck.mapping(raw, where, "zones")
     if not block:
         ck.add(block.where, "at least one zone is needed under zones:")
@@ -458,7 +458,7 @@ def _zones(ck: _Checker, raw: Any, where: Where) -> list[ZoneConfig]:
     return out
 
 
-def _services(ck: _Checker, raw: Any, where: Where, sites: dict[str, Site],
+def _services(ck: Checker, raw: Any, where: Where, sites: dict[str, Site],
               zones: list[ZoneConfig]) -> list[Service]:
     block = ck.mapping(raw, where, "services")
     out: list[Service] = []
@@ -528,7 +528,7 @@ CHECK_KEYS = ("type", "port", "path", "host", "expect", "body", "verify_tls", "i
 DEFAULT_PORTS = {CheckKind.HTTP: 80, CheckKind.HTTPS: 443}
 
 
-def _checks(ck: _Checker, raw: Any, where: Where) -> dict[str, CheckSpec]:
+def _checks(ck: Checker, raw: Any, where: Where) -> dict[str, CheckSpec]:
     block = ck.mapping(raw, where, "checks")
     out: dict[str, CheckSpec] = {}
     for name, body in block.items():
@@ -565,7 +565,7 @@ def _checks(ck: _Checker, raw: Any, where: Where) -> dict[str, CheckSpec]:
     return out
 
 
-def _check_refs(ck: _Checker, top: LineDict, sites: dict[str, Site],
+def _check_refs(ck: Checker, top: LineDict, sites: dict[str, Site],
                 checks: dict[str, CheckSpec]) -> None:
     raw_sites = top.get("sites")
     for site in sites.values():
@@ -576,7 +576,7 @@ def _check_refs(ck: _Checker, top: LineDict, sites: dict[str, Site],
                        f"(defined: {', '.join(checks) or 'none'})")
 
 
-def _health(ck: _Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
+def _health(ck: Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
     block = ck.mapping(raw, where, "health")
     ck.keys(block, ("state_file", "max_concurrent"), "health")
     state = block.get("state_file", "gslb-state.json")
@@ -588,7 +588,7 @@ def _health(ck: _Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
                           ck.integer(block, "max_concurrent", 256, 1, 100_000, "health"))
 
 
-def _dashboard(ck: _Checker, raw: Any, where: Where) -> DashboardSettings:
+def _dashboard(ck: Checker, raw: Any, where: Where) -> DashboardSettings:
     block = ck.mapping(raw, where, "dashboard")
     ck.keys(block, ("listen", "token", "token_env"), "dashboard")
     listen = Listener("127.0.0.1", 8080)
@@ -622,7 +622,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def build_config(raw: Any, source: str, base: Path) -> Config:
     """Validate already-parsed YAML (with line info) into a Config."""
-    ck = _Checker(source)
+    ck = Checker(source)
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, TOP_KEYS, "the top level")
     server = _server(ck, top.get("server"), top.at("server"))

@@ -1,0 +1,98 @@
+"""`edge serve`: the edge proxy."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from gslb.config import parse_listener
+from gslb.model import Listener
+
+from . import config as edge_config
+from .proxy import DRAINING, EdgeState, make_app
+
+log = logging.getLogger("edge")
+
+
+def _listener(text: str) -> Listener:
+    try:
+        return parse_listener(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
+    listen = tuple(args.listen or ())
+    if args.origin:
+        return edge_config.quick(args.origin, args.host, listen or (Listener("127.0.0.1", 8081),))
+    cfg = edge_config.load(args.config)
+    if listen:
+        cfg = edge_config.EdgeConfig(cfg.source, listen, cfg.account, cfg.customers, cfg.via,
+                                     cfg.by_cname, cfg.by_directory)
+    return cfg
+
+
+async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig) -> int:
+    state = EdgeState(cfg)
+    app = make_app(state)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    for listener in cfg.listen:
+        await web.TCPSite(runner, listener.host, listener.port).start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        if args.origin:
+            return
+        try:
+            new = _load(args)
+        except edge_config.ConfigError as exc:
+            log.error("reload of %s rejected, keeping the previous config:\n  %s",
+                      args.config, "\n  ".join(exc.problems))
+            return
+        state.apply(new)
+        log.info("reloaded %s: %d customers", args.config, len(new.customers))
+
+    def drain(on: bool) -> None:
+        app[DRAINING] = on
+        log.info("draining: /healthz answers %s", 503 if on else 200)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: drain(True))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: drain(False))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    log.info("ready: %d customers on %s", len(cfg.customers), ", ".join(map(str, cfg.listen)))
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the edge proxy")
+    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p.add_argument("--listen", action="append", type=_listener, metavar="ADDR:PORT")
+    p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
+    p.add_argument("--host", help="quick mode: Host header to send to the origin")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    try:
+        cfg = _load(args)
+    except edge_config.ConfigError as exc:
+        print(f"{len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return asyncio.run(serve(args, cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

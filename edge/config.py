@@ -1,0 +1,219 @@
+"""Edge config: customers, their edge CNAMEs and directory names, their origins.
+
+Validated like the DNS config (gslb.config.Checker): every problem at once,
+each with file:line; a reload either swaps in a whole new config or keeps the
+old one.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gslb.config import Checker, parse_listener
+from gslb.model import Listener
+from gslb.yamlsrc import LineDict, Where, YamlError, load_yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "edge.yaml"
+MAX_CUSTOMERS = 100          # the seed's limit per platform
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Protocol(enum.Enum):
+    HTTP = "http"
+    HTTPS = "https"
+    FOLLOW = "follow"        # the same as the client's request
+
+
+class Balancing(enum.Enum):
+    ROUND_ROBIN = "round_robin"
+    FAILOVER = "failover"    # primary first, the next only when it fails
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One origin server: an IP (with port) or a host name."""
+
+    host: str
+    port: int | None = None      # None: the scheme's default
+
+    def authority(self, scheme: str) -> str:
+        port = self.port or (443 if scheme == "https" else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    protocol: Protocol = Protocol.HTTP
+    http: tuple[Server, ...] = ()        # servers for requests that arrive over HTTP
+    https: tuple[Server, ...] = ()       # ... and over HTTPS (the seed's "HTTPS edge protocol")
+    host_header: str = ""                # blank: the client's Host
+    balancing: Balancing = Balancing.ROUND_ROBIN
+    retry_5xx: bool = True               # a 5xx counts as a failure and tries the next server
+    timeout: float = 10.0                # connect + first byte
+    backoff: float = 5.0                 # first skip period for a failing server; doubles
+    backoff_max: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    directory: str                       # CDN URL /<account>/<directory>/...; case-sensitive
+    cnames: tuple[str, ...]              # edge CNAME host names, lower case
+    origin: Origin
+    alt_svc: str = ""
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    source: str
+    listen: tuple[Listener, ...]
+    account: str
+    customers: tuple[Customer, ...]
+    via: str = "gslb-edge"
+    by_cname: dict[str, Customer] = field(default_factory=dict)
+    by_directory: dict[str, Customer] = field(default_factory=dict)
+
+
+def _servers(ck: Checker, raw: Any, where: Where, what: str) -> list[Server]:
+    out = []
+    for value, w in ck.items(raw, where, what):
+        text = str(value).strip()
+        if "://" in text:
+            ck.add(w, f"{what}: {text!r}: give HOST or HOST:PORT, no scheme (protocol: sets it)")
+            continue
+        host, port = text, None
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = rest.lstrip(":") or None
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        try:
+            number = int(port) if port else None
+            if number is not None and not 0 < number < 65536:
+                raise ValueError
+        except ValueError:
+            ck.add(w, f"{what}: bad port in {text!r}")
+            continue
+        out.append(Server(host.lower(), number))
+    hostnames = [s for s in out if not _is_ip(s.host)]
+    if hostnames and len(out) > 1:
+        ck.add(where, f"{what}: give several IP addresses or one domain, not a mix "
+               f"({', '.join(s.host for s in hostnames)})")
+    return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
+    block = ck.mapping(raw, where, what)
+    ck.keys(block, ("protocol", "http", "https", "host_header", "balancing", "retry_5xx",
+                    "timeout", "backoff", "backoff_max"), what)
+    protocol = ck.choice(block, "protocol", Protocol, Protocol.HTTP, what)
+    http = _servers(ck, block.get("http"), block.at("http"), f"{what} http")
+    https = _servers(ck, block.get("https"), block.at("https"), f"{what} https")
+    if not http and not https:
+        ck.add(block.where, f"{what} needs servers: http: [...] and/or https: [...]")
+    retry = block.get("retry_5xx", True)
+    if not isinstance(retry, bool):
+        ck.add(block.at("retry_5xx"), f"{what}.retry_5xx must be true or false")
+        retry = True
+    return Origin(protocol, tuple(http), tuple(https), ck.text(block, "host_header", what),
+                  ck.choice(block, "balancing", Balancing, Balancing.ROUND_ROBIN, what), retry,
+                  ck.number(block, "timeout", 0.1, 600, what, default=10.0) or 10.0,
+                  ck.number(block, "backoff", 0.01, 3600, what, default=5.0) or 5.0,
+                  ck.number(block, "backoff_max", 0.01, 86400, what, default=300.0) or 300.0)
+
+
+def build(raw: Any, source: str) -> EdgeConfig:
+    """Validate parsed YAML into an EdgeConfig; ConfigError lists every problem."""
+    ck = Checker(source)
+    top = ck.mapping(raw, Where(source, 1), "config")
+    ck.keys(top, ("listen", "account", "via", "customers"), "the top level")
+    listen = []
+    for value, w in ck.items(top.get("listen", "127.0.0.1:8081"), top.at("listen"), "listen"):
+        try:
+            listen.append(parse_listener(str(value)))
+        except ValueError as exc:
+            ck.add(w, f"listen: {exc}")
+    account = str(top.get("account", "800001"))
+    customers: list[Customer] = []
+    by_cname: dict[str, Customer] = {}
+    by_directory: dict[str, Customer] = {}
+    items = top.get("customers") or []
+    if not isinstance(items, list):
+        ck.add(top.at("customers"), "customers must be a list")
+        items = []
+    if len(items) > MAX_CUSTOMERS:
+        ck.add(top.at("customers"), f"{len(items)} customers; at most {MAX_CUSTOMERS} are allowed")
+    for index, body in enumerate(items):
+        w = items.at(index) if hasattr(items, "at") else top.where
+        c = ck.mapping(body, w, f"customer #{index + 1}")
+        directory = str(c.get("directory", "")).strip("/")
+        what = f"customer {directory or '#' + str(index + 1)}"
+        ck.keys(c, ("directory", "cnames", "origin", "alt_svc"), what)
+        if not directory or "/" in directory:
+            ck.add(c.at("directory"), f"{what} needs directory: NAME (one URL segment)")
+        cnames = [str(v).lower().rstrip(".") for v, _ in ck.items(c.get("cnames"), c.at("cnames"),
+                                                                    f"{what} cnames")]
+        origin = _origin(ck, c.get("origin"), c.at("origin"), f"{what} origin")
+        for server in origin.http + origin.https:
+            if server.host in cnames:
+                ck.add(c.at("origin"), f"{what}: origin {server.host} is one of its own edge "
+                       "CNAMEs (requests would loop)")
+        customer = Customer(directory, tuple(cnames), origin, ck.text(c, "alt_svc", what))
+        if directory in by_directory:
+            ck.add(c.at("directory"), f"{what}: directory {directory!r} is used twice")
+        by_directory[directory] = customer
+        for name in cnames:
+            if name in by_cname:
+                ck.add(c.at("cnames"), f"{what}: edge CNAME {name} already belongs to "
+                       f"{by_cname[name].directory}")
+            by_cname[name] = customer
+        customers.append(customer)
+    if ck.problems:
+        raise ConfigError(ck.problems)
+    return EdgeConfig(source, tuple(listen), account, tuple(customers),
+                      str(top.get("via", "gslb-edge")), by_cname, by_directory)
+
+
+def load(path: str | os.PathLike[str]) -> EdgeConfig:
+    source = str(path)
+    try:
+        raw = load_yaml(Path(path))
+    except FileNotFoundError:
+        raise ConfigError([f"{source}:0: file not found"]) from None
+    except YamlError as exc:
+        raise ConfigError([str(exc)]) from None
+    return build(raw, source)
+
+
+def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> EdgeConfig:
+    """`edge serve --origin URL`: every Host goes to that one origin."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(origin_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError([f"--origin: {origin_url!r} must be http://HOST[:PORT] or https://..."])
+    server = Server(parts.hostname, parts.port)
+    origin = Origin(Protocol(parts.scheme), (server,), (server,), host or "")
+    customer = Customer("quick", (), origin)
+    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge", {},
+                      {"quick": customer})
+
+
+__all__ = ["ConfigError", "Customer", "EdgeConfig", "LineDict", "Origin", "Server", "build",
+           "load", "quick"]

@@ -1,0 +1,251 @@
+"""The edge proxy: route a request to its customer, pull from the origin, stream back.
+
+Thin handlers: `route` (Host = edge CNAME, or the CDN URL `/<account>/<directory>/`),
+then `pull` (origin servers in balancing order, skipping ones in back-off,
+retrying the next one while that is safe), then stream the response. Anything
+that routes nowhere is 404: this is never an open proxy and never fetches a
+URL the client chose. (The cache plugs in between route and pull.)
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from .config import Customer, EdgeConfig, Protocol
+from .origin import OriginPool
+
+log = logging.getLogger("edge.proxy")
+
+STATE = web.AppKey("state", object)
+CHUNK = 64 * 1024
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def end_to_end(headers: "aiohttp.typedefs.LooseHeaders") -> list[tuple[str, str]]:
+    """Headers minus hop-by-hop ones, including those the Connection header names."""
+    named = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
+    drop = HOP_BY_HOP | named
+    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter("edge_requests", "Client requests", ["customer", "status"],
+                                registry=r)
+        self.to_clients = Counter("edge_bytes_to_clients", "Body bytes sent to clients "
+                                  "(playback traffic)", ["customer"], registry=r)
+        self.from_origin = Counter("edge_bytes_from_origin", "Body bytes pulled from origins "
+                                   "(origin traffic)", ["customer"], registry=r)
+        self.origin_errors = Counter("edge_origin_errors", "Failed origin attempts",
+                                     ["customer", "server", "reason"], registry=r)
+
+
+class EdgeState:
+    """The current config, its origin pools, the HTTP client and the counters."""
+
+    def __init__(self, config: EdgeConfig):
+        self.metrics = Metrics()
+        self.session: aiohttp.ClientSession | None = None
+        self.apply(config)
+
+    def apply(self, config: EdgeConfig) -> None:
+        """Swap in a validated config; back-off state survives for unchanged servers."""
+        old = getattr(self, "pools", {})
+        pools: dict[tuple[str, str], OriginPool] = {}
+        for customer in config.customers:
+            for scheme, servers in (("http", customer.origin.http),
+                                    ("https", customer.origin.https)):
+                if not servers:
+                    continue
+                pool = OriginPool(customer.origin, servers)
+                previous = old.get((customer.directory, scheme))
+                if previous is not None and previous.servers == servers:
+                    pool.state = previous.state
+                pools[(customer.directory, scheme)] = pool
+        self.config, self.pools = config, pools
+
+    def pool_for(self, customer: Customer, edge_scheme: str) -> OriginPool:
+        # The seed's HTTP/HTTPS edge protocols: requests arriving over HTTPS use the
+        # HTTPS server list when there is one.
+        return (self.pools.get((customer.directory, edge_scheme))
+                or self.pools.get((customer.directory, "http"))
+                or self.pools[(customer.directory, "https")])
+
+
+def route(config: EdgeConfig, request: web.Request) -> tuple[Customer | None, str]:
+    """(customer, path and query to request from the origin) or (None, "")."""
+    host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
+    if host.startswith("[") or host.count(":") > 1:
+        host = (request.host or "").lower()
+    customer = config.by_cname.get(host)
+    if customer is not None:
+        return customer, request.raw_path
+    if config.source == "--origin":
+        return config.customers[0], request.raw_path
+    prefix = f"/{config.account}/"
+    if request.raw_path.startswith(prefix):
+        directory, _, rest = request.raw_path[len(prefix):].partition("/")
+        customer = config.by_directory.get(directory)      # case-sensitive, as the seed says
+        if customer is not None:
+            return customer, "/" + rest
+    return None, ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    return "error"
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    state: EdgeState = request.app[STATE]
+    config = state.config
+    customer, path = route(config, request)
+    if customer is None:
+        raise web.HTTPNotFound(text="no such CDN host or directory\n")
+    origin = customer.origin
+    edge_scheme = request.scheme
+    scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
+    pool = state.pool_for(customer, edge_scheme)
+    host = origin.host_header or request.host
+    headers = end_to_end(request.headers)
+    headers = [(k, v) for k, v in headers if k.lower() not in ("host", "via", "x-forwarded-for")]
+    peer = request.remote or ""
+    forwarded = request.headers.get("X-Forwarded-For")
+    headers += [("Host", host), ("Via", _via(request.headers.get("Via"), request, config.via)),
+                ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
+                ("X-Forwarded-Proto", edge_scheme)]
+    has_body = request.body_exists
+    retryable = request.method in SAFE_METHODS and not has_body
+    servers = pool.order()
+    label = customer.directory
+    for attempt, server in enumerate(servers):
+        last = attempt == len(servers) - 1 or not retryable
+        url = f"{scheme}://{server.authority(scheme)}{path}"
+        kwargs = {}
+        if scheme == "https":
+            kwargs["server_hostname"] = host.rsplit(":", 1)[0] if not host.startswith("[") else None
+        try:
+            assert state.session is not None
+            resp = await state.session.request(
+                request.method, url, headers=headers, allow_redirects=False,
+                data=request.content if has_body else None, auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(sock_connect=origin.timeout,
+                                              sock_read=origin.timeout), **kwargs)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            reason = _describe(exc)
+            period = pool.failed(server, f"{reason}: {exc}")
+            state.metrics.origin_errors.labels(label, server.host, reason).inc()
+            log.warning("origin %s for %s failed (%s); skipping it for %.1f s", server.host,
+                        label, reason, period)
+            if last:
+                break
+            continue
+        if resp.status >= 500 and origin.retry_5xx:
+            period = pool.failed(server, f"HTTP {resp.status}")
+            state.metrics.origin_errors.labels(label, server.host, f"http_{resp.status}").inc()
+            if not last:
+                resp.release()
+                continue
+        else:
+            pool.succeeded(server)
+        return await _relay(request, resp, customer, state, config)
+    state.metrics.requests.labels(label, "502").inc()
+    raise web.HTTPBadGateway(text="no origin server answered\n")
+
+
+def _via(incoming: str | None, request: web.Request, name: str) -> str:
+    mine = f"{request.version.major}.{request.version.minor} {name}"
+    return f"{incoming}, {mine}" if incoming else mine
+
+
+async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: Customer,
+                 state: EdgeState, config: EdgeConfig) -> web.StreamResponse:
+    """Stream the origin's response to the client, never holding the body whole."""
+    label = customer.directory
+    out = web.StreamResponse(status=resp.status, reason=resp.reason)
+    for key, value in end_to_end(resp.headers):
+        if key.lower() != "content-length":
+            out.headers.add(key, value)
+    if resp.content_length is not None and request.method != "HEAD":
+        out.content_length = resp.content_length
+    out.headers["Via"] = _via(resp.headers.get("Via"), request, config.via)
+    if customer.alt_svc:
+        out.headers["Alt-Svc"] = customer.alt_svc
+    state.metrics.requests.labels(label, str(resp.status)).inc()
+    try:
+        await out.prepare(request)
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            state.metrics.from_origin.labels(label).inc(len(chunk))
+            await out.write(chunk)
+            state.metrics.to_clients.labels(label).inc(len(chunk))
+        if resp.content_length is not None and resp.content.total_bytes < resp.content_length:
+            raise aiohttp.ClientPayloadError("origin closed early")
+        await out.write_eof()
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError):
+        # The origin cut the body short: the client must see an aborted response,
+        # never a short one that looks complete.
+        state.metrics.origin_errors.labels(label, "?", "truncated").inc()
+        if request.transport is not None:
+            request.transport.abort()
+    except (ConnectionResetError, ConnectionError):
+        pass   # the client went away: stop pulling from the origin
+    finally:
+        resp.release() if resp.content.at_eof() else resp.close()
+    return out
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state: EdgeState = request.app[STATE]
+    status = 503 if request.app.get(DRAINING, False) else 200
+    origins = {f"{d}/{s}": pool.summary() for (d, s), pool in state.pools.items()}
+    return web.json_response({"status": "draining" if status == 503 else "ok",
+                              "config": state.config.source,
+                              "customers": len(state.config.customers), "origins": origins},
+                             status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+DRAINING = web.AppKey("draining", bool)
+
+
+def make_app(state: EdgeState) -> web.Application:
+    """A fresh edge app around `state`; the HTTP client lives in cleanup_ctx."""
+    app = web.Application()
+    app[STATE] = state
+    app[DRAINING] = False
+
+    async def client(app_: web.Application):
+        state.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=30,
+                                           family=socket.AF_UNSPEC),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        yield
+        await state.session.close()
+
+    app.cleanup_ctx.append(client)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
