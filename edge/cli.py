@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -31,8 +32,7 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
         return edge_config.quick(args.origin, args.host, listen or (Listener("127.0.0.1", 8081),))
     cfg = edge_config.load(args.config)
     if listen:
-        cfg = edge_config.EdgeConfig(cfg.source, listen, cfg.account, cfg.customers, cfg.via,
-                                     cfg.by_cname, cfg.by_directory)
+        cfg = dataclasses.replace(cfg, listen=listen)
     return cfg
 
 

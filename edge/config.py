@@ -33,6 +33,16 @@ class Protocol(enum.Enum):
     FOLLOW = "follow"        # the same as the client's request
 
 
+class IPVersion(enum.Enum):
+    """How an origin host name is resolved (the seed's five settings)."""
+
+    DEFAULT = "default"              # IPv4 only
+    V4_ONLY = "v4_only"
+    V6_ONLY = "v6_only"
+    V4_PREFERRED = "v4_preferred"    # IPv4 when the name has any, else IPv6
+    V6_PREFERRED = "v6_preferred"    # IPv6 when the name has any, else IPv4
+
+
 class Balancing(enum.Enum):
     ROUND_ROBIN = "round_robin"
     FAILOVER = "failover"    # primary first, the next only when it fails
@@ -62,6 +72,7 @@ class Origin:
     timeout: float = 10.0                # connect + first byte
     backoff: float = 5.0                 # first skip period for a failing server; doubles
     backoff_max: float = 300.0
+    ip_version: IPVersion = IPVersion.DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,7 @@ class EdgeConfig:
     account: str
     customers: tuple[Customer, ...]
     via: str = "gslb-edge"
+    nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
 
@@ -111,6 +123,19 @@ def _servers(ck: Checker, raw: Any, where: Where, what: str) -> list[Server]:
     return out
 
 
+def _nameserver(text: str) -> tuple[str, int] | None:
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":") or "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "53"
+    if not _is_ip(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -122,7 +147,7 @@ def _is_ip(host: str) -> bool:
 def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
     block = ck.mapping(raw, where, what)
     ck.keys(block, ("protocol", "http", "https", "host_header", "balancing", "retry_5xx",
-                    "timeout", "backoff", "backoff_max"), what)
+                    "timeout", "backoff", "backoff_max", "ip_version"), what)
     protocol = ck.choice(block, "protocol", Protocol, Protocol.HTTP, what)
     http = _servers(ck, block.get("http"), block.at("http"), f"{what} http")
     https = _servers(ck, block.get("https"), block.at("https"), f"{what} https")
@@ -136,14 +161,22 @@ def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
                   ck.choice(block, "balancing", Balancing, Balancing.ROUND_ROBIN, what), retry,
                   ck.number(block, "timeout", 0.1, 600, what, default=10.0) or 10.0,
                   ck.number(block, "backoff", 0.01, 3600, what, default=5.0) or 5.0,
-                  ck.number(block, "backoff_max", 0.01, 86400, what, default=300.0) or 300.0)
+                  ck.number(block, "backoff_max", 0.01, 86400, what, default=300.0) or 300.0,
+                  ck.choice(block, "ip_version", IPVersion, IPVersion.DEFAULT, what))
 
 
 def build(raw: Any, source: str) -> EdgeConfig:
     """Validate parsed YAML into an EdgeConfig; ConfigError lists every problem."""
     ck = Checker(source)
     top = ck.mapping(raw, Where(source, 1), "config")
-    ck.keys(top, ("listen", "account", "via", "customers"), "the top level")
+    ck.keys(top, ("listen", "account", "via", "customers", "resolver"), "the top level")
+    nameservers = []
+    for value, w in ck.items(top.get("resolver"), top.at("resolver"), "resolver"):
+        found = _nameserver(str(value).strip())
+        if found is None:
+            ck.add(w, f"resolver: {value!r} must be IP, IP:PORT or [IPv6]:PORT")
+        else:
+            nameservers.append(found)
     listen = []
     for value, w in ck.items(top.get("listen", "127.0.0.1:8081"), top.at("listen"), "listen"):
         try:
@@ -188,7 +221,7 @@ def build(raw: Any, source: str) -> EdgeConfig:
     if ck.problems:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
-                      str(top.get("via", "gslb-edge")), by_cname, by_directory)
+                      str(top.get("via", "gslb-edge")), tuple(nameservers), by_cname, by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:
@@ -211,7 +244,7 @@ def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> Ed
     server = Server(parts.hostname, parts.port)
     origin = Origin(Protocol(parts.scheme), (server,), (server,), host or "")
     customer = Customer("quick", (), origin)
-    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge", {},
+    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge", (), {},
                       {"quick": customer})
 
 

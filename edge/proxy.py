@@ -17,8 +17,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from .config import Customer, EdgeConfig, Protocol
+from .config import Customer, EdgeConfig, Protocol, Server
 from .origin import OriginPool
+from .resolve import ResolveError, Resolver
 
 log = logging.getLogger("edge.proxy")
 
@@ -59,6 +60,7 @@ class EdgeState:
     def __init__(self, config: EdgeConfig):
         self.metrics = Metrics()
         self.session: aiohttp.ClientSession | None = None
+        self.resolver = Resolver(list(config.nameservers) or None)
         self.apply(config)
 
     def apply(self, config: EdgeConfig) -> None:
@@ -105,6 +107,8 @@ def route(config: EdgeConfig, request: web.Request) -> tuple[Customer | None, st
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ResolveError):
+        return "dns"
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -138,11 +142,13 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     label = customer.directory
     for attempt, server in enumerate(servers):
         last = attempt == len(servers) - 1 or not retryable
-        url = f"{scheme}://{server.authority(scheme)}{path}"
         kwargs = {}
         if scheme == "https":
+            # SNI and certificate checks are for the name, not the address we dial.
             kwargs["server_hostname"] = host.rsplit(":", 1)[0] if not host.startswith("[") else None
         try:
+            address = (await state.resolver.resolve(server.host, origin.ip_version))[0]
+            url = f"{scheme}://{Server(address, server.port).authority(scheme)}{path}"
             assert state.session is not None
             resp = await state.session.request(
                 request.method, url, headers=headers, allow_redirects=False,
