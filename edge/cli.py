@@ -73,6 +73,32 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .tools import validate, validation_table
+
+    cfg = edge_config.load(args.config)
+    customer = cfg.by_directory.get(args.name) or cfg.by_cname.get(args.name.lower())
+    if customer is None:
+        print(f"no customer with directory or edge CNAME {args.name!r}", file=sys.stderr)
+        return 2
+    probes = asyncio.run(validate(cfg, customer, args.timeout))
+    print(validation_table(customer, probes))
+    return 0 if probes and all(p.ok for p in probes) else 1
+
+
+def cmd_whitelist(args: argparse.Namespace) -> int:
+    from .tools import whitelist, whitelist_text
+
+    cfg = edge_config.load(args.config)
+    edges: list[str] = []
+    if args.gslb:
+        from gslb.config import load_config
+        gslb_cfg = load_config(args.gslb)
+        edges = [a.ip for s in gslb_cfg.sites.values() for a in s.addresses]
+    print(whitelist_text(whitelist(cfg, edges), args.json))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,7 +107,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", action="append", type=_listener, metavar="ADDR:PORT")
     p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
     p.add_argument("--host", help="quick mode: Host header to send to the origin")
+    p.set_defaults(func=None)
+
+    p = sub.add_parser("validate", help="GET the validation path from every origin server")
+    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p.add_argument("name", help="customer directory name or edge CNAME")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("whitelist", help="print the source blocks origins must allow")
+    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p.add_argument("--gslb", help="also every edge address of this gslb config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_whitelist)
     args = parser.parse_args(argv)
+    if args.func is not None:
+        try:
+            return args.func(args)
+        except edge_config.ConfigError as exc:
+            print("\n".join(exc.problems), file=sys.stderr)
+            return 1
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     try:

@@ -73,6 +73,8 @@ class Origin:
     backoff: float = 5.0                 # first skip period for a failing server; doubles
     backoff_max: float = 300.0
     ip_version: IPVersion = IPVersion.DEFAULT
+    validation_path: str = ""            # the seed's ADN validation asset, e.g. /permanent/bg.png
+    rank: bool = False                   # order failover by measured validation time
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class EdgeConfig:
     account: str
     customers: tuple[Customer, ...]
     via: str = "gslb-edge"
+    egress: tuple[str, ...] = ()         # source blocks of edges and shields, for origin firewalls
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
@@ -144,10 +147,22 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+def _validation_path(ck: Checker, block: LineDict, what: str) -> str:
+    path = ck.text(block, "validation_path", what)
+    if path.startswith(("http://", "https://")):
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    if path and not path.startswith("/"):
+        ck.add(block.at("validation_path"), f"{what}: validation_path must be a path (/x.png)")
+    if block.get("rank") and not path:
+        ck.add(block.at("rank"), f"{what}: rank needs a validation_path to measure")
+    return path
+
+
 def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
     block = ck.mapping(raw, where, what)
     ck.keys(block, ("protocol", "http", "https", "host_header", "balancing", "retry_5xx",
-                    "timeout", "backoff", "backoff_max", "ip_version"), what)
+                    "timeout", "backoff", "backoff_max", "ip_version", "validation_path",
+                    "rank"), what)
     protocol = ck.choice(block, "protocol", Protocol, Protocol.HTTP, what)
     http = _servers(ck, block.get("http"), block.at("http"), f"{what} http")
     https = _servers(ck, block.get("https"), block.at("https"), f"{what} https")
@@ -162,14 +177,22 @@ def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
                   ck.number(block, "timeout", 0.1, 600, what, default=10.0) or 10.0,
                   ck.number(block, "backoff", 0.01, 3600, what, default=5.0) or 5.0,
                   ck.number(block, "backoff_max", 0.01, 86400, what, default=300.0) or 300.0,
-                  ck.choice(block, "ip_version", IPVersion, IPVersion.DEFAULT, what))
+                  ck.choice(block, "ip_version", IPVersion, IPVersion.DEFAULT, what),
+                  _validation_path(ck, block, what), block.get("rank", False) is True)
 
 
 def build(raw: Any, source: str) -> EdgeConfig:
     """Validate parsed YAML into an EdgeConfig; ConfigError lists every problem."""
     ck = Checker(source)
     top = ck.mapping(raw, Where(source, 1), "config")
-    ck.keys(top, ("listen", "account", "via", "customers", "resolver"), "the top level")
+    ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress"),
+            "the top level")
+    egress = []
+    for value, w in ck.items(top.get("egress"), top.at("egress"), "egress"):
+        try:
+            egress.append(str(ipaddress.ip_network(str(value), strict=False)))
+        except ValueError:
+            ck.add(w, f"egress: {value!r} is not an address or CIDR")
     nameservers = []
     for value, w in ck.items(top.get("resolver"), top.at("resolver"), "resolver"):
         found = _nameserver(str(value).strip())
@@ -221,7 +244,8 @@ def build(raw: Any, source: str) -> EdgeConfig:
     if ck.problems:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
-                      str(top.get("via", "gslb-edge")), tuple(nameservers), by_cname, by_directory)
+                      str(top.get("via", "gslb-edge")), tuple(egress), tuple(nameservers),
+                      by_cname, by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:
@@ -244,7 +268,7 @@ def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> Ed
     server = Server(parts.hostname, parts.port)
     origin = Origin(Protocol(parts.scheme), (server,), (server,), host or "")
     customer = Customer("quick", (), origin)
-    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge", (), {},
+    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge", (), (), {},
                       {"quick": customer})
 
 

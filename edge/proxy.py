@@ -218,6 +218,34 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
     return out
 
 
+RANK_INTERVAL = 60.0
+
+
+async def rank_once(state: EdgeState) -> None:
+    """Measure every ranked customer's validation path; fastest 200 becomes primary."""
+    from .tools import ranked, validate
+
+    for customer in state.config.customers:
+        if not customer.origin.rank:
+            continue
+        probes = await validate(state.config, customer)
+        for scheme in ("http", "https"):
+            pool = state.pools.get((customer.directory, scheme))
+            if pool is not None:
+                pool.servers = ranked(probes, scheme) or pool.servers
+                log.info("%s/%s failover order by validation time: %s", customer.directory,
+                         scheme, ", ".join(s.host for s in pool.servers))
+
+
+async def _rank_forever(state: EdgeState) -> None:
+    while True:
+        try:
+            await rank_once(state)
+        except Exception:   # ranking is advice; a failure must never stop the edge
+            log.exception("ranking origins by validation time failed")
+        await asyncio.sleep(RANK_INTERVAL)
+
+
 async def healthz(request: web.Request) -> web.Response:
     state: EdgeState = request.app[STATE]
     status = 503 if request.app.get(DRAINING, False) else 200
@@ -250,7 +278,14 @@ def make_app(state: EdgeState) -> web.Application:
         yield
         await state.session.close()
 
+    async def ranking(app_: web.Application):
+        task = asyncio.get_running_loop().create_task(_rank_forever(state))
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
     app.cleanup_ctx.append(client)
+    app.cleanup_ctx.append(ranking)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", proxy)
