@@ -43,6 +43,9 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig) -> int:
     await runner.setup()
     for listener in cfg.listen:
         await web.TCPSite(runner, listener.host, listener.port).start()
+    tls = state.certs.server_context()
+    for listener in cfg.tls_listen:
+        await web.TCPSite(runner, listener.host, listener.port, ssl_context=tls).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -67,7 +70,8 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig) -> int:
     loop.add_signal_handler(signal.SIGUSR2, lambda: drain(False))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    log.info("ready: %d customers on %s", len(cfg.customers), ", ".join(map(str, cfg.listen)))
+    log.info("ready: %d customers on %s", len(cfg.customers),
+             ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
     await stop.wait()
     await runner.cleanup()
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from gslb.config import Checker, parse_listener
 from gslb.model import Listener
 from gslb.yamlsrc import LineDict, Where, YamlError, load_yaml
+
+from .tls import CertSpec, CertStore
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "edge.yaml"
 MAX_CUSTOMERS = 100          # the seed's limit per platform
@@ -93,6 +96,9 @@ class EdgeConfig:
     customers: tuple[Customer, ...]
     via: str = "gslb-edge"
     egress: tuple[str, ...] = ()         # source blocks of edges and shields, for origin firewalls
+    tls_listen: tuple[Listener, ...] = ()
+    certificates: tuple[CertSpec, ...] = ()
+    origin_ca_file: str = ""             # extra CAs to trust for HTTPS origins
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
@@ -181,12 +187,60 @@ def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
                   _validation_path(ck, block, what), block.get("rank", False) is True)
 
 
-def build(raw: Any, source: str) -> EdgeConfig:
+def _tls(ck: Checker, raw: Any, where: Where, base: Path) -> tuple[tuple[Listener, ...],
+                                                                  tuple[CertSpec, ...]]:
+    if raw is None:
+        return (), ()
+    block = ck.mapping(raw, where, "tls")
+    ck.keys(block, ("listen", "certificates"), "tls")
+    listen = []
+    for value, w in ck.items(block.get("listen", "127.0.0.1:8443"), block.at("listen"),
+                             "tls listen"):
+        try:
+            listen.append(parse_listener(str(value)))
+        except ValueError as exc:
+            ck.add(w, f"tls listen: {exc}")
+    specs = []
+    items = block.get("certificates") or []
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        w = items.at(index) if hasattr(items, "at") else block.where
+        c = ck.mapping(item, w, "tls certificate")
+        ck.keys(c, ("names", "cert", "key"), "tls certificate")
+        names = tuple(str(n).lower() for n, _ in ck.items(c.get("names"), c.at("names"),
+                                                            "tls names"))
+        paths = []
+        for key in ("cert", "key"):
+            path = base / ck.text(c, key, "tls certificate")
+            if not path.is_file():
+                ck.add(c.at(key), f"tls certificate {key} {path} does not exist")
+            paths.append(str(path))
+        if not names:
+            ck.add(c.where, "tls certificate needs names: [edge CNAMEs it serves]")
+        specs.append(CertSpec(names, paths[0], paths[1]))
+    if not specs:
+        ck.add(block.where, "tls needs certificates: [{names, cert, key}]")
+    if ck.problems:
+        return tuple(listen), tuple(specs)
+    try:
+        CertStore(tuple(specs))          # the files load and the keys match
+    except (ssl.SSLError, OSError) as exc:
+        ck.add(block.where, f"tls: cannot load the certificates ({exc})")
+    return tuple(listen), tuple(specs)
+
+
+def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
     """Validate parsed YAML into an EdgeConfig; ConfigError lists every problem."""
     ck = Checker(source)
+    base = base or Path(".")
     top = ck.mapping(raw, Where(source, 1), "config")
-    ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress"),
-            "the top level")
+    ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
+                  "origin_ca_file"), "the top level")
+    tls_listen, certs = _tls(ck, top.get("tls"), top.at("tls"), base)
+    origin_ca = ck.text(top, "origin_ca_file", "config")
+    if origin_ca:
+        origin_ca = str(base / origin_ca)
+        if not Path(origin_ca).is_file():
+            ck.add(top.at("origin_ca_file"), f"origin_ca_file {origin_ca} does not exist")
     egress = []
     for value, w in ck.items(top.get("egress"), top.at("egress"), "egress"):
         try:
@@ -244,8 +298,8 @@ def build(raw: Any, source: str) -> EdgeConfig:
     if ck.problems:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
-                      str(top.get("via", "gslb-edge")), tuple(egress), tuple(nameservers),
-                      by_cname, by_directory)
+                      str(top.get("via", "gslb-edge")), tuple(egress), tls_listen, certs,
+                      origin_ca, tuple(nameservers), by_cname, by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:
@@ -256,7 +310,7 @@ def load(path: str | os.PathLike[str]) -> EdgeConfig:
         raise ConfigError([f"{source}:0: file not found"]) from None
     except YamlError as exc:
         raise ConfigError([str(exc)]) from None
-    return build(raw, source)
+    return build(raw, source, Path(path).resolve().parent)
 
 
 def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> EdgeConfig:
@@ -268,8 +322,8 @@ def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> Ed
     server = Server(parts.hostname, parts.port)
     origin = Origin(Protocol(parts.scheme), (server,), (server,), host or "")
     customer = Customer("quick", (), origin)
-    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge", (), (), {},
-                      {"quick": customer})
+    return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge",
+                      by_directory={"quick": customer})
 
 
 __all__ = ["ConfigError", "Customer", "EdgeConfig", "LineDict", "Origin", "Server", "build",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from .config import Customer, EdgeConfig, Protocol, Server
 from .origin import OriginPool
 from .resolve import ResolveError, Resolver
+from .tls import CertStore
 
 log = logging.getLogger("edge.proxy")
 
@@ -61,6 +63,7 @@ class EdgeState:
         self.metrics = Metrics()
         self.session: aiohttp.ClientSession | None = None
         self.resolver = Resolver(list(config.nameservers) or None)
+        self.certs = CertStore(config.certificates)
         self.apply(config)
 
     def apply(self, config: EdgeConfig) -> None:
@@ -78,6 +81,7 @@ class EdgeState:
                     pool.state = previous.state
                 pools[(customer.directory, scheme)] = pool
         self.config, self.pools = config, pools
+        self.certs.load(config.certificates)       # new handshakes use the new files
 
     def pool_for(self, customer: Customer, edge_scheme: str) -> OriginPool:
         # The seed's HTTP/HTTPS edge protocols: requests arriving over HTTPS use the
@@ -271,9 +275,12 @@ def make_app(state: EdgeState) -> web.Application:
     app[DRAINING] = False
 
     async def client(app_: web.Application):
+        trust = ssl.create_default_context()
+        if state.config.origin_ca_file:
+            trust.load_verify_locations(state.config.origin_ca_file)
         state.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=30,
-                                           family=socket.AF_UNSPEC),
+                                           family=socket.AF_UNSPEC, ssl=trust),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
         yield
         await state.session.close()
