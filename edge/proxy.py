@@ -140,6 +140,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     headers += [("Host", host), ("Via", _via(request.headers.get("Via"), request, config.via)),
                 ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
                 ("X-Forwarded-Proto", edge_scheme)]
+    if _wants_websocket(request):
+        upgraded = await _websocket(request, state, customer, scheme, pool, host, path, headers)
+        if upgraded is not None:
+            return upgraded
+        # The origin would not upgrade: carry on over plain HTTP, as the seed says.
     has_body = request.body_exists
     retryable = request.method in SAFE_METHODS and not has_body
     servers = pool.order()
@@ -179,6 +184,77 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return await _relay(request, resp, customer, state, config)
     state.metrics.requests.labels(label, "502").inc()
     raise web.HTTPBadGateway(text="no origin server answered\n")
+
+
+def _wants_websocket(request: web.Request) -> bool:
+    return (request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+                    "sec-websocket-protocol"})
+
+
+async def _websocket(request: web.Request, state: "EdgeState", customer: Customer, scheme: str,
+                     pool: OriginPool, host: str, path: str,
+                     headers: list[tuple[str, str]]) -> web.WebSocketResponse | None:
+    """Open the same WebSocket to the origin and pump frames both ways; None if refused."""
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                 if p.strip()]
+    upstream_headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN]
+    assert state.session is not None
+    for server in pool.order():
+        try:
+            address = (await state.resolver.resolve(server.host, customer.origin.ip_version))[0]
+            url = (f"{'wss' if scheme == 'https' else 'ws'}://"
+                   f"{Server(address, server.port).authority(scheme)}{path}")
+            extra = {"server_hostname": host.rsplit(":", 1)[0]} if scheme == "https" else {}
+            upstream = await state.session.ws_connect(
+                url, headers=upstream_headers, protocols=protocols, autoping=False,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10), **extra)
+        except aiohttp.WSServerHandshakeError:
+            pool.succeeded(server)        # it answered; it just does not speak WebSocket here
+            return None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            pool.failed(server, f"{_describe(exc)}: {exc}")
+            state.metrics.origin_errors.labels(customer.directory, server.host,
+                                               _describe(exc)).inc()
+            continue
+        pool.succeeded(server)
+        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (),
+                                       autoping=False)
+        await client.prepare(request)
+        state.metrics.requests.labels(customer.directory, "101").inc()
+        await _pump(client, upstream)
+        return client
+    raise web.HTTPBadGateway(text="no origin server answered\n")
+
+
+async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    async def one_way(src, dst) -> None:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PING:
+                await dst.ping(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PONG:
+                await dst.pong(msg.data)
+            else:
+                break
+        await dst.close(code=src.close_code or 1000)
+
+    tasks = [asyncio.ensure_future(one_way(client, upstream)),
+             asyncio.ensure_future(one_way(upstream, client))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()
+        await client.close()
 
 
 def _via(incoming: str | None, request: web.Request, name: str) -> str:
