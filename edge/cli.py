@@ -36,16 +36,18 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
     return cfg
 
 
-async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig) -> int:
+async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
+                reuse_port: bool = False) -> int:
     state = EdgeState(cfg)
     app = make_app(state)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     for listener in cfg.listen:
-        await web.TCPSite(runner, listener.host, listener.port).start()
+        await web.TCPSite(runner, listener.host, listener.port, reuse_port=reuse_port).start()
     tls = state.certs.server_context()
     for listener in cfg.tls_listen:
-        await web.TCPSite(runner, listener.host, listener.port, ssl_context=tls).start()
+        await web.TCPSite(runner, listener.host, listener.port, ssl_context=tls,
+                          reuse_port=reuse_port).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", action="append", type=_listener, metavar="ADDR:PORT")
     p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
     p.add_argument("--host", help="quick mode: Host header to send to the origin")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes sharing the port with SO_REUSEPORT (default 1)")
     p.set_defaults(func=None)
 
     p = sub.add_parser("validate", help="GET the validation path from every origin server")
@@ -140,7 +144,45 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    return asyncio.run(serve(args, cfg))
+    workers = args.workers or 1
+    if workers == 1:
+        return asyncio.run(serve(args, cfg))
+    return _fork_workers(args, cfg, workers)
+
+
+def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers: int) -> int:
+    """N processes sharing the listeners with SO_REUSEPORT; signals are relayed to them.
+
+    Forked before any event loop exists, so each child starts clean.
+    """
+    import os
+
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(asyncio.run(serve(args, cfg, reuse_port=True)))
+        children.append(pid)
+
+    def relay(sig: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, relay)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                status = status or os.waitstatus_to_exitcode(code)
+                break
+            except InterruptedError:
+                continue
+    return status
 
 
 if __name__ == "__main__":

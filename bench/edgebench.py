@@ -1,0 +1,191 @@
+"""Edge proxy vs nginx as an equivalent reverse proxy (no cache), with wrk, in one run.
+
+    python bench/edgebench.py [--seconds 10] [--workers N]
+
+One nginx serves the files (the origin). In front of it, in turn: nginx
+`proxy_pass` (keep-alive upstream, no cache, no temp files) and `edge serve`
+(the same number of workers). wrk measures 10 KB pass-through requests/s and
+100 MB streaming throughput; RSS of each proxy is sampled while streaming.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from dnsbench import cpu_seconds, free_port, rss_mb, tree  # noqa: E402
+
+NGINX_ORIGIN = """
+worker_processes 1;
+pid {work}/origin.pid;
+error_log {work}/origin-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  server {{ listen 127.0.0.1:{port}; root {files}; }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes {workers};
+pid {work}/proxy.pid;
+error_log {work}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_max_temp_file_size 0;
+    }}
+  }}
+}}
+"""
+
+EDGE = """
+listen: ["127.0.0.1:{port}"]
+customers:
+  - directory: bench
+    cnames: [bench.test]
+    origin: {{http: ["127.0.0.1:{origin}"]}}
+"""
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def wrk(port: int, path: str, conns: int, seconds: int) -> tuple[float, float]:
+    # --timeout: a 100 MB response takes longer than wrk's default 2 s per request.
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s",
+                          "-H", "Host: bench.test", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=seconds + 120).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors; the figures would be meaningless:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
+    return rps, float(m.group(1)) * scale
+
+
+def measure(name: str, proc: subprocess.Popen, port: int, seconds: int) -> dict:
+    pids = tree(proc.pid)
+    before = cpu_seconds(pids)
+    t0 = time.monotonic()
+    rps, _ = wrk(port, "/10k.bin", 32, seconds)
+    cpu_small = (cpu_seconds(pids) - before) / (time.monotonic() - t0)
+    peak = {"rss": rss_mb(pids)}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak["rss"] = max(peak["rss"], rss_mb(tree(proc.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    start_rss = rss_mb(pids)
+    sampler.start()
+    _, mbps = wrk(port, "/100m.bin", 4, seconds)
+    stop.set()
+    sampler.join()
+    return {"name": name, "rps": rps, "cpu_us": 1e6 * cpu_small / max(rps, 1), "mbps": mbps,
+            "rss_start": start_rss, "rss_peak": peak["rss"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: run bench/edge.sh, which installs it", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="edgebench-"))
+    files = work / "files"
+    files.mkdir()
+    # nginx workers run as an unprivileged user: they must be able to read these.
+    work.chmod(0o755)
+    files.chmod(0o755)
+    (files / "10k.bin").write_bytes(os.urandom(10240))
+    with (files / "100m.bin").open("wb") as fh:
+        block = os.urandom(1 << 20)
+        for _ in range(100):
+            fh.write(block)
+    for f in files.iterdir():
+        f.chmod(0o644)
+    origin_port, nginx_port, edge_port = free_port(), free_port(), free_port()
+    (work / "origin.conf").write_text(NGINX_ORIGIN.format(work=work, port=origin_port, files=files))
+    (work / "proxy.conf").write_text(NGINX_PROXY.format(work=work, port=nginx_port,
+                                                        origin=origin_port, workers=args.workers))
+    (work / "edge.yaml").write_text(EDGE.format(port=edge_port, origin=origin_port))
+    procs = []
+    results = []
+    try:
+        origin = subprocess.Popen(["nginx", "-c", str(work / "origin.conf"), "-g",
+                                   "daemon off;"], stderr=subprocess.DEVNULL)
+        procs.append(origin)
+        wait_port(origin_port)
+        runs = [("nginx proxy", ["nginx", "-c", str(work / "proxy.conf"), "-g", "daemon off;"],
+                 nginx_port),
+                ("edge", [sys.executable, "-m", "edge.cli", "serve", "-c", str(work / "edge.yaml"),
+                          "--workers", str(args.workers)], edge_port)]
+        for name, cmd, port in runs:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            wait_port(port)
+            time.sleep(0.5)
+            wrk(port, "/10k.bin", 8, 2)                      # warm-up
+            results.append(measure(name, proc, port, args.seconds))
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    base = results[0]
+    print(f"\n{args.workers} worker(s) each; wrk -t1; 10 KB: -c32, 100 MB: -c4; "
+          f"{args.seconds} s per figure; origin: nginx static")
+    head = (f"{'proxy':<13}{'10KB req/s':>11}{'CPU us/req':>11}{'100MB MB/s':>11}"
+            f"{'RSS MB start/peak':>19}{'req/s ratio':>12}{'MB/s ratio':>11}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r['name']:<13}{r['rps']:>11,.0f}{r['cpu_us']:>11.1f}{r['mbps']:>11,.0f}"
+              f"{r['rss_start']:>10.1f}/{r['rss_peak']:<8.1f}{r['rps'] / base['rps']:>12.2f}"
+              f"{r['mbps'] / base['mbps']:>11.2f}")
+    print("(ratios are edge / nginx)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
