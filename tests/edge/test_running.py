@@ -1,0 +1,120 @@
+"""Running the edge: drain, reload, keep-alive to origins, client disconnects."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from tests.conftest import ROOT, free_port
+from tests.edge.test_proxy import Edge
+
+
+async def start_origin(host: str, port: int, state: dict) -> web.AppRunner:
+    async def small(request: web.Request) -> web.Response:
+        state.setdefault("transports", set()).add(id(request.transport))
+        return web.Response(text=f"{host} {request.path}")
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        state["sent"] = 0
+        try:
+            for _ in range(100_000):
+                await resp.write(b"z" * 65536)
+                state["sent"] += 65536
+        except (ConnectionResetError, ConnectionError):
+            state["stopped"] = True
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/{tail:.*}", small)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def wait_http(url: str, host: str, want: int | None = None) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            try:
+                async with s.get(url, headers={"Host": host}) as r:
+                    body = await r.text()
+                    if want is None or r.status == want:
+                        return r.status, body
+            except aiohttp.ClientConnectorError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered {want}")
+
+
+async def test_drain_and_reload_in_a_running_edge(tmp_path):
+    oport, eport, state = free_port(), free_port(), {}
+    runners = [await start_origin("127.0.0.71", oport, state),
+               await start_origin("127.0.0.72", oport, state)]
+    cfg = {"listen": [f"127.0.0.1:{eport}"], "customers": [
+        {"directory": "t", "cnames": ["www.test.com"], "origin": {"http": [f"127.0.0.71:{oport}"]}}]}
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "edge.log"
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(path)],
+                            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{eport}"
+    try:
+        assert (await wait_http(base + "/a", "www.test.com"))[1] == "127.0.0.71 /a"
+        assert (await wait_http(base + "/healthz", "x"))[0] == 200
+        proc.send_signal(signal.SIGUSR1)                       # drain: probes see 503
+        status, body = await wait_http(base + "/healthz", "x", 503)
+        assert '"draining"' in body
+        assert (await wait_http(base + "/a", "www.test.com"))[0] == 200   # still serves
+        proc.send_signal(signal.SIGUSR2)
+        await wait_http(base + "/healthz", "x", 200)
+        # a broken config is rejected and the old one keeps serving
+        path.write_text("customers: [{directory: t, origin: {http: ['http://bad']}}]\n")
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert (await wait_http(base + "/b", "www.test.com"))[1] == "127.0.0.71 /b"
+        assert "rejected" in log.read_text()
+        # a good one takes effect
+        cfg["customers"][0]["origin"]["http"] = [f"127.0.0.72:{oport}"]
+        path.write_text(yaml.safe_dump(cfg))
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if (await wait_http(base + "/c", "www.test.com"))[1] == "127.0.0.72 /c":
+                break
+            await asyncio.sleep(0.1)
+        assert (await wait_http(base + "/c", "www.test.com"))[1] == "127.0.0.72 /c"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for r in runners:
+            await r.cleanup()
+
+
+async def test_keep_alive_to_origins_and_client_disconnect_stops_the_pull():
+    oport, state = free_port(), {}
+    runner = await start_origin("127.0.0.73", oport, state)
+    cfg = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                          "origin": {"http": [f"127.0.0.73:{oport}"]}}]}
+    try:
+        async with Edge(cfg) as edge:
+            for i in range(20):
+                await edge.get(f"/k{i}")
+            assert len(state["transports"]) <= 2        # 20 requests, reused connections
+            async with edge.client.get(edge.base + "/endless",
+                                       headers={"Host": "www.test.com"}) as r:
+                await r.content.readexactly(1 << 20)    # read a little, then hang up
+            for _ in range(50):
+                if state.get("stopped"):
+                    break
+                await asyncio.sleep(0.1)
+            assert state.get("stopped")                 # the origin saw the edge let go
+            assert state["sent"] < 200 * (1 << 20)      # long before the end of the "file"
+    finally:
+        await runner.cleanup()
