@@ -13,7 +13,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from dnsbench import cpu_seconds, free_port, rss_mb, tree  # noqa: E402
+from dnsbench import cpu_seconds, free_port, rss_mb, stop, tree  # noqa: E402
 
 NGINX_ORIGIN = """
 worker_processes 1;
@@ -161,16 +160,10 @@ def main() -> int:
             time.sleep(0.5)
             wrk(port, "/10k.bin", 8, 2)                      # warm-up
             results.append(measure(name, proc, port, args.seconds))
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+            stop(proc)
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc)
         shutil.rmtree(work, ignore_errors=True)
     base = results[0]
     print(f"\n{args.workers} worker(s) each; wrk -t1; 10 KB: -c32, 100 MB: -c4; "
