@@ -48,16 +48,6 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
-def decode_name(wire: bytes) -> str:
-    """Uncompressed wire name -> absolute text name (lower case kept as given)."""
-    labels, i = [], 0
-    while wire[i]:
-        n = wire[i]
-        labels.append(wire[i + 1:i + 1 + n].decode("ascii", "replace"))
-        i += n + 1
-    return ".".join(labels) + "."
-
-
 def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     """One resource record in wire form."""
     return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata)) + rdata

@@ -114,8 +114,3 @@ def load_yaml_text(text: str, source: str) -> Any:
         raise YamlError(f"{source}:{line}: {exc.problem or exc}") from None
     finally:
         loader.dispose()
-
-
-def where_of(value: Any, default: Where) -> Where:
-    """The line a loaded mapping or list started on, else ``default``."""
-    return getattr(value, "where", default)
