@@ -81,11 +81,22 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheRules:
+    """Per customer: whether and how responses are cached (RFC 9111 applies on top)."""
+
+    enabled: bool = True
+    default_ttl: float = 0.0             # for responses without freshness information; 0 = do not store
+    honour_client_no_cache: bool = False  # a client's no-cache / max-age=0 goes to the origin
+    max_object: int = 64 * 1024 * 1024   # larger responses pass through, uncached
+
+
+@dataclass(frozen=True, slots=True)
 class Customer:
     directory: str                       # CDN URL /<account>/<directory>/...; case-sensitive
     cnames: tuple[str, ...]              # edge CNAME host names, lower case
     origin: Origin
     alt_svc: str = ""
+    cache: CacheRules = CacheRules()
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class EdgeConfig:
     tls_listen: tuple[Listener, ...] = ()
     certificates: tuple[CertSpec, ...] = ()
     origin_ca_file: str = ""             # extra CAs to trust for HTTPS origins
+    cache_memory: int = 256 * 1024 * 1024   # bytes of the memory tier
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
@@ -151,6 +163,22 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
+    block = ck.mapping(raw, where, what)
+    ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object"), what)
+    flags = {}
+    for key, default in (("enabled", True), ("honour_client_no_cache", False)):
+        value = block.get(key, default)
+        if not isinstance(value, bool):
+            ck.add(block.at(key), f"{what}.{key} must be true or false")
+            value = default
+        flags[key] = value
+    return CacheRules(flags["enabled"],
+                      ck.number(block, "default_ttl", 0, 10 * 365 * 86400, what, default=0.0) or 0.0,
+                      flags["honour_client_no_cache"],
+                      ck.integer(block, "max_object", 64 * 1024 * 1024, 0, 2**40, what))
 
 
 def _validation_path(ck: Checker, block: LineDict, what: str) -> str:
@@ -234,7 +262,8 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
     base = base or Path(".")
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
-                  "origin_ca_file"), "the top level")
+                  "origin_ca_file", "cache_memory"), "the top level")
+    cache_memory = ck.integer(top, "cache_memory", 256 * 1024 * 1024, 0, 2**42, "config")
     tls_listen, certs = _tls(ck, top.get("tls"), top.at("tls"), base)
     origin_ca = ck.text(top, "origin_ca_file", "config")
     if origin_ca:
@@ -275,7 +304,7 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
         c = ck.mapping(body, w, f"customer #{index + 1}")
         directory = str(c.get("directory", "")).strip("/")
         what = f"customer {directory or '#' + str(index + 1)}"
-        ck.keys(c, ("directory", "cnames", "origin", "alt_svc"), what)
+        ck.keys(c, ("directory", "cnames", "origin", "alt_svc", "cache"), what)
         if not directory or "/" in directory:
             ck.add(c.at("directory"), f"{what} needs directory: NAME (one URL segment)")
         cnames = [str(v).lower().rstrip(".") for v, _ in ck.items(c.get("cnames"), c.at("cnames"),
@@ -285,7 +314,8 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
             if server.host in cnames:
                 ck.add(c.at("origin"), f"{what}: origin {server.host} is one of its own edge "
                        "CNAMEs (requests would loop)")
-        customer = Customer(directory, tuple(cnames), origin, ck.text(c, "alt_svc", what))
+        customer = Customer(directory, tuple(cnames), origin, ck.text(c, "alt_svc", what),
+                            _cache_rules(ck, c.get("cache"), c.at("cache"), f"{what} cache"))
         if directory in by_directory:
             ck.add(c.at("directory"), f"{what}: directory {directory!r} is used twice")
         by_directory[directory] = customer
@@ -299,7 +329,7 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
                       str(top.get("via", "gslb-edge")), tuple(egress), tls_listen, certs,
-                      origin_ca, tuple(nameservers), by_cname, by_directory)
+                      origin_ca, cache_memory, tuple(nameservers), by_cname, by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:

@@ -12,13 +12,16 @@ import asyncio
 import logging
 import socket
 import ssl
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from .cache import Cache, Fill, Stored
 from .config import Customer, EdgeConfig, Protocol, Server
+from .freshness import http_date, initial_age, request_wants_fresh, response_policy
 from .origin import OriginPool
 from .resolve import ResolveError, Resolver
 from .tls import CertStore
@@ -54,6 +57,8 @@ class Metrics:
                                    "(origin traffic)", ["customer"], registry=r)
         self.origin_errors = Counter("edge_origin_errors", "Failed origin attempts",
                                      ["customer", "server", "reason"], registry=r)
+        self.cache = Counter("edge_cache_requests", "Requests by cache result",
+                             ["customer", "result"], registry=r)
 
 
 class EdgeState:
@@ -64,6 +69,7 @@ class EdgeState:
         self.session: aiohttp.ClientSession | None = None
         self.resolver = Resolver(list(config.nameservers) or None)
         self.certs = CertStore(config.certificates)
+        self.cache = Cache(config.cache_memory)
         self.apply(config)
 
     def apply(self, config: EdgeConfig) -> None:
@@ -145,8 +151,28 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         if upgraded is not None:
             return upgraded
         # The origin would not upgrade: carry on over plain HTTP, as the seed says.
+    if _cache_eligible(request, customer):
+        return await _cached(request, state, customer, pool, scheme, host, path, headers)
     has_body = request.body_exists
-    retryable = request.method in SAFE_METHODS and not has_body
+    resp = await pull(state, customer, pool, scheme, host, request.method, path, headers,
+                      request.content if has_body else None,
+                      request.method in SAFE_METHODS and not has_body)
+    if resp is None:
+        state.metrics.requests.labels(customer.directory, "502").inc()
+        raise web.HTTPBadGateway(text="no origin server answered\n")
+    return await _relay(request, resp, customer, state, config)
+
+
+async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme: str, host: str,
+               method: str, path: str, headers: list[tuple[str, str]],
+               body: "aiohttp.StreamReader | None", retryable: bool
+               ) -> aiohttp.ClientResponse | None:
+    """Ask the origin servers in balancing order; the first usable response, or None.
+
+    A server that fails (connect, timeout, 5xx when retry_5xx) goes into back-off,
+    and the next one is tried when that is safe (`retryable`).
+    """
+    origin = customer.origin
     servers = pool.order()
     label = customer.directory
     for attempt, server in enumerate(servers):
@@ -160,8 +186,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             url = f"{scheme}://{Server(address, server.port).authority(scheme)}{path}"
             assert state.session is not None
             resp = await state.session.request(
-                request.method, url, headers=headers, allow_redirects=False,
-                data=request.content if has_body else None, auto_decompress=False,
+                method, url, headers=headers, allow_redirects=False, data=body,
+                auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(sock_connect=origin.timeout,
                                               sock_read=origin.timeout), **kwargs)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -174,16 +200,258 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                 break
             continue
         if resp.status >= 500 and origin.retry_5xx:
-            period = pool.failed(server, f"HTTP {resp.status}")
+            pool.failed(server, f"HTTP {resp.status}")
             state.metrics.origin_errors.labels(label, server.host, f"http_{resp.status}").inc()
             if not last:
                 resp.release()
                 continue
         else:
             pool.succeeded(server)
-        return await _relay(request, resp, customer, state, config)
-    state.metrics.requests.labels(label, "502").inc()
-    raise web.HTTPBadGateway(text="no origin server answered\n")
+        return resp
+    return None
+
+
+# --- through the cache ---------------------------------------------------------------------
+
+COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by then goes itself
+
+
+def _cache_eligible(request: web.Request, customer: Customer) -> bool:
+    # Ranges arrive with the range work; until then they pass through untouched.
+    return (customer.cache.enabled and request.method in ("GET", "HEAD")
+            and "Range" not in request.headers and not request.body_exists)
+
+
+def _cache_key(request: web.Request, customer: Customer, path: str) -> str:
+    return f"{request.scheme}://{customer.directory}{path}"
+
+
+async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
+                  pool: OriginPool, scheme: str, host: str, path: str,
+                  headers: list[tuple[str, str]]) -> web.StreamResponse:
+    cache = state.cache
+    key = _cache_key(request, customer, path)
+    stored = cache.get(key)
+    wants_fresh = request_wants_fresh(request.headers.getall("Cache-Control", []),
+                                      customer.cache.honour_client_no_cache)
+    if stored is not None and not wants_fresh and stored.fresh(time.time()):
+        return await _serve_stored(request, state, customer, stored, "HIT")
+    if request.method == "HEAD" or cache.passing(key):
+        return await _pass(request, state, customer, pool, scheme, host, path, headers, "PASS")
+    fill = cache.fills.get(key)
+    leader = fill is None
+    if fill is None:
+        fill = Fill(key)
+        cache.fills[key] = fill
+        fill.task = asyncio.get_running_loop().create_task(
+            _fill(state, customer, pool, scheme, host, path, headers, fill, stored,
+                  request.headers.getall("Cache-Control", []),
+                  "Authorization" in request.headers))
+    return await _serve_fill(request, state, customer, pool, scheme, host, path, headers, fill,
+                             leader)
+
+
+async def _pass(request: web.Request, state: "EdgeState", customer: Customer, pool: OriginPool,
+                scheme: str, host: str, path: str, headers: list[tuple[str, str]],
+                label: str) -> web.StreamResponse:
+    resp = await pull(state, customer, pool, scheme, host, request.method, path, headers, None,
+                      True)
+    if resp is None:
+        state.metrics.requests.labels(customer.directory, "502").inc()
+        raise web.HTTPBadGateway(text="no origin server answered\n")
+    state.metrics.cache.labels(customer.directory, label).inc()
+    return await _relay(request, resp, customer, state, state.config, label)
+
+
+async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme: str, host: str,
+                path: str, headers: list[tuple[str, str]], fill: Fill, stale: Stored | None,
+                request_cc: list[str], authorization: bool) -> None:
+    """Fetch one object for every request waiting on `fill`; store it when allowed."""
+    cache, label = state.cache, customer.directory
+    if stale is not None:
+        # RFC 9111 4.3.1: revalidate with the validators we hold; without any,
+        # this is an unconditional GET.
+        if stale.header("ETag"):
+            headers = headers + [("If-None-Match", stale.header("ETag") or "")]
+        if stale.header("Last-Modified"):
+            headers = headers + [("If-Modified-Since", stale.header("Last-Modified") or "")]
+    resp = None
+    handed_over = False
+    sent = time.time()
+    try:
+        resp = await pull(state, customer, pool, scheme, host, "GET", path, headers, None, True)
+        if resp is None:
+            fill.fail()
+            return
+        now = time.time()
+        age = initial_age(resp.headers, now, sent)
+        if resp.status == 304 and stale is not None:
+            merged = stale.revalidated(end_to_end(resp.headers), stale.policy, now, age)
+            policy = response_policy("GET", merged.status, dict(merged.headers),
+                                     [v for k, v in merged.headers if k.lower() == "cache-control"],
+                                     request_cc, authorization, now, customer.cache.default_ttl)
+            fresh = replace(merged, policy=policy)
+            if policy.store:
+                cache.put(fill.key, fresh)
+            fill.revalidated = True
+            fill.start(fresh.status, fresh.reason, list(fresh.headers), fresh.size, True, age)
+            for chunk in fresh.chunks:
+                fill.append(chunk)
+            fill.finish()
+            return
+        policy = response_policy("GET", resp.status, resp.headers,
+                                 resp.headers.getall("Cache-Control", []), request_cc,
+                                 authorization, now, customer.cache.default_ttl)
+        length = resp.content_length
+        shareable = (policy.store and length is not None
+                     and length <= customer.cache.max_object)
+        if not shareable:
+            # Not ours to share (or too big to hold): the first client gets the
+            # response directly; later ones go to the origin themselves.
+            cache.remember_pass(fill.key)
+            fill.direct = resp
+            handed_over = True
+            fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, False, age)
+            return
+        fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, True, age)
+        size = 0
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            state.metrics.from_origin.labels(label).inc(len(chunk))
+            fill.append(chunk)
+        if size != length:
+            raise aiohttp.ClientPayloadError("origin closed early")
+        fill.finish()
+        cache.put(fill.key, Stored(resp.status, resp.reason or "", tuple(fill.headers),
+                                   tuple(fill.chunks), size, now, age, policy))
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        state.metrics.origin_errors.labels(label, "?", "truncated").inc()
+        fill.fail()            # nothing is stored: an origin failure never corrupts the cache
+    except asyncio.CancelledError:
+        fill.fail()
+        raise
+    finally:
+        if resp is not None and not handed_over:
+            resp.release() if fill.done else resp.close()
+        if cache.fills.get(fill.key) is fill:
+            del cache.fills[fill.key]
+
+
+def _client_headers(out: web.StreamResponse, headers: "list[tuple[str, str]] | tuple",
+                    age: float, label: str, request: web.Request, customer: Customer,
+                    config: EdgeConfig) -> None:
+    for key, value in headers:
+        if key.lower() not in ("content-length", "age"):
+            out.headers.add(key, value)
+    out.headers["Age"] = str(int(age))
+    out.headers["X-Cache"] = label
+    out.headers["Via"] = _via(out.headers.get("Via"), request, config.via)
+    if customer.alt_svc:
+        out.headers["Alt-Svc"] = customer.alt_svc
+
+
+async def _serve_fill(request: web.Request, state: "EdgeState", customer: Customer,
+                      pool: OriginPool, scheme: str, host: str, path: str,
+                      headers: list[tuple[str, str]], fill: Fill,
+                      leader: bool) -> web.StreamResponse:
+    label = customer.directory
+    fill.readers += 1
+    try:
+        try:
+            async with asyncio.timeout(None if leader else COALESCE_TIMEOUT):
+                ok = await asyncio.shield(fill.headers_ready)
+        except TimeoutError:
+            ok = None     # the first fetch stalls: this client goes to the origin itself
+        if ok is None or (not leader and not fill.shareable and not fill.failed):
+            return await _pass(request, state, customer, pool, scheme, host, path, headers,
+                               "MISS")
+        if not ok:
+            state.metrics.requests.labels(label, "502").inc()
+            raise web.HTTPBadGateway(text="no origin server answered\n")
+        if fill.direct is not None:
+            resp, fill.direct = fill.direct, None
+            state.metrics.cache.labels(label, "PASS").inc()
+            return await _relay(request, resp, customer, state, state.config, "PASS")
+        result = "REVALIDATED" if fill.revalidated else "MISS"
+        state.metrics.cache.labels(label, result).inc()
+        state.metrics.requests.labels(label, str(fill.status)).inc()
+        out = web.StreamResponse(status=fill.status, reason=fill.reason)
+        _client_headers(out, fill.headers, fill.initial_age, result, request, customer,
+                        state.config)
+        if fill.length is not None:
+            out.content_length = fill.length
+        await out.prepare(request)
+        sent = 0
+        while True:
+            while sent < len(fill.chunks):
+                chunk = fill.chunks[sent]
+                sent += 1
+                await out.write(chunk)
+                state.metrics.to_clients.labels(label).inc(len(chunk))
+            if fill.failed:
+                if request.transport is not None:
+                    request.transport.abort()     # never a short response that looks whole
+                return out
+            if fill.done:
+                break
+            await fill.more()
+        await out.write_eof()
+        return out
+    except (ConnectionResetError, ConnectionError):
+        return web.Response(status=499)       # the client went away
+    finally:
+        fill.readers -= 1
+        if fill.readers == 0 and not fill.done and fill.task is not None:
+            fill.task.cancel()                # nobody is waiting for the rest
+
+
+async def _serve_stored(request: web.Request, state: "EdgeState", customer: Customer,
+                        stored: Stored, result: str) -> web.StreamResponse:
+    """A cache hit: headers rendered from the stored object, body from memory."""
+    label = customer.directory
+    now = time.time()
+    state.metrics.cache.labels(label, result).inc()
+    if _not_modified(request, stored):
+        out = web.StreamResponse(status=304)
+        _client_headers(out, [(k, v) for k, v in stored.headers
+                              if k.lower() in NOT_MODIFIED_HEADERS],
+                        stored.age(now), result, request, customer, state.config)
+        state.metrics.requests.labels(label, "304").inc()
+        await out.prepare(request)
+        await out.write_eof()
+        return out
+    out = web.StreamResponse(status=stored.status, reason=stored.reason)
+    _client_headers(out, stored.headers, stored.age(now), result, request, customer,
+                    state.config)
+    out.content_length = stored.size
+    state.metrics.requests.labels(label, str(stored.status)).inc()
+    await out.prepare(request)
+    if request.method != "HEAD":
+        for chunk in stored.chunks:
+            await out.write(chunk)
+        state.metrics.to_clients.labels(label).inc(stored.size)
+    await out.write_eof()
+    return out
+
+
+NOT_MODIFIED_HEADERS = frozenset({"cache-control", "content-location", "date", "etag",
+                                  "expires", "vary", "last-modified"})
+
+
+def _not_modified(request: web.Request, stored: Stored) -> bool:
+    """RFC 9110 13.1: answer a client's conditional GET from the cache with 304."""
+    if stored.status != 200:
+        return False
+    etag = stored.header("ETag")
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        if not etag:
+            return False
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        return "*" in tags or etag.removeprefix("W/") in tags      # weak comparison
+    ims = http_date(request.headers.get("If-Modified-Since"))
+    modified = http_date(stored.header("Last-Modified"))
+    return ims is not None and modified is not None and modified <= ims
 
 
 def _wants_websocket(request: web.Request) -> bool:
@@ -263,7 +531,7 @@ def _via(incoming: str | None, request: web.Request, name: str) -> str:
 
 
 async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: Customer,
-                 state: EdgeState, config: EdgeConfig) -> web.StreamResponse:
+                 state: EdgeState, config: EdgeConfig, cache_label: str = "") -> web.StreamResponse:
     """Stream the origin's response to the client, never holding the body whole."""
     label = customer.directory
     out = web.StreamResponse(status=resp.status, reason=resp.reason)
@@ -275,6 +543,8 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
     out.headers["Via"] = _via(resp.headers.get("Via"), request, config.via)
     if customer.alt_svc:
         out.headers["Alt-Svc"] = customer.alt_svc
+    if cache_label:
+        out.headers["X-Cache"] = cache_label
     state.metrics.requests.labels(label, str(resp.status)).inc()
     try:
         await out.prepare(request)

@@ -88,7 +88,8 @@ class Edge:
         self.runner = web.AppRunner(make_app(self.state))
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        self.client = aiohttp.ClientSession(auto_decompress=False)
+        self.client = aiohttp.ClientSession(auto_decompress=False,
+                                            connector=aiohttp.TCPConnector(limit=0))
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -1,0 +1,264 @@
+"""The cache: RFC 9111 freshness, revalidation, coalescing, failures, client conditionals."""
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edge import proxy as proxy_module
+from edge.cache import MemoryStore, Stored
+from edge.freshness import Policy
+from tests.conftest import free_port
+from tests.edge.test_proxy import Edge
+
+
+class CountingOrigin:
+    """An origin whose responses the test scripts per path, counting every request."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.hits: dict[str, int] = {}
+        self.conditional: list[dict] = []
+        self.routes: dict[str, dict] = {}
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        spec = self.routes.get(request.path, {})
+        inm, ims = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
+        if inm or ims:
+            self.conditional.append({"path": request.path, "inm": inm, "ims": ims})
+            if inm and inm == spec.get("headers", {}).get("ETag"):
+                return web.Response(status=304, headers={"ETag": inm,
+                                                         "Cache-Control": "max-age=60"})
+        body = spec.get("body", f"body of {request.path} #{self.hits[request.path]}").encode()
+        if spec.get("slow"):
+            resp = web.StreamResponse(headers={**spec.get("headers", {}),
+                                               "Content-Length": str(len(body))})
+            await resp.prepare(request)
+            await resp.write(body[:10])
+            await self.release.wait()
+            if spec.get("cut"):
+                request.transport.close()
+                return resp
+            await resp.write(body[10:])
+            return resp
+        return web.Response(body=body, headers=spec.get("headers", {}))
+
+    async def __aenter__(self) -> "CountingOrigin":
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.81", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.release.set()
+        await self.runner.cleanup()
+
+
+def cfg(origin: CountingOrigin, **cache) -> dict:
+    return {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                           "origin": {"http": [f"127.0.0.81:{origin.port}"]},
+                           "cache": cache}]}
+
+
+async def fetch(edge: Edge, path: str, **headers) -> tuple[int, bytes, dict]:
+    async with edge.client.get(edge.base + path, headers={"Host": "www.test.com", **headers}) as r:
+        return r.status, await r.read(), r.headers.copy()      # case-insensitive
+
+
+async def test_miss_then_hit_with_age():
+    async with CountingOrigin() as origin:
+        origin.routes["/a"] = {"headers": {"Cache-Control": "max-age=60"}}
+        async with Edge(cfg(origin)) as edge:
+            s1, b1, h1 = await fetch(edge, "/a")
+            await asyncio.sleep(1.1)
+            s2, b2, h2 = await fetch(edge, "/a")
+            assert (s1, s2) == (200, 200) and b1 == b2 == b"body of /a #1"
+            assert (h1["X-Cache"], h2["X-Cache"]) == ("MISS", "HIT")
+            assert int(h2["Age"]) >= 1 and origin.hits["/a"] == 1
+            async with edge.client.head(edge.base + "/a", headers={"Host": "www.test.com"}) as r:
+                assert r.headers["X-Cache"] == "HIT" and r.headers["Content-Length"] == "13"
+            assert origin.hits["/a"] == 1
+
+
+@pytest.mark.parametrize("headers,stored", [
+    ({"Cache-Control": "no-store"}, False),
+    ({"Cache-Control": "private, max-age=60"}, False),
+    ({}, False),                                                  # no freshness information
+    ({"Cache-Control": "max-age=0, s-maxage=60"}, True),         # s-maxage wins in a shared cache
+    ({"Expires": formatdate(time.time() + 60, usegmt=True)}, True),
+    ({"Last-Modified": formatdate(time.time() - 864000, usegmt=True)}, True),   # heuristic
+])
+async def test_what_is_stored(headers, stored):
+    async with CountingOrigin() as origin:
+        origin.routes["/x"] = {"headers": headers}
+        async with Edge(cfg(origin)) as edge:
+            for _ in range(3):
+                await fetch(edge, "/x")
+            assert origin.hits["/x"] == (1 if stored else 3)
+
+
+async def test_customer_default_ttl_and_authorization():
+    async with CountingOrigin() as origin:
+        async with Edge(cfg(origin, default_ttl=30)) as edge:
+            for _ in range(3):
+                await fetch(edge, "/plain")
+            assert origin.hits["/plain"] == 1                     # no headers: default TTL
+            for _ in range(2):
+                await fetch(edge, "/secret", Authorization="Bearer x")
+            assert origin.hits["/secret"] == 2                    # RFC 9111 3.5
+
+
+async def test_stale_object_is_revalidated_with_validators():
+    async with CountingOrigin() as origin:
+        origin.routes["/e"] = {"headers": {"Cache-Control": "max-age=1", "ETag": '"v1"'}}
+        origin.routes["/lm"] = {"headers": {"Cache-Control": "max-age=1",
+                                            "Last-Modified": "Tue, 24 Nov 2026 00:00:00 GMT"}}
+        origin.routes["/none"] = {"headers": {"Cache-Control": "max-age=1"}}
+        async with Edge(cfg(origin)) as edge:
+            for path in ("/e", "/lm", "/none"):
+                await fetch(edge, path)
+            await asyncio.sleep(1.2)
+            status, body, headers = await fetch(edge, "/e")
+            assert (status, body, headers["X-Cache"]) == (200, b"body of /e #1", "REVALIDATED")
+            assert origin.conditional[0] == {"path": "/e", "inm": '"v1"', "ims": None}
+            status, body, headers = await fetch(edge, "/e")
+            assert headers["X-Cache"] == "HIT" and origin.hits["/e"] == 2   # fresh again (60 s)
+            await fetch(edge, "/lm")
+            assert origin.conditional[1]["ims"] == "Tue, 24 Nov 2026 00:00:00 GMT"
+            status, body, _ = await fetch(edge, "/none")
+            assert body == b"body of /none #2"          # no validators: unconditional GET
+            assert all(c["path"] != "/none" for c in origin.conditional)
+
+
+async def test_client_conditionals_answered_from_cache():
+    async with CountingOrigin() as origin:
+        origin.routes["/c"] = {"headers": {"Cache-Control": "max-age=60", "ETag": 'W/"abc"',
+                                           "Last-Modified": "Mon, 23 Nov 2026 00:00:00 GMT"}}
+        async with Edge(cfg(origin)) as edge:
+            await fetch(edge, "/c")
+            status, body, headers = await fetch(edge, "/c", **{"If-None-Match": '"abc"'})
+            assert status == 304 and body == b"" and headers["ETag"] == 'W/"abc"'
+            status, _, _ = await fetch(edge, "/c", **{"If-None-Match": '"other"'})
+            assert status == 200
+            status, _, _ = await fetch(edge, "/c", **{
+                "If-Modified-Since": "Mon, 23 Nov 2026 12:00:00 GMT"})
+            assert status == 304
+            assert origin.hits["/c"] == 1
+
+
+async def test_client_no_cache_is_a_customer_choice():
+    async with CountingOrigin() as origin:
+        origin.routes["/n"] = {"headers": {"Cache-Control": "max-age=60"}}
+        async with Edge(cfg(origin)) as edge:
+            await fetch(edge, "/n")
+            await fetch(edge, "/n", **{"Cache-Control": "no-cache"})
+            assert origin.hits["/n"] == 1
+        async with Edge(cfg(origin, honour_client_no_cache=True)) as edge:
+            await fetch(edge, "/n")
+            await fetch(edge, "/n", **{"Cache-Control": "max-age=0"})
+            assert origin.hits["/n"] == 3
+
+
+async def test_concurrent_misses_make_one_origin_request_and_stream_while_written():
+    async with CountingOrigin() as origin:
+        origin.routes["/big"] = {"headers": {"Cache-Control": "max-age=60"}, "slow": True,
+                                 "body": "0123456789" + "z" * 100_000}
+        async with Edge(cfg(origin)) as edge:
+            first_bytes = asyncio.Event()
+
+            async def client(i: int) -> tuple[bytes, str]:
+                async with edge.client.get(edge.base + "/big",
+                                           headers={"Host": "www.test.com"}) as r:
+                    head = await r.content.readexactly(10)
+                    if i == 199:
+                        first_bytes.set()
+                    return head + await r.read(), r.headers["X-Cache"]
+
+            tasks = [asyncio.ensure_future(client(i)) for i in range(200)]
+            # Every client, the last one included, got the first bytes while the
+            # origin was still holding the rest back.
+            await asyncio.wait_for(first_bytes.wait(), 10)
+            assert not origin.release.is_set()
+            origin.release.set()
+            results = await asyncio.gather(*tasks)
+            assert origin.hits["/big"] == 1
+            assert all(body == b"0123456789" + b"z" * 100_000 for body, _ in results)
+            assert (await fetch(edge, "/big"))[2]["X-Cache"] == "HIT"
+
+
+async def test_origin_cut_mid_body_caches_nothing():
+    async with CountingOrigin() as origin:
+        origin.routes["/cut"] = {"headers": {"Cache-Control": "max-age=60"}, "slow": True,
+                                 "cut": True, "body": "0123456789" + "q" * 50_000}
+        async with Edge(cfg(origin)) as edge:
+            origin.release.set()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await fetch(edge, "/cut")
+            origin.routes["/cut"] = {"headers": {"Cache-Control": "max-age=60"}}
+            status, body, headers = await fetch(edge, "/cut")
+            assert status == 200 and headers["X-Cache"] == "MISS" and origin.hits["/cut"] == 2
+
+
+async def test_a_stalled_fill_lets_waiters_go_themselves(monkeypatch):
+    monkeypatch.setattr(proxy_module, "COALESCE_TIMEOUT", 0.3)
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.headers.get("X-First") == "1":
+            started.set()
+            await asyncio.sleep(3)                  # the first fetch stalls before headers
+        return web.Response(text="ok", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.82", port).start()
+    config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                             "origin": {"http": [f"127.0.0.82:{port}"]}}]}
+    try:
+        async with Edge(config) as edge:
+            slow = asyncio.ensure_future(fetch(edge, "/s", **{"X-First": "1"}))
+            await started.wait()
+            start = time.monotonic()
+            status, body, _ = await fetch(edge, "/s")
+            assert status == 200 and body == b"ok" and time.monotonic() - start < 2
+            slow.cancel()
+    finally:
+        await runner.cleanup()
+
+
+async def test_objects_over_max_object_pass_through():
+    async with CountingOrigin() as origin:
+        origin.routes["/large"] = {"headers": {"Cache-Control": "max-age=60"}, "body": "L" * 5000}
+        async with Edge(cfg(origin, max_object=1000)) as edge:
+            for _ in range(2):
+                status, body, headers = await fetch(edge, "/large")
+                assert status == 200 and len(body) == 5000
+            assert origin.hits["/large"] == 2
+
+
+def test_memory_store_evicts_least_recently_used_by_bytes():
+    policy = Policy(True, 60, "test")
+
+    def item(size: int) -> Stored:
+        return Stored(200, "OK", (), (b"x" * size,), size, 0.0, 0.0, policy)
+
+    store = MemoryStore(1000)
+    store.put("a", item(400))
+    store.put("b", item(400))
+    store.get("a")                      # a is now the most recently used
+    store.put("c", item(400))           # over 1000 bytes: b goes
+    assert store.get("b") is None and store.get("a") is not None and store.get("c") is not None
+    assert store.bytes == 800
+    store.put("huge", item(2000))       # never fits: not stored, nothing evicted for it
+    assert store.get("huge") is None and len(store) == 2
