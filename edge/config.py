@@ -88,6 +88,7 @@ class CacheRules:
     default_ttl: float = 0.0             # for responses without freshness information; 0 = do not store
     honour_client_no_cache: bool = False  # a client's no-cache / max-age=0 goes to the origin
     max_object: int = 64 * 1024 * 1024   # larger responses pass through, uncached
+    grace: float = 0.0                   # serve stale this long when the origin fails (any object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,8 @@ def _is_ip(host: str) -> bool:
 
 def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     block = ck.mapping(raw, where, what)
-    ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object"), what)
+    ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object", "grace"),
+            what)
     flags = {}
     for key, default in (("enabled", True), ("honour_client_no_cache", False)):
         value = block.get(key, default)
@@ -178,7 +180,8 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     return CacheRules(flags["enabled"],
                       ck.number(block, "default_ttl", 0, 10 * 365 * 86400, what, default=0.0) or 0.0,
                       flags["honour_client_no_cache"],
-                      ck.integer(block, "max_object", 64 * 1024 * 1024, 0, 2**40, what))
+                      ck.integer(block, "max_object", 64 * 1024 * 1024, 0, 2**40, what),
+                      ck.number(block, "grace", 0, 30 * 86400, what, default=0.0) or 0.0)
 
 
 def _validation_path(ck: Checker, block: LineDict, what: str) -> str:

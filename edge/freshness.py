@@ -4,7 +4,7 @@ No I/O and no clock: callers pass `now`. The cache (cache.py) applies them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Iterable, Mapping
 
@@ -51,12 +51,33 @@ class Policy:
     reason: str
     must_revalidate: bool = False   # never served stale
     no_cache: bool = False          # stored, but revalidated before every use
+    stale_while_revalidate: float = 0.0   # RFC 5861
+    stale_if_error: float = 0.0
+
+    def stale_allowed(self, staleness: float, window: float) -> bool:
+        return not self.must_revalidate and not self.no_cache and staleness <= window
 
 
 def response_policy(method: str, status: int, headers: Mapping[str, str],
                     cache_control: list[str], request_cc: list[str], has_authorization: bool,
                     now: float, default_ttl: float = 0.0) -> Policy:
-    """RFC 9111 3 and 4.2: may a shared cache store this response, and for how long."""
+    """RFC 9111 3 and 4.2: may a shared cache store this response, and for how long.
+
+    Also the RFC 5861 extensions: how long it may be served stale while it is
+    revalidated, and when the origin fails.
+    """
+    policy = _policy(method, status, headers, cache_control, request_cc, has_authorization, now,
+                     default_ttl)
+    if not policy.store:
+        return policy
+    cc = directives(cache_control)
+    return replace(policy, stale_while_revalidate=_seconds(cc.get("stale-while-revalidate")) or 0.0,
+                   stale_if_error=_seconds(cc.get("stale-if-error")) or 0.0)
+
+
+def _policy(method: str, status: int, headers: Mapping[str, str],
+                    cache_control: list[str], request_cc: list[str], has_authorization: bool,
+                    now: float, default_ttl: float = 0.0) -> Policy:
     if method not in ("GET", "HEAD"):
         return Policy(False, 0, f"{method} is not cached")
     cc = directives(cache_control)

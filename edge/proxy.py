@@ -234,7 +234,8 @@ async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
     stored = cache.get(key)
     wants_fresh = request_wants_fresh(request.headers.getall("Cache-Control", []),
                                       customer.cache.honour_client_no_cache)
-    if stored is not None and not wants_fresh and stored.fresh(time.time()):
+    now = time.time()
+    if stored is not None and not wants_fresh and stored.fresh(now):
         return await _serve_stored(request, state, customer, stored, "HIT")
     if request.method == "HEAD" or cache.passing(key):
         return await _pass(request, state, customer, pool, scheme, host, path, headers, "PASS")
@@ -247,8 +248,14 @@ async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
             _fill(state, customer, pool, scheme, host, path, headers, fill, stored,
                   request.headers.getall("Cache-Control", []),
                   "Authorization" in request.headers))
+    if stored is not None and not wants_fresh and stored.policy.stale_allowed(
+            stored.age(now) - stored.policy.ttl, stored.policy.stale_while_revalidate):
+        # RFC 5861: answer now from the stale copy; the fill above refreshes it.
+        fill.readers += 1
+        fill.task.add_done_callback(lambda _task, f=fill: _background_done(f))
+        return await _serve_stored(request, state, customer, stored, "STALE")
     return await _serve_fill(request, state, customer, pool, scheme, host, path, headers, fill,
-                             leader)
+                             leader, stored)
 
 
 async def _pass(request: web.Request, state: "EdgeState", customer: Customer, pool: OriginPool,
@@ -280,8 +287,8 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
     sent = time.time()
     try:
         resp = await pull(state, customer, pool, scheme, host, "GET", path, headers, None, True)
-        if resp is None:
-            fill.fail()
+        if resp is None or (resp.status >= 500 and stale is not None):
+            fill.fail()          # with a stale copy, an origin error may be answered from it
             return
         now = time.time()
         age = initial_age(resp.headers, now, sent)
@@ -353,7 +360,7 @@ def _client_headers(out: web.StreamResponse, headers: "list[tuple[str, str]] | t
 async def _serve_fill(request: web.Request, state: "EdgeState", customer: Customer,
                       pool: OriginPool, scheme: str, host: str, path: str,
                       headers: list[tuple[str, str]], fill: Fill,
-                      leader: bool) -> web.StreamResponse:
+                      leader: bool, stale: Stored | None = None) -> web.StreamResponse:
     label = customer.directory
     fill.readers += 1
     try:
@@ -366,6 +373,8 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
             return await _pass(request, state, customer, pool, scheme, host, path, headers,
                                "MISS")
         if not ok:
+            if stale is not None and _stale_on_error(stale, customer):
+                return await _serve_stored(request, state, customer, stale, "STALE")
             state.metrics.requests.labels(label, "502").inc()
             raise web.HTTPBadGateway(text="no origin server answered\n")
         if fill.direct is not None:
@@ -432,6 +441,21 @@ async def _serve_stored(request: web.Request, state: "EdgeState", customer: Cust
         state.metrics.to_clients.labels(label).inc(stored.size)
     await out.write_eof()
     return out
+
+
+def _background_done(fill: Fill) -> None:
+    """A revalidation nobody waits for has ended: drop a response no one will read."""
+    fill.readers -= 1
+    if fill.direct is not None:
+        fill.direct.close()
+        fill.direct = None
+
+
+def _stale_on_error(stale: Stored, customer: Customer) -> bool:
+    """RFC 5861 stale-if-error, or the customer's grace period, covers this copy."""
+    staleness = stale.age(time.time()) - stale.policy.ttl
+    window = max(stale.policy.stale_if_error, customer.cache.grace)
+    return stale.policy.stale_allowed(staleness, window)
 
 
 NOT_MODIFIED_HEADERS = frozenset({"cache-control", "content-location", "date", "etag",

@@ -29,6 +29,8 @@ class CountingOrigin:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
         spec = self.routes.get(request.path, {})
+        if spec.get("status"):
+            return web.Response(status=spec["status"], text="origin error")
         inm, ims = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
         if inm or ims:
             self.conditional.append({"path": request.path, "inm": inm, "ims": ims})
@@ -262,3 +264,55 @@ def test_memory_store_evicts_least_recently_used_by_bytes():
     assert store.bytes == 800
     store.put("huge", item(2000))       # never fits: not stored, nothing evicted for it
     assert store.get("huge") is None and len(store) == 2
+
+
+async def test_stale_while_revalidate_answers_at_once_and_refreshes():
+    async with CountingOrigin() as origin:
+        origin.routes["/swr"] = {"headers": {"Cache-Control": "max-age=1, stale-while-revalidate=30"}}
+        async with Edge(cfg(origin)) as edge:
+            assert (await fetch(edge, "/swr"))[1] == b"body of /swr #1"
+            await asyncio.sleep(1.2)
+            status, body, headers = await fetch(edge, "/swr")
+            assert (status, body, headers["X-Cache"]) == (200, b"body of /swr #1", "STALE")
+            assert int(headers["Age"]) >= 1 and "Warning" not in headers
+            for _ in range(50):                       # the refresh runs in the background
+                if origin.hits["/swr"] == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            status, body, headers = await fetch(edge, "/swr")
+            assert (body, headers["X-Cache"]) == (b"body of /swr #2", "HIT")
+
+
+@pytest.mark.parametrize("cache_control,grace,expect", [
+    ("max-age=1, stale-if-error=60", 0, "STALE"),
+    ("max-age=1", 60, "STALE"),                          # the operator's grace period
+    ("max-age=1, must-revalidate, stale-if-error=60", 60, 502),
+    ("max-age=1", 0, 502),
+])
+async def test_origin_down_serves_stale_when_allowed(cache_control, grace, expect):
+    async with CountingOrigin() as origin:
+        origin.routes["/sie"] = {"headers": {"Cache-Control": cache_control}}
+        async with Edge(cfg(origin, grace=grace)) as edge:
+            await fetch(edge, "/sie")
+            await origin.runner.cleanup()             # the origin goes away
+            await asyncio.sleep(1.2)
+            status, body, headers = await fetch(edge, "/sie")
+            if expect == "STALE":
+                assert (status, body, headers["X-Cache"]) == (200, b"body of /sie #1", "STALE")
+                assert int(headers["Age"]) >= 1 and "Warning" not in headers
+            else:
+                assert status == expect
+            await origin.runner.setup()
+
+
+async def test_origin_5xx_during_revalidation_serves_stale():
+    async with CountingOrigin() as origin:
+        origin.routes["/5"] = {"headers": {"Cache-Control": "max-age=1, stale-if-error=60"}}
+        async with Edge(cfg(origin)) as edge:
+            await fetch(edge, "/5")
+            await asyncio.sleep(1.2)
+            origin.routes["/5"] = {"status": 503}
+            status, body, headers = await fetch(edge, "/5")
+            assert (status, body, headers["X-Cache"]) == (200, b"body of /5 #1", "STALE")
+            assert origin.hits["/5"] == 2                 # it did ask, and the origin failed
