@@ -13,6 +13,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 from .freshness import Policy
 
@@ -105,6 +106,7 @@ class Fill:
     task: asyncio.Task | None = None
     direct: object = None        # a response handed to the first client when not shareable
     revalidated: bool = False
+    leader_headers: object = None   # the first client's request headers (for Vary)
     _more: asyncio.Future | None = None
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]],
@@ -140,6 +142,22 @@ class Fill:
         await asyncio.shield(self._more)
 
 
+def vary_names(headers: "tuple[tuple[str, str], ...] | list[tuple[str, str]]") -> tuple[str, ...]:
+    """The request headers a response varies on, lower case, sorted."""
+    names = {n.strip().lower() for k, v in headers if k.lower() == "vary" for n in v.split(",")}
+    return tuple(sorted(n for n in names if n))
+
+
+def secondary_key(primary: str, names: tuple[str, ...], request_headers: "Mapping") -> str:
+    """RFC 9111 4.1: one stored variant per combination of the varied request headers."""
+    parts = []
+    for name in names:
+        values = request_headers.getall(name, []) if hasattr(request_headers, "getall") else \
+            [request_headers.get(name, "")]
+        parts.append(f"{name}={','.join(' '.join(v.split()) for v in values)}")
+    return primary + "\x00" + "\x00".join(parts)
+
+
 class Cache:
     """The memory tier, the fills in flight, and the keys to pass."""
 
@@ -147,6 +165,21 @@ class Cache:
         self.memory = MemoryStore(memory_bytes)
         self.fills: dict[str, Fill] = {}
         self._pass: dict[str, float] = {}
+        self._vary: dict[str, tuple[str, ...]] = {}     # primary key -> varied header names
+
+    def key_for(self, primary: str, request_headers: "Mapping") -> str:
+        """The key a request's variant lives under (the primary key without Vary)."""
+        names = self._vary.get(primary)
+        return secondary_key(primary, names, request_headers) if names else primary
+
+    def put_variant(self, primary: str, request_headers: "Mapping", item: Stored) -> None:
+        names = vary_names(item.headers)
+        if names:
+            self._vary[primary] = names
+            self.memory.put(secondary_key(primary, names, request_headers), item)
+        else:
+            self._vary.pop(primary, None)
+            self.memory.put(primary, item)
 
     def get(self, key: str) -> Stored | None:
         return self.memory.get(key)

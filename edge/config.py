@@ -89,6 +89,8 @@ class CacheRules:
     honour_client_no_cache: bool = False  # a client's no-cache / max-age=0 goes to the origin
     max_object: int = 64 * 1024 * 1024   # larger responses pass through, uncached
     grace: float = 0.0                   # serve stale this long when the origin fails (any object)
+    ignore_query: bool = False           # the query string is not part of the cache key
+    key_headers: tuple[str, ...] = ()    # request headers that are part of the cache key
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +170,11 @@ def _is_ip(host: str) -> bool:
 
 def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     block = ck.mapping(raw, where, what)
-    ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object", "grace"),
-            what)
+    ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object", "grace",
+                    "ignore_query", "key_headers"), what)
     flags = {}
-    for key, default in (("enabled", True), ("honour_client_no_cache", False)):
+    for key, default in (("enabled", True), ("honour_client_no_cache", False),
+                         ("ignore_query", False)):
         value = block.get(key, default)
         if not isinstance(value, bool):
             ck.add(block.at(key), f"{what}.{key} must be true or false")
@@ -181,7 +184,11 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
                       ck.number(block, "default_ttl", 0, 10 * 365 * 86400, what, default=0.0) or 0.0,
                       flags["honour_client_no_cache"],
                       ck.integer(block, "max_object", 64 * 1024 * 1024, 0, 2**40, what),
-                      ck.number(block, "grace", 0, 30 * 86400, what, default=0.0) or 0.0)
+                      ck.number(block, "grace", 0, 30 * 86400, what, default=0.0) or 0.0,
+                      flags["ignore_query"],
+                      tuple(str(v).lower() for v, _ in ck.items(block.get("key_headers"),
+                                                                block.at("key_headers"),
+                                                                f"{what} key_headers")))
 
 
 def _validation_path(ck: Checker, block: LineDict, what: str) -> str:

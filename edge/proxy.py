@@ -19,7 +19,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from .cache import Cache, Fill, Stored
+from typing import Mapping
+
+from .cache import Cache, Fill, Stored, secondary_key, vary_names
 from .config import Customer, EdgeConfig, Protocol, Server
 from .freshness import http_date, initial_age, request_wants_fresh, response_policy
 from .origin import OriginPool
@@ -223,14 +225,22 @@ def _cache_eligible(request: web.Request, customer: Customer) -> bool:
 
 
 def _cache_key(request: web.Request, customer: Customer, path: str) -> str:
-    return f"{request.scheme}://{customer.directory}{path}"
+    """scheme + customer + path (+ query, + chosen request headers), per the customer's rules."""
+    rules = customer.cache
+    if rules.ignore_query:
+        path = path.split("?", 1)[0]
+    key = f"{request.scheme}://{customer.directory}{path}"
+    for name in rules.key_headers:
+        key += f"\x00{name}={request.headers.get(name, '')}"
+    return key
 
 
 async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
                   pool: OriginPool, scheme: str, host: str, path: str,
                   headers: list[tuple[str, str]]) -> web.StreamResponse:
     cache = state.cache
-    key = _cache_key(request, customer, path)
+    primary = _cache_key(request, customer, path)
+    key = cache.key_for(primary, request.headers)
     stored = cache.get(key)
     wants_fresh = request_wants_fresh(request.headers.getall("Cache-Control", []),
                                       customer.cache.honour_client_no_cache)
@@ -243,11 +253,12 @@ async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
     leader = fill is None
     if fill is None:
         fill = Fill(key)
+        fill.leader_headers = request.headers
         cache.fills[key] = fill
         fill.task = asyncio.get_running_loop().create_task(
             _fill(state, customer, pool, scheme, host, path, headers, fill, stored,
                   request.headers.getall("Cache-Control", []),
-                  "Authorization" in request.headers))
+                  "Authorization" in request.headers, primary, request.headers))
     if stored is not None and not wants_fresh and stored.policy.stale_allowed(
             stored.age(now) - stored.policy.ttl, stored.policy.stale_while_revalidate):
         # RFC 5861: answer now from the stale copy; the fill above refreshes it.
@@ -272,7 +283,8 @@ async def _pass(request: web.Request, state: "EdgeState", customer: Customer, po
 
 async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme: str, host: str,
                 path: str, headers: list[tuple[str, str]], fill: Fill, stale: Stored | None,
-                request_cc: list[str], authorization: bool) -> None:
+                request_cc: list[str], authorization: bool, primary: str,
+                request_headers: "Mapping") -> None:
     """Fetch one object for every request waiting on `fill`; store it when allowed."""
     cache, label = state.cache, customer.directory
     if stale is not None:
@@ -299,7 +311,7 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
                                      request_cc, authorization, now, customer.cache.default_ttl)
             fresh = replace(merged, policy=policy)
             if policy.store:
-                cache.put(fill.key, fresh)
+                cache.put_variant(primary, request_headers, fresh)
             fill.revalidated = True
             fill.start(fresh.status, fresh.reason, list(fresh.headers), fresh.size, True, age)
             for chunk in fresh.chunks:
@@ -329,8 +341,9 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
         if size != length:
             raise aiohttp.ClientPayloadError("origin closed early")
         fill.finish()
-        cache.put(fill.key, Stored(resp.status, resp.reason or "", tuple(fill.headers),
-                                   tuple(fill.chunks), size, now, age, policy))
+        cache.put_variant(primary, request_headers,
+                          Stored(resp.status, resp.reason or "", tuple(fill.headers),
+                                 tuple(fill.chunks), size, now, age, policy))
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         state.metrics.origin_errors.labels(label, "?", "truncated").inc()
         fill.fail()            # nothing is stored: an origin failure never corrupts the cache
@@ -369,7 +382,8 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
                 ok = await asyncio.shield(fill.headers_ready)
         except TimeoutError:
             ok = None     # the first fetch stalls: this client goes to the origin itself
-        if ok is None or (not leader and not fill.shareable and not fill.failed):
+        if ok is None or (not leader and not fill.shareable and not fill.failed) or (
+                not leader and ok and _other_variant(fill, request)):
             return await _pass(request, state, customer, pool, scheme, host, path, headers,
                                "MISS")
         if not ok:
@@ -441,6 +455,15 @@ async def _serve_stored(request: web.Request, state: "EdgeState", customer: Cust
         state.metrics.to_clients.labels(label).inc(stored.size)
     await out.write_eof()
     return out
+
+
+def _other_variant(fill: Fill, request: web.Request) -> bool:
+    """Whether the response varies on a header in which this waiter differs from the leader."""
+    names = vary_names(fill.headers)
+    if not names or fill.leader_headers is None:
+        return False
+    return (secondary_key("", names, request.headers)
+            != secondary_key("", names, fill.leader_headers))
 
 
 def _background_done(fill: Fill) -> None:

@@ -316,3 +316,51 @@ async def test_origin_5xx_during_revalidation_serves_stale():
             status, body, headers = await fetch(edge, "/5")
             assert (status, body, headers["X-Cache"]) == (200, b"body of /5 #1", "STALE")
             assert origin.hits["/5"] == 2                 # it did ask, and the origin failed
+
+
+async def test_vary_keeps_one_variant_per_header_value():
+    async def handler(request: web.Request) -> web.Response:
+        hits[request.path] = hits.get(request.path, 0) + 1
+        vary = "*" if request.path == "/star" else "Accept-Encoding"
+        return web.Response(text=f"for {request.headers.get('Accept-Encoding', '-')}",
+                            headers={"Cache-Control": "max-age=60", "Vary": vary})
+
+    hits: dict[str, int] = {}
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.83", port).start()
+    config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                             "origin": {"http": [f"127.0.0.83:{port}"]}}]}
+    try:
+        async with Edge(config) as edge:
+            seen = []
+            for encoding in ("gzip", "gzip", "br", "gzip", "br"):
+                _, body, headers = await fetch(edge, "/v", **{"Accept-Encoding": encoding})
+                seen.append((body.decode(), headers["X-Cache"]))
+            assert seen == [("for gzip", "MISS"), ("for gzip", "HIT"), ("for br", "MISS"),
+                            ("for gzip", "HIT"), ("for br", "HIT")]
+            assert hits["/v"] == 2
+            for _ in range(2):
+                await fetch(edge, "/star")
+            assert hits["/star"] == 2                       # Vary: * is never stored
+    finally:
+        await runner.cleanup()
+
+
+async def test_cache_key_can_ignore_the_query_or_include_headers():
+    async with CountingOrigin() as origin:
+        for path in ("/q", "/d"):
+            origin.routes[path] = {"headers": {"Cache-Control": "max-age=60"}}
+        async with Edge(cfg(origin, ignore_query=True, key_headers=["X-Device"])) as edge:
+            assert (await fetch(edge, "/q?a=1"))[2]["X-Cache"] == "MISS"
+            assert (await fetch(edge, "/q?a=2"))[2]["X-Cache"] == "HIT"
+            await fetch(edge, "/d", **{"X-Device": "phone"})
+            assert (await fetch(edge, "/d", **{"X-Device": "tv"}))[2]["X-Cache"] == "MISS"
+            assert (await fetch(edge, "/d", **{"X-Device": "phone"}))[2]["X-Cache"] == "HIT"
+        assert origin.hits == {"/q": 1, "/d": 2}
+        async with Edge(cfg(origin)) as edge:                # by default the query counts
+            await fetch(edge, "/q?a=1")
+            assert (await fetch(edge, "/q?a=2"))[2]["X-Cache"] == "MISS"
