@@ -14,12 +14,11 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-
-from typing import Mapping
 
 from .cache import Cache, Fill, Stored, secondary_key, vary_names
 from .config import Customer, EdgeConfig, Protocol, Server
