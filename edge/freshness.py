@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Iterable, Mapping
 
-# RFC 9110 15.1: statuses a cache may store with heuristic freshness.
-HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9110 15.1: statuses a cache may store with heuristic freshness. 206 is left
+# out on purpose: this cache stores whole objects only and cuts ranges from them.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 STORABLE_STATUSES = HEURISTIC_STATUSES | {302, 307}
 HEURISTIC_FRACTION = 0.1            # RFC 9111 4.2.2: 10 % of the time since Last-Modified
 HEURISTIC_MAX = 86400.0

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from . import ranges
 from .cache import Cache, Fill, Stored, secondary_key, vary_names
 from .config import Customer, EdgeConfig, Protocol, Server
 from .freshness import http_date, initial_age, request_wants_fresh, response_policy
@@ -218,9 +219,8 @@ COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by the
 
 
 def _cache_eligible(request: web.Request, customer: Customer) -> bool:
-    # Ranges arrive with the range work; until then they pass through untouched.
     return (customer.cache.enabled and request.method in ("GET", "HEAD")
-            and "Range" not in request.headers and not request.body_exists)
+            and not request.body_exists)
 
 
 def _cache_key(request: web.Request, customer: Customer, path: str) -> str:
@@ -286,6 +286,8 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
                 request_headers: "Mapping") -> None:
     """Fetch one object for every request waiting on `fill`; store it when allowed."""
     cache, label = state.cache, customer.directory
+    # The fill fetches the whole object for everyone; a client's range is cut from it.
+    headers = [(k, v) for k, v in headers if k.lower() not in ("range", "if-range")]
     if stale is not None:
         # RFC 9111 4.3.1: revalidate with the validators we hold; without any,
         # this is an unconditional GET.
@@ -392,10 +394,22 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
             raise web.HTTPBadGateway(text="no origin server answered\n")
         if fill.direct is not None:
             resp, fill.direct = fill.direct, None
+            if "Range" in request.headers:
+                # Too big (or not ours) to cache: ask the origin for just the range.
+                resp.close()
+                return await _pass(request, state, customer, pool, scheme, host, path, headers,
+                                   "PASS")
             state.metrics.cache.labels(label, "PASS").inc()
             return await _relay(request, resp, customer, state, state.config, "PASS")
         result = "REVALIDATED" if fill.revalidated else "MISS"
         state.metrics.cache.labels(label, result).inc()
+        wanted = _wanted_ranges(request, fill.status, fill.length or 0,
+                                _get(fill.headers, "ETag"), _get(fill.headers, "Last-Modified"))
+        if wanted is not None and fill.length is not None:
+            # A range on a miss: the whole object is being fetched into the cache;
+            # this client gets its bytes as soon as they are there.
+            return await _serve_ranges(request, state, customer, wanted, fill.length,
+                                       fill.headers, fill.initial_age, result, fill)
         state.metrics.requests.labels(label, str(fill.status)).inc()
         out = web.StreamResponse(status=fill.status, reason=fill.reason)
         _client_headers(out, fill.headers, fill.initial_age, result, request, customer,
@@ -423,8 +437,11 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
         return web.Response(status=499)       # the client went away
     finally:
         fill.readers -= 1
-        if fill.readers == 0 and not fill.done and fill.task is not None:
-            fill.task.cancel()                # nobody is waiting for the rest
+        if fill.readers == 0 and not fill.done and fill.task is not None and not fill.shareable:
+            # Nobody waits for the rest and it would not be stored: stop the origin
+            # work. A cacheable object is fetched to the end (a range request on a
+            # miss fills the cache for the next client).
+            fill.task.cancel()
 
 
 async def _serve_stored(request: web.Request, state: "EdgeState", customer: Customer,
@@ -442,9 +459,15 @@ async def _serve_stored(request: web.Request, state: "EdgeState", customer: Cust
         await out.prepare(request)
         await out.write_eof()
         return out
+    wanted = _wanted_ranges(request, stored.status, stored.size, stored.header("ETag"),
+                            stored.header("Last-Modified"))
+    if wanted is not None:
+        return await _serve_ranges(request, state, customer, wanted, stored.size,
+                                   stored.headers, stored.age(now), result, stored.chunks)
     out = web.StreamResponse(status=stored.status, reason=stored.reason)
     _client_headers(out, stored.headers, stored.age(now), result, request, customer,
                     state.config)
+    out.headers["Accept-Ranges"] = "bytes"
     out.content_length = stored.size
     state.metrics.requests.labels(label, str(stored.status)).inc()
     await out.prepare(request)
@@ -454,6 +477,88 @@ async def _serve_stored(request: web.Request, state: "EdgeState", customer: Cust
         state.metrics.to_clients.labels(label).inc(stored.size)
     await out.write_eof()
     return out
+
+
+def _wanted_ranges(request: web.Request, status: int, size: int, etag: str | None,
+                   last_modified: str | None) -> list[tuple[int, int]] | None:
+    if status != 200 or request.method != "GET":
+        return None
+    if not ranges.if_range_holds(request.headers.get("If-Range"), etag, last_modified):
+        return None
+    return ranges.parse(request.headers.get("Range"), size)
+
+
+async def _serve_ranges(request: web.Request, state: "EdgeState", customer: Customer,
+                        wanted: list[tuple[int, int]], size: int, headers, age: float,
+                        result: str, chunks) -> web.StreamResponse:
+    """206 with one range or multipart/byteranges; 416 when none is satisfiable.
+
+    `chunks` is the body so far: a stored tuple, or a fill's growing list, in
+    which case `_await_bytes` waits for the bytes a range needs.
+    """
+    label = customer.directory
+    base = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-range")]
+    content_type = next((v for k, v in headers if k.lower() == "content-type"),
+                        "application/octet-stream")
+    if not wanted:
+        out = web.StreamResponse(status=416)
+        _client_headers(out, base, age, result, request, customer, state.config)
+        out.headers["Content-Range"] = f"bytes */{size}"
+        out.content_length = 0
+        state.metrics.requests.labels(label, "416").inc()
+        await out.prepare(request)
+        await out.write_eof()
+        return out
+    out = web.StreamResponse(status=206)
+    _client_headers(out, base, age, result, request, customer, state.config)
+    out.headers["Accept-Ranges"] = "bytes"
+    state.metrics.requests.labels(label, "206").inc()
+    if len(wanted) == 1:
+        first, last = wanted[0]
+        out.headers["Content-Type"] = content_type
+        out.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        out.content_length = last - first + 1
+        await out.prepare(request)
+        await _write_range(out, state, label, chunks, first, last)
+        await out.write_eof()
+        return out
+    boundary = "gslb-edge-" + format(id(out), "x")
+    parts = [(f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+              f"Content-Range: bytes {a}-{b}/{size}\r\n\r\n").encode() for a, b in wanted]
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    out.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+    out.content_length = (sum(len(p) for p in parts) + sum(b - a + 1 for a, b in wanted)
+                          + 2 * (len(wanted) - 1) + len(tail))
+    await out.prepare(request)
+    for index, ((first, last), head) in enumerate(zip(wanted, parts)):
+        await out.write((b"\r\n" if index else b"") + head)
+        await _write_range(out, state, label, chunks, first, last)
+    await out.write(tail)
+    await out.write_eof()
+    return out
+
+
+async def _write_range(out: web.StreamResponse, state: "EdgeState", label: str, chunks,
+                       first: int, last: int) -> None:
+    if isinstance(chunks, Fill):
+        await _await_bytes(chunks, last + 1)
+        chunks = chunks.chunks
+    for piece in ranges.slice_chunks(chunks, first, last):
+        await out.write(piece)
+        state.metrics.to_clients.labels(label).inc(len(piece))
+
+
+async def _await_bytes(fill: Fill, needed: int) -> None:
+    """Wait until a fill holds `needed` bytes (or ends); a failed fill aborts the client."""
+    while sum(len(c) for c in fill.chunks) < needed and not fill.done and not fill.failed:
+        await fill.more()
+    if fill.failed:
+        raise ConnectionResetError("origin fetch failed")
+
+
+def _get(headers: list[tuple[str, str]], name: str) -> str | None:
+    name = name.lower()
+    return next((v for k, v in headers if k.lower() == name), None)
 
 
 def _other_variant(fill: Fill, request: web.Request) -> bool:

@@ -364,3 +364,90 @@ async def test_cache_key_can_ignore_the_query_or_include_headers():
         async with Edge(cfg(origin)) as edge:                # by default the query counts
             await fetch(edge, "/q?a=1")
             assert (await fetch(edge, "/q?a=2"))[2]["X-Cache"] == "MISS"
+
+
+BODY = bytes(range(256)) * 4            # 1024 bytes, every offset recognisable
+
+
+async def ranged(edge: Edge, path: str, rng: str, **headers) -> tuple[int, bytes, dict]:
+    return await fetch(edge, path, Range=rng, **headers)
+
+
+async def test_ranges_on_a_cached_object():
+    async with CountingOrigin() as origin:
+        origin.routes["/r"] = {"headers": {"Cache-Control": "max-age=60", "ETag": '"r1"',
+                                           "Content-Type": "video/mp4"}, "body": ""}
+        origin.routes["/r"]["body"] = BODY.decode("latin-1")
+        async with Edge(cfg(origin)) as edge:
+            status, full, _ = await fetch(edge, "/r")
+            assert status == 200 and full == BODY.decode("latin-1").encode()
+            status, body, h = await ranged(edge, "/r", "bytes=0-99")
+            assert (status, h["Content-Range"], body) == (206, f"bytes 0-99/{len(full)}", full[:100])
+            assert h["X-Cache"] == "HIT" and h["Content-Type"] == "video/mp4"
+            status, body, h = await ranged(edge, "/r", "bytes=-10")
+            assert (status, body) == (206, full[-10:])
+            status, body, h = await ranged(edge, "/r", f"bytes={len(full) - 5}-")
+            assert body == full[-5:]
+            status, _, h = await ranged(edge, "/r", f"bytes={len(full) + 10}-")
+            assert status == 416 and h["Content-Range"] == f"bytes */{len(full)}"
+            status, body, h = await ranged(edge, "/r", "bytes=abc")
+            assert status == 200 and body == full                 # bad syntax: ignored
+            status, body, h = await ranged(edge, "/r", "bytes=0-0", **{"If-Range": '"r1"'})
+            assert (status, body) == (206, full[:1])
+            status, body, h = await ranged(edge, "/r", "bytes=0-0", **{"If-Range": '"old"'})
+            assert (status, body) == (200, full)                  # changed since: whole body
+            status, body, h = await ranged(edge, "/r", "bytes=0-9,20-29")
+            assert status == 206 and h["Content-Type"].startswith("multipart/byteranges")
+            boundary = h["Content-Type"].split("boundary=")[1]
+            parts = body.split(f"--{boundary}".encode())[1:-1]
+            assert len(parts) == 2
+            assert parts[0].endswith(full[0:10] + b"\r\n") and parts[1].endswith(full[20:30] + b"\r\n")
+            assert b"Content-Range: bytes 20-29/" in parts[1]
+            assert int(h["Content-Length"]) == len(body)
+            assert origin.hits["/r"] == 1
+
+
+async def test_range_on_a_miss_is_answered_while_the_object_is_fetched():
+    async with CountingOrigin() as origin:
+        origin.routes["/m"] = {"headers": {"Cache-Control": "max-age=60"}, "slow": True,
+                               "body": "0123456789" + "x" * 5000}
+        async with Edge(cfg(origin)) as edge:
+            status, body, h = await asyncio.wait_for(ranged(edge, "/m", "bytes=2-5"), 5)
+            assert (status, body, h["Content-Range"]) == (206, b"2345", "bytes 2-5/5010")
+            assert not origin.release.is_set()       # answered before the origin finished
+            origin.release.set()
+            for _ in range(50):
+                if (await fetch(edge, "/m"))[2]["X-Cache"] == "HIT":
+                    break
+                await asyncio.sleep(0.05)
+            status, body, h = await fetch(edge, "/m")
+            assert h["X-Cache"] == "HIT" and len(body) == 5010 and origin.hits["/m"] == 1
+
+
+async def test_range_for_an_object_too_big_to_cache_is_fetched_as_a_range():
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Range"))
+        rng = request.headers.get("Range")
+        if rng:
+            first, last = (int(x) for x in rng.split("=")[1].split("-"))
+            return web.Response(status=206, body=b"B" * (last - first + 1), headers={
+                "Content-Range": f"bytes {first}-{last}/10000"})
+        return web.Response(body=b"B" * 10_000, headers={"Cache-Control": "max-age=60"})
+
+    seen: list = []
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.84", port).start()
+    config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                             "origin": {"http": [f"127.0.0.84:{port}"]},
+                             "cache": {"max_object": 1000}}]}
+    try:
+        async with Edge(config) as edge:
+            status, body, h = await ranged(edge, "/huge", "bytes=100-199")
+            assert (status, len(body)) == (206, 100)           # the origin cut the range
+            assert seen[-1] == "bytes=100-199" and seen[0] is None   # fill asked whole, then range
+    finally:
+        await runner.cleanup()
