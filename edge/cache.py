@@ -13,7 +13,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .freshness import Policy
 
@@ -81,6 +81,9 @@ class MemoryStore:
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= old.size
+
+    def keys(self) -> list[str]:
+        return list(self._items)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -186,6 +189,13 @@ class Cache:
 
     def put(self, key: str, item: Stored) -> None:
         self.memory.put(key, item)
+
+    def purge(self, matches: "Callable[[str], bool]") -> int:
+        """Drop every stored object whose key matches; returns how many."""
+        gone = [key for key in self.memory.keys() if matches(key)]
+        for key in gone:
+            self.memory.delete(key)
+        return len(gone)
 
     def passing(self, key: str, now: float | None = None) -> bool:
         until = self._pass.get(key)

@@ -92,6 +92,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if probes and all(p.ok for p in probes) else 1
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .purge import append, ban_for
+
+    cfg = edge_config.load(args.config)
+    if not cfg.state_dir:
+        print("the config has no state_dir: the workers have no bans file to follow",
+              file=sys.stderr)
+        return 2
+    try:
+        ban = ban_for(cfg, args.url, args.prefix, args.customer)
+    except ValueError as exc:
+        print(f"purge: {exc}", file=sys.stderr)
+        return 2
+    append(Path(cfg.state_dir) / "bans.jsonl", ban)
+    what = "everything" if not ban.path else ("prefix " if ban.prefix else "") + ban.path
+    print(f"purged {what} of {ban.directory} (every worker applies it within a second)")
+    return 0
+
+
 def cmd_whitelist(args: argparse.Namespace) -> int:
     from .tools import whitelist, whitelist_text
 
@@ -122,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="customer directory name or edge CNAME")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("purge", help="remove cached objects in every worker")
+    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="one URL, e.g. http://www.test.com/a.mp4")
+    what.add_argument("--prefix", help="every URL under this one")
+    what.add_argument("--customer", help="everything of this directory name (a ban)")
+    p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("whitelist", help="print the source blocks origins must allow")
     p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))

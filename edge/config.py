@@ -114,6 +114,8 @@ class EdgeConfig:
     certificates: tuple[CertSpec, ...] = ()
     origin_ca_file: str = ""             # extra CAs to trust for HTTPS origins
     cache_memory: int = 256 * 1024 * 1024   # bytes of the memory tier
+    state_dir: str = ""                  # shared by the workers (purge bans); "" = none
+    admin_token: str = ""                # admin API (purge) needs it; "" = refused
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
@@ -272,7 +274,12 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
     base = base or Path(".")
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
-                  "origin_ca_file", "cache_memory"), "the top level")
+                  "origin_ca_file", "cache_memory", "state_dir", "admin_token_env"),
+            "the top level")
+    state_dir = ck.text(top, "state_dir", "config")
+    if state_dir:
+        state_dir = str(base / state_dir)
+    admin_token = os.environ.get(ck.text(top, "admin_token_env", "config", "EDGE_ADMIN_TOKEN"), "")
     cache_memory = ck.integer(top, "cache_memory", 256 * 1024 * 1024, 0, 2**42, "config")
     tls_listen, certs = _tls(ck, top.get("tls"), top.at("tls"), base)
     origin_ca = ck.text(top, "origin_ca_file", "config")
@@ -339,7 +346,8 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
                       str(top.get("via", "gslb-edge")), tuple(egress), tls_listen, certs,
-                      origin_ca, cache_memory, tuple(nameservers), by_cname, by_directory)
+                      origin_ca, cache_memory, state_dir, admin_token, tuple(nameservers),
+                      by_cname, by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:

@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Mapping
 
 import aiohttp
@@ -135,6 +136,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     config = state.config
     customer, path = route(config, request)
     if customer is None:
+        if request.path == PURGE_PATH and request.method == "POST":
+            return await _purge(request, state)      # only where no customer routes
         raise web.HTTPNotFound(text="no such CDN host or directory\n")
     origin = customer.origin
     edge_scheme = request.scheme
@@ -719,6 +722,44 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
     return out
 
 
+PURGE_PATH = "/.edge/purge"
+BAN_POLL = 0.2
+
+
+async def _purge(request: web.Request, state: "EdgeState") -> web.Response:
+    """POST /.edge/purge {"url": U} | {"prefix": P} | {"customer": D}, with the admin token."""
+    import hmac
+
+    from .purge import append, ban_for
+
+    token = state.config.admin_token
+    if not token:
+        raise web.HTTPForbidden(text="purge is disabled: set EDGE_ADMIN_TOKEN\n")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise web.HTTPUnauthorized(text="a valid admin token is needed\n")
+    try:
+        body = await request.json()
+        ban = ban_for(state.config, body.get("url"), body.get("prefix"), body.get("customer"))
+    except (ValueError, AttributeError) as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    purged = state.cache.purge(ban.matches)
+    if state.config.state_dir:
+        append(Path(state.config.state_dir) / "bans.jsonl", ban)   # for the other workers
+    return web.json_response({"purged_here": purged, "directory": ban.directory,
+                              "path": ban.path, "prefix": ban.prefix})
+
+
+async def _follow_bans(state: "EdgeState") -> None:
+    from .purge import BanFollower
+
+    follower = BanFollower(Path(state.config.state_dir) / "bans.jsonl")
+    while True:
+        await asyncio.sleep(BAN_POLL)
+        for ban in follower.new():
+            state.cache.purge(ban.matches)
+
+
 RANK_INTERVAL = 60.0
 
 
@@ -783,10 +824,14 @@ def make_app(state: EdgeState) -> web.Application:
         await state.session.close()
 
     async def ranking(app_: web.Application):
-        task = asyncio.get_running_loop().create_task(_rank_forever(state))
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(_rank_forever(state))]
+        if state.config.state_dir:
+            tasks.append(loop.create_task(_follow_bans(state)))
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     app.cleanup_ctx.append(client)
     app.cleanup_ctx.append(ranking)
