@@ -7,6 +7,7 @@ old one.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import ipaddress
 import os
 import ssl
@@ -81,6 +82,15 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True)
+class TtlRule:
+    """A TTL for paths matching `match` (a glob on the path, e.g. "*.mp4" or "/static/*")."""
+
+    match: str
+    ttl: float
+    override: bool = False       # True: ignore the origin's freshness; False: only when it gives none
+
+
+@dataclass(frozen=True, slots=True)
 class CacheRules:
     """Per customer: whether and how responses are cached (RFC 9111 applies on top)."""
 
@@ -91,6 +101,16 @@ class CacheRules:
     grace: float = 0.0                   # serve stale this long when the origin fails (any object)
     ignore_query: bool = False           # the query string is not part of the cache key
     key_headers: tuple[str, ...] = ()    # request headers that are part of the cache key
+    ttl_rules: tuple[TtlRule, ...] = ()  # first match wins
+
+    def ttl_rule(self, path: str) -> TtlRule | None:
+        path = path.split("?", 1)[0]
+        for rule in self.ttl_rules:
+            if fnmatch.fnmatchcase(path, rule.match) or (
+                    "/" not in rule.match and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1],
+                                                                  rule.match)):
+                return rule
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +193,23 @@ def _is_ip(host: str) -> bool:
 def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     block = ck.mapping(raw, where, what)
     ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object", "grace",
-                    "ignore_query", "key_headers"), what)
+                    "ignore_query", "key_headers", "ttl_rules"), what)
+    rules = []
+    items = block.get("ttl_rules") or []
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        w = items.at(index) if hasattr(items, "at") else block.where
+        r = ck.mapping(item, w, f"{what} ttl rule")
+        ck.keys(r, ("match", "ttl", "override"), f"{what} ttl rule")
+        match = ck.text(r, "match", f"{what} ttl rule")
+        if not match:
+            ck.add(r.where, f"{what} ttl rule needs match: a path glob such as *.mp4")
+        ttl = ck.number(r, "ttl", 0, 10 * 365 * 86400, f"{what} ttl rule")
+        override = r.get("override", False)
+        if not isinstance(override, bool):
+            ck.add(r.at("override"), f"{what} ttl rule: override must be true or false")
+            override = False
+        if match and ttl is not None:
+            rules.append(TtlRule(match, ttl, override))
     flags = {}
     for key, default in (("enabled", True), ("honour_client_no_cache", False),
                          ("ignore_query", False)):
@@ -190,7 +226,8 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
                       flags["ignore_query"],
                       tuple(str(v).lower() for v, _ in ck.items(block.get("key_headers"),
                                                                 block.at("key_headers"),
-                                                                f"{what} key_headers")))
+                                                                f"{what} key_headers")),
+                      tuple(rules))
 
 
 def _validation_path(ck: Checker, block: LineDict, what: str) -> str:

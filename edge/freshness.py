@@ -61,14 +61,18 @@ class Policy:
 
 def response_policy(method: str, status: int, headers: Mapping[str, str],
                     cache_control: list[str], request_cc: list[str], has_authorization: bool,
-                    now: float, default_ttl: float = 0.0) -> Policy:
+                    now: float, default_ttl: float = 0.0,
+                    override_ttl: float | None = None) -> Policy:
     """RFC 9111 3 and 4.2: may a shared cache store this response, and for how long.
 
     Also the RFC 5861 extensions: how long it may be served stale while it is
-    revalidated, and when the origin fails.
+    revalidated, and when the origin fails. `override_ttl` is an operator's
+    rule that replaces the origin's freshness (never its no-store or private).
     """
     policy = _policy(method, status, headers, cache_control, request_cc, has_authorization, now,
                      default_ttl)
+    if override_ttl is not None and (policy.store or policy.reason == "no freshness information"):
+        policy = Policy(True, override_ttl, "operator TTL rule")
     if not policy.store:
         return policy
     cc = directives(cache_control)

@@ -322,9 +322,13 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
                 fill.append(chunk)
             fill.finish()
             return
+        rule = customer.cache.ttl_rule(path)
         policy = response_policy("GET", resp.status, resp.headers,
                                  resp.headers.getall("Cache-Control", []), request_cc,
-                                 authorization, now, customer.cache.default_ttl)
+                                 authorization, now,
+                                 rule.ttl if rule and not rule.override else
+                                 customer.cache.default_ttl,
+                                 rule.ttl if rule and rule.override else None)
         length = resp.content_length
         shareable = (policy.store and length is not None
                      and length <= customer.cache.max_object)

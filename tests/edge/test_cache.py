@@ -451,3 +451,21 @@ async def test_range_for_an_object_too_big_to_cache_is_fetched_as_a_range():
             assert seen[-1] == "bytes=100-199" and seen[0] is None   # fill asked whole, then range
     finally:
         await runner.cleanup()
+
+
+async def test_ttl_rules_by_path_pattern():
+    async with CountingOrigin() as origin:
+        origin.routes["/v/a.mp4"] = {"headers": {"Cache-Control": "max-age=0"}}
+        origin.routes["/s/app.js"] = {}
+        origin.routes["/p/x.mp4"] = {"headers": {"Cache-Control": "private"}}
+        origin.routes["/n/y.txt"] = {}
+        rules = [{"match": "*.mp4", "ttl": 3600, "override": True},
+                 {"match": "/s/*", "ttl": 60}]
+        async with Edge(cfg(origin, ttl_rules=rules)) as edge:
+            for path in ("/v/a.mp4", "/s/app.js", "/p/x.mp4", "/n/y.txt"):
+                for _ in range(2):
+                    await fetch(edge, path)
+        assert origin.hits == {"/v/a.mp4": 1,      # override beats the origin's max-age=0
+                               "/s/app.js": 1,     # default rule: origin said nothing
+                               "/p/x.mp4": 2,      # never overrides private
+                               "/n/y.txt": 2}      # no rule, no freshness: not stored
