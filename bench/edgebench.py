@@ -1,15 +1,18 @@
-"""Edge proxy vs nginx as an equivalent reverse proxy (no cache), with wrk, in one run.
+"""Edge proxy vs nginx, with wrk, in one run: pass-through and cache hits.
 
     python bench/edgebench.py [--seconds 10] [--workers N]
 
 One nginx serves the files (the origin). In front of it, in turn: nginx
-`proxy_pass` (keep-alive upstream, no cache, no temp files) and `edge serve`
-(the same number of workers). wrk measures 10 KB pass-through requests/s and
-100 MB streaming throughput; RSS of each proxy is sampled while streaming.
+`proxy_pass` without cache, `edge serve` without cache, nginx `proxy_cache`
+(with proxy_cache_lock) and `edge serve` with its cache (same workers each).
+wrk measures 10 KB requests/s and 100 MB streaming throughput; RSS of each
+proxy is sampled while streaming. Then 200 concurrent misses on one new key
+are sent to each caching proxy and the origin's access log is counted.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -30,9 +33,35 @@ pid {work}/origin.pid;
 error_log {work}/origin-error.log;
 events {{ worker_connections 1024; }}
 http {{
-  access_log off;
+  log_format path '$request_uri';
+  access_log {work}/origin-access.log path;
   sendfile on;
   server {{ listen 127.0.0.1:{port}; root {files}; }}
+}}
+"""
+
+NGINX_CACHE = """
+worker_processes {workers};
+pid {work}/cache.pid;
+error_log {work}/cache-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  proxy_cache_path {work}/nginx-cache keys_zone=edge:10m max_size=1g;
+  upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_cache edge;
+      proxy_cache_valid 200 10m;
+      proxy_cache_lock on;
+      add_header X-Cache $upstream_cache_status;
+    }}
+  }}
 }}
 """
 
@@ -59,11 +88,37 @@ http {{
 
 EDGE = """
 listen: ["127.0.0.1:{port}"]
+cache_memory: 1073741824
 customers:
   - directory: bench
     cnames: [bench.test]
     origin: {{http: ["127.0.0.1:{origin}"]}}
+    cache:
+      enabled: {cache}
+      max_object: 209715200
+      ttl_rules: [{{match: "*", ttl: 600, override: true}}]
 """
+
+
+async def _misses(port: int, path: str, count: int) -> int:
+    import aiohttp
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        async def one() -> int:
+            async with s.get(f"http://127.0.0.1:{port}{path}",
+                             headers={"Host": "bench.test"}) as r:
+                await r.read()
+                return r.status
+        statuses = await asyncio.gather(*(one() for _ in range(count)))
+    return sum(1 for st in statuses if st == 200)
+
+
+def concurrent_misses(port: int, work: Path, name: str) -> tuple[int, int]:
+    """(clients answered 200, origin requests for the key) for 200 simultaneous misses."""
+    path = f"/10k.bin?coalesce={name.replace(' ', '-')}"
+    ok = asyncio.run(_misses(port, path, 200))
+    time.sleep(0.3)
+    log = (work / "origin-access.log").read_text().splitlines()
+    return ok, sum(1 for line in log if line == path)
 
 
 def wait_port(port: int, timeout: float = 15) -> None:
@@ -140,7 +195,13 @@ def main() -> int:
     (work / "origin.conf").write_text(NGINX_ORIGIN.format(work=work, port=origin_port, files=files))
     (work / "proxy.conf").write_text(NGINX_PROXY.format(work=work, port=nginx_port,
                                                         origin=origin_port, workers=args.workers))
-    (work / "edge.yaml").write_text(EDGE.format(port=edge_port, origin=origin_port))
+    cache_port, edge_cache_port = free_port(), free_port()
+    (work / "edge.yaml").write_text(EDGE.format(port=edge_port, origin=origin_port,
+                                                cache="false"))
+    (work / "edge-cache.yaml").write_text(EDGE.format(port=edge_cache_port, origin=origin_port,
+                                                      cache="true"))
+    (work / "cache.conf").write_text(NGINX_CACHE.format(work=work, port=cache_port,
+                                                        origin=origin_port, workers=args.workers))
     procs = []
     results = []
     try:
@@ -148,18 +209,27 @@ def main() -> int:
                                    "daemon off;"], stderr=subprocess.DEVNULL)
         procs.append(origin)
         wait_port(origin_port)
+        edge_cmd = [sys.executable, "-m", "edge.cli", "serve", "--workers", str(args.workers),
+                    "-c"]
         runs = [("nginx proxy", ["nginx", "-c", str(work / "proxy.conf"), "-g", "daemon off;"],
                  nginx_port),
-                ("edge", [sys.executable, "-m", "edge.cli", "serve", "-c", str(work / "edge.yaml"),
-                          "--workers", str(args.workers)], edge_port)]
+                ("edge", edge_cmd + [str(work / "edge.yaml")], edge_port),
+                ("nginx cache", ["nginx", "-c", str(work / "cache.conf"), "-g", "daemon off;"],
+                 cache_port),
+                ("edge cache", edge_cmd + [str(work / "edge-cache.yaml")], edge_cache_port)]
+        misses = {}
         for name, cmd, port in runs:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             procs.append(proc)
             wait_port(port)
             time.sleep(0.5)
-            wrk(port, "/10k.bin", 8, 2)                      # warm-up
+            wrk(port, "/10k.bin", 8, 2)                      # warm-up (fills caches)
+            if "cache" in name:
+                wrk(port, "/100m.bin", 2, 3)
             results.append(measure(name, proc, port, args.seconds))
+            if "cache" in name:
+                misses[name] = concurrent_misses(port, work, name)
             stop(proc)
     finally:
         for proc in procs:
@@ -176,7 +246,15 @@ def main() -> int:
         print(f"{r['name']:<13}{r['rps']:>11,.0f}{r['cpu_us']:>11.1f}{r['mbps']:>11,.0f}"
               f"{r['rss_start']:>10.1f}/{r['rss_peak']:<8.1f}{r['rps'] / base['rps']:>12.2f}"
               f"{r['mbps'] / base['mbps']:>11.2f}")
-    print("(ratios are edge / nginx)")
+    print("(ratios are against nginx proxy; the cache rows compare with their own nginx row below)")
+    by = {r["name"]: r for r in results}
+    if "edge cache" in by and "nginx cache" in by:
+        e, n = by["edge cache"], by["nginx cache"]
+        print(f"cache hits, edge / nginx proxy_cache: 10 KB {e['rps'] / n['rps']:.2f}x "
+              f"(target >= 0.6), 100 MB streaming {e['mbps'] / n['mbps']:.2f}x (target >= 0.5)")
+    for name, (ok, origin_requests) in misses.items():
+        print(f"{name}: 200 concurrent misses on one key -> {ok} answered 200, "
+              f"{origin_requests} origin request(s)")
     return 0
 
 
