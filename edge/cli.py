@@ -10,20 +10,13 @@ import sys
 
 from aiohttp import web
 
-from gslb.config import parse_listener
+from gslb.config import listener_arg
 from gslb.model import Listener
 
 from . import config as edge_config
 from .proxy import DRAINING, EdgeState, make_app
 
 log = logging.getLogger("edge")
-
-
-def _listener(text: str) -> Listener:
-    try:
-        return parse_listener(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
@@ -131,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the edge proxy")
     p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
-    p.add_argument("--listen", action="append", type=_listener, metavar="ADDR:PORT")
+    p.add_argument("--listen", action="append", type=listener_arg, metavar="ADDR:PORT")
     p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
     p.add_argument("--host", help="quick mode: Host header to send to the origin")
     p.add_argument("--workers", type=int, default=0,

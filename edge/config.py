@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gslb.config import Checker, parse_listener
+from gslb.config import Checker, parse_listener, split_host_port
 from gslb.model import Listener
 from gslb.yamlsrc import LineDict, Where, YamlError, load_yaml
 
@@ -148,12 +148,7 @@ def _servers(ck: Checker, raw: Any, where: Where, what: str) -> list[Server]:
         if "://" in text:
             ck.add(w, f"{what}: {text!r}: give HOST or HOST:PORT, no scheme (protocol: sets it)")
             continue
-        host, port = text, None
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = rest.lstrip(":") or None
-        elif text.count(":") == 1:
-            host, port = text.split(":")
+        host, port = split_host_port(text)
         try:
             number = int(port) if port else None
             if number is not None and not 0 < number < 65536:
@@ -170,13 +165,8 @@ def _servers(ck: Checker, raw: Any, where: Where, what: str) -> list[Server]:
 
 
 def _nameserver(text: str) -> tuple[str, int] | None:
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]")
-        port = port.lstrip(":") or "53"
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, "53"
+    host, port = split_host_port(text)
+    port = port or "53"
     if not _is_ip(host) or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host, int(port)

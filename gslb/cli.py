@@ -10,8 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, load_config, parse_listener
-from .model import Config, Listener
+from .config import DEFAULT_CONFIG, ConfigError, listener_arg, load_config
+from .model import Config
 
 log = logging.getLogger("gslb")
 
@@ -147,13 +147,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- main ------------------------------------------------------------------------------------
 
 
-def _listener_arg(text: str) -> Listener:
-    try:
-        return parse_listener(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _client_arg(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -173,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_http(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--http", type=_listener_arg, metavar="ADDR:PORT",
+        p.add_argument("--http", type=listener_arg, metavar="ADDR:PORT",
                        help="dashboard, API and /metrics here (default 127.0.0.1:8080)")
         p.add_argument("--no-http", action="store_true", help="no dashboard")
 
@@ -183,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the authoritative DNS server")
     with_config(p)
-    p.add_argument("--dns", action="append", type=_listener_arg, metavar="ADDR:PORT",
+    p.add_argument("--dns", action="append", type=listener_arg, metavar="ADDR:PORT",
                    help="listen here (UDP+TCP) instead of the config's listeners; repeatable")
     p.add_argument("--workers", type=int, default=0,
                    help="processes sharing the port via SO_REUSEPORT (default: one per core)")
@@ -215,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="serve the default config on loopback and print what to try")
     with_config(p)
-    p.add_argument("--dns", action="append", type=_listener_arg, metavar="ADDR:PORT")
+    p.add_argument("--dns", action="append", type=listener_arg, metavar="ADDR:PORT")
     p.add_argument("--workers", type=int, default=1)
     add_http(p)
     p.add_argument("-v", "--verbose", action="store_true")

@@ -249,16 +249,30 @@ def _location(ck: Checker, raw: Any, where: Where, what: str) -> Location | None
                     ck.text(block, "continent", what))
 
 
+def split_host_port(text: str) -> tuple[str, str]:
+    """`HOST`, `HOST:PORT`, `[IPv6]:PORT` or a bare IPv6 address -> (host, port text or "")."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest.lstrip(":")
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
+
+
+def listener_arg(text: str) -> Listener:
+    """argparse type for ADDR:PORT options (`--dns`, `--http`, `--listen`)."""
+    import argparse
+    try:
+        return parse_listener(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _probe_target(ck: Checker, text: Any, where: Where, what: str) -> tuple[str, int]:
     """`HOST`, `HOST:PORT` or `[V6]:PORT` -> (host, port or 0)."""
     text = str(text).strip()
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]")
-        port = port.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
+    host, port = split_host_port(text)
     try:
         number = int(port) if port else 0
         if not 0 <= number <= 65535 or not host:
