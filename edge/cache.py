@@ -13,11 +13,21 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
 
 from .freshness import Policy
 
 PASS_MEMORY = 120.0          # seconds a key whose response was not storable skips coalescing
+
+
+def header(headers: "tuple[tuple[str, str], ...] | list[tuple[str, str]]",
+           name: str) -> str | None:
+    """The first value of header `name` in a list of (name, value) pairs."""
+    name = name.lower()
+    return next((v for k, v in headers if k.lower() == name), None)
 
 
 @dataclass(frozen=True)
@@ -40,8 +50,7 @@ class Stored:
         return not self.policy.no_cache and self.age(now) < self.policy.ttl
 
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
+        return header(self.headers, name)
 
     def revalidated(self, headers: list[tuple[str, str]], policy: Policy, now: float,
                     initial_age: float) -> "Stored":
@@ -103,6 +112,7 @@ class Fill:
     shareable: bool = False
     initial_age: float = 0.0
     chunks: list[bytes] = field(default_factory=list)
+    received: int = 0            # bytes in `chunks`
     done: bool = False
     failed: bool = False
     readers: int = 0
@@ -121,6 +131,7 @@ class Fill:
 
     def append(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
+        self.received += len(chunk)
         self._wake()
 
     def finish(self) -> None:
@@ -151,12 +162,11 @@ def vary_names(headers: "tuple[tuple[str, str], ...] | list[tuple[str, str]]") -
     return tuple(sorted(n for n in names if n))
 
 
-def secondary_key(primary: str, names: tuple[str, ...], request_headers: "Mapping") -> str:
+def secondary_key(primary: str, names: tuple[str, ...], request_headers: "CIMultiDictProxy") -> str:
     """RFC 9111 4.1: one stored variant per combination of the varied request headers."""
     parts = []
     for name in names:
-        values = request_headers.getall(name, []) if hasattr(request_headers, "getall") else \
-            [request_headers.get(name, "")]
+        values = request_headers.getall(name, [])
         parts.append(f"{name}={','.join(' '.join(v.split()) for v in values)}")
     return primary + "\x00" + "\x00".join(parts)
 

@@ -22,9 +22,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from . import ranges
-from .cache import Cache, Fill, Stored, secondary_key, vary_names
+from .cache import Cache, Fill, Stored, header, secondary_key, vary_names
 from .config import Customer, EdgeConfig, Protocol, Server
-from .freshness import http_date, initial_age, request_wants_fresh, response_policy
+from .freshness import (Policy, http_date, initial_age, request_wants_fresh,
+                        response_policy)
 from .origin import OriginPool
 from .resolve import ResolveError, Resolver
 from .tls import CertStore
@@ -73,11 +74,12 @@ class EdgeState:
         self.resolver = Resolver(list(config.nameservers) or None)
         self.certs = CertStore(config.certificates)
         self.cache = Cache(config.cache_memory)
+        self.pools: dict[tuple[str, str], OriginPool] = {}
         self.apply(config)
 
     def apply(self, config: EdgeConfig) -> None:
         """Swap in a validated config; back-off state survives for unchanged servers."""
-        old = getattr(self, "pools", {})
+        old = self.pools
         pools: dict[tuple[str, str], OriginPool] = {}
         for customer in config.customers:
             for scheme, servers in (("http", customer.origin.http),
@@ -294,10 +296,11 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
     if stale is not None:
         # RFC 9111 4.3.1: revalidate with the validators we hold; without any,
         # this is an unconditional GET.
-        if stale.header("ETag"):
-            headers = headers + [("If-None-Match", stale.header("ETag") or "")]
-        if stale.header("Last-Modified"):
-            headers = headers + [("If-Modified-Since", stale.header("Last-Modified") or "")]
+        etag, modified = stale.header("ETag"), stale.header("Last-Modified")
+        if etag:
+            headers = headers + [("If-None-Match", etag)]
+        if modified:
+            headers = headers + [("If-Modified-Since", modified)]
     resp = None
     handed_over = False
     sent = time.time()
@@ -310,9 +313,9 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
         age = initial_age(resp.headers, now, sent)
         if resp.status == 304 and stale is not None:
             merged = stale.revalidated(end_to_end(resp.headers), stale.policy, now, age)
-            policy = response_policy("GET", merged.status, dict(merged.headers),
-                                     [v for k, v in merged.headers if k.lower() == "cache-control"],
-                                     request_cc, authorization, now, customer.cache.default_ttl)
+            policy = _policy(customer, path, merged.status, dict(merged.headers),
+                             [v for k, v in merged.headers if k.lower() == "cache-control"],
+                             request_cc, authorization, now)
             fresh = replace(merged, policy=policy)
             if policy.store:
                 cache.put_variant(primary, request_headers, fresh)
@@ -322,13 +325,8 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
                 fill.append(chunk)
             fill.finish()
             return
-        rule = customer.cache.ttl_rule(path)
-        policy = response_policy("GET", resp.status, resp.headers,
-                                 resp.headers.getall("Cache-Control", []), request_cc,
-                                 authorization, now,
-                                 rule.ttl if rule and not rule.override else
-                                 customer.cache.default_ttl,
-                                 rule.ttl if rule and rule.override else None)
+        policy = _policy(customer, path, resp.status, resp.headers,
+                         resp.headers.getall("Cache-Control", []), request_cc, authorization, now)
         length = resp.content_length
         shareable = (policy.store and length is not None
                      and length <= customer.cache.max_object)
@@ -363,6 +361,17 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
             resp.release() if fill.done else resp.close()
         if cache.fills.get(fill.key) is fill:
             del cache.fills[fill.key]
+
+
+def _policy(customer: Customer, path: str, status: int, headers: Mapping[str, str],
+            cache_control: list[str], request_cc: list[str], authorization: bool,
+            now: float) -> Policy:
+    """RFC 9111 freshness with the customer's default TTL and its first matching TTL rule."""
+    rule = customer.cache.ttl_rule(path)
+    default = rule.ttl if rule and not rule.override else customer.cache.default_ttl
+    override = rule.ttl if rule and rule.override else None
+    return response_policy("GET", status, headers, cache_control, request_cc, authorization,
+                           now, default, override)
 
 
 def _client_headers(out: web.StreamResponse, headers: "list[tuple[str, str]] | tuple",
@@ -411,7 +420,7 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
         result = "REVALIDATED" if fill.revalidated else "MISS"
         state.metrics.cache.labels(label, result).inc()
         wanted = _wanted_ranges(request, fill.status, fill.length or 0,
-                                _get(fill.headers, "ETag"), _get(fill.headers, "Last-Modified"))
+                                header(fill.headers, "ETag"), header(fill.headers, "Last-Modified"))
         if wanted is not None and fill.length is not None:
             # A range on a miss: the whole object is being fetched into the cache;
             # this client gets its bytes as soon as they are there.
@@ -557,15 +566,10 @@ async def _write_range(out: web.StreamResponse, state: "EdgeState", label: str, 
 
 async def _await_bytes(fill: Fill, needed: int) -> None:
     """Wait until a fill holds `needed` bytes (or ends); a failed fill aborts the client."""
-    while sum(len(c) for c in fill.chunks) < needed and not fill.done and not fill.failed:
+    while fill.received < needed and not fill.done and not fill.failed:
         await fill.more()
     if fill.failed:
         raise ConnectionResetError("origin fetch failed")
-
-
-def _get(headers: list[tuple[str, str]], name: str) -> str | None:
-    name = name.lower()
-    return next((v for k, v in headers if k.lower() == name), None)
 
 
 def _other_variant(fill: Fill, request: web.Request) -> bool:

@@ -469,3 +469,17 @@ async def test_ttl_rules_by_path_pattern():
                                "/s/app.js": 1,     # default rule: origin said nothing
                                "/p/x.mp4": 2,      # never overrides private
                                "/n/y.txt": 2}      # no rule, no freshness: not stored
+
+
+async def test_ttl_rules_apply_to_revalidated_objects_too():
+    async with CountingOrigin() as origin:
+        origin.routes["/app.js"] = {"headers": {"Cache-Control": "max-age=600", "ETag": '"v1"'}}
+        rules = [{"match": "*.js", "ttl": 1, "override": True}]
+        async with Edge(cfg(origin, ttl_rules=rules)) as edge:
+            await fetch(edge, "/app.js")
+            await asyncio.sleep(1.2)
+            assert (await fetch(edge, "/app.js"))[2]["X-Cache"] == "REVALIDATED"
+            await asyncio.sleep(1.2)
+            # The 304 said max-age=60, but the operator's override (1 s) still rules.
+            assert (await fetch(edge, "/app.js"))[2]["X-Cache"] == "REVALIDATED"
+            assert len(origin.conditional) == 2
