@@ -57,7 +57,6 @@ def udp_query(port: int, wire: bytes, host: str = "127.0.0.1", timeout: float = 
 def tcp_exchange(port: int, wires: list[bytes], host: str = "127.0.0.1",
                  timeout: float = 3.0) -> list[bytes]:
     """Send several queries on one TCP connection; read as many answers."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(b"".join(len(w).to_bytes(2, "big") + w for w in wires))
         out = []

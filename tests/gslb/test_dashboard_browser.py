@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import ROOT
-from tests.gslb.test_health_live import Edges, edges, frankfurt, wait_all_up, wait_for  # noqa: F401
+from tests.gslb.test_health_live import edges, frankfurt, wait_all_up, wait_for  # noqa: F401 (edges: fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -9,7 +9,7 @@ import dnslib
 import pytest
 
 from tests.conftest import (DEMO_NAME, load_default, make_query, parse, recv_framed,
-                            tcp_exchange, udp_query)
+                            tcp_exchange)
 
 
 def flags_of(text: str) -> set[str]:
