@@ -15,6 +15,7 @@ from typing import Iterator
 import dnslib
 import pytest
 import yaml
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -38,6 +39,19 @@ def free_port() -> int:
         except OSError:
             continue
     raise RuntimeError("no free port")
+
+
+async def serve_app(app: "web.Application", host: str = "127.0.0.1", port: int | None = None,
+                    ssl_context=None) -> "tuple[web.AppRunner, int]":
+    """Run an aiohttp app on a real loopback socket; `runner.cleanup()` stops it.
+
+    Shutdown does not wait long for handlers that hang on purpose.
+    """
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    port = port or free_port()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    return runner, port
 
 
 def udp_query(port: int, wire: bytes, host: str = "127.0.0.1", timeout: float = 2.0,

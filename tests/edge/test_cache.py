@@ -12,7 +12,7 @@ from aiohttp import web
 from edge import proxy as proxy_module
 from edge.cache import MemoryStore, Stored
 from edge.freshness import Policy
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_app
 from tests.edge.test_proxy import Edge
 
 
@@ -54,9 +54,7 @@ class CountingOrigin:
     async def __aenter__(self) -> "CountingOrigin":
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.81", self.port).start()
+        self.runner, _ = await serve_app(app, "127.0.0.81", self.port)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -221,10 +219,7 @@ async def test_a_stalled_fill_lets_waiters_go_themselves(monkeypatch):
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.82", port).start()
+    runner, port = await serve_app(app, "127.0.0.82")
     config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                              "origin": {"http": [f"127.0.0.82:{port}"]}}]}
     try:
@@ -330,10 +325,7 @@ async def test_vary_keeps_one_variant_per_header_value():
     hits: dict[str, int] = {}
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.83", port).start()
+    runner, port = await serve_app(app, "127.0.0.83")
     config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                              "origin": {"http": [f"127.0.0.83:{port}"]}}]}
     try:
@@ -439,10 +431,7 @@ async def test_range_for_an_object_too_big_to_cache_is_fetched_as_a_range():
     seen: list = []
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.84", port).start()
+    runner, port = await serve_app(app, "127.0.0.84")
     config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                              "origin": {"http": [f"127.0.0.84:{port}"]},
                              "cache": {"max_object": 1000}}]}

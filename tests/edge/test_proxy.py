@@ -14,7 +14,7 @@ from aiohttp import web
 from edge import config as edge_config
 from edge.proxy import EdgeState, make_app
 from gslb.yamlsrc import load_yaml_text
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, serve_app
 
 
 class Origin:
@@ -53,9 +53,7 @@ class Origin:
     async def start(self) -> "Origin":
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, self.host, self.port).start()
+        self.runner, _ = await serve_app(app, self.host, self.port)
         return self
 
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ from aiohttp import web
 from edge import config as edge_config
 from edge.purge import Ban, ban_for
 from gslb.yamlsrc import load_yaml_text
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, serve_app
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.test_proxy import Edge
 
@@ -85,10 +85,8 @@ async def test_edge_purge_reaches_every_worker(tmp_path):
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    oport, eport = free_port(), free_port()
-    await web.TCPSite(runner, "127.0.0.91", oport).start()
+    runner, oport = await serve_app(app, "127.0.0.91")
+    eport = free_port()
     path = tmp_path / "edge.yaml"
     path.write_text(yaml.safe_dump({
         "listen": [f"127.0.0.1:{eport}"], "state_dir": "state",

@@ -10,7 +10,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, serve_app
 from tests.edge.test_proxy import Edge
 
 
@@ -34,9 +34,7 @@ async def start_origin(host: str, port: int, state: dict) -> web.AppRunner:
     app = web.Application()
     app.router.add_get("/endless", endless)
     app.router.add_get("/{tail:.*}", small)
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner, _ = await serve_app(app, host, port)
     return runner
 
 

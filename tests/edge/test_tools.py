@@ -10,7 +10,7 @@ import yaml
 from aiohttp import web
 
 from edge.proxy import rank_once
-from tests.conftest import DEFAULT_CONFIG, ROOT, free_port
+from tests.conftest import DEFAULT_CONFIG, ROOT, free_port, serve_app
 from tests.edge.test_proxy import Edge
 
 
@@ -22,9 +22,7 @@ async def origin(host: str, port: int, delay: float, status: int, seen: list) ->
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner, _ = await serve_app(app, host, port)
     return runner
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import free_port
+from tests.conftest import serve_app
 from tests.edge.test_proxy import Edge
 
 
@@ -31,10 +31,7 @@ async def test_websocket_both_ways_and_refusal():
     app = web.Application()
     app.router.add_get("/ws", ws_handler)
     app.router.add_get("/plain", plain)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.61", port).start()
+    runner, port = await serve_app(app, "127.0.0.61")
     cfg = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                           "origin": {"http": [f"127.0.0.61:{port}"]}}]}
     try:

@@ -16,7 +16,7 @@ from gslb.config import build_config
 from gslb.health import HealthBoard, Prober, State, Target, targets
 from gslb.model import AdminState, CheckKind, CheckSpec
 from gslb.yamlsrc import load_yaml_text
-from tests.conftest import DATA, free_port, load_default
+from tests.conftest import DATA, free_port, load_default, serve_app
 
 import yaml
 
@@ -36,14 +36,6 @@ def config_with(checks: dict, site_checks: dict | None = None):
     cfg["health"] = {"state_file": None}
     raw = load_yaml_text(yaml.safe_dump(cfg, sort_keys=False), "t.yaml")
     return build_config(raw, "t.yaml", Path("."))
-
-
-async def serve(app: web.Application, host: str = "127.0.0.1", ssl_context=None) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)   # do not wait for hanging handlers
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-    return runner, port
 
 
 def app_with(handler) -> web.Application:
@@ -75,7 +67,7 @@ async def test_http_check_status_body_and_host_header():
             return web.Response(status=503, text="nope")
         return web.Response(text="edge ok")
 
-    runner, port = await serve(app_with(handler))
+    runner, port = await serve_app(app_with(handler))
     try:
         ok, detail = await probe_once(target(spec(path="/healthz", host="edge.example"), port))
         assert ok and detail == "HTTP 200" and seen["host"] == "edge.example"
@@ -96,7 +88,7 @@ async def test_hanging_server_times_out():
         await asyncio.sleep(30)
         return web.Response()
 
-    runner, port = await serve(app_with(handler))
+    runner, port = await serve_app(app_with(handler))
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -155,7 +147,7 @@ async def test_https_check_verifies_tls_unless_told_not_to(tmp_path):
     async def handler(request):
         return web.Response(text="ok")
 
-    runner, port = await serve(app_with(handler), ssl_context=self_signed(tmp_path))
+    runner, port = await serve_app(app_with(handler), ssl_context=self_signed(tmp_path))
     try:
         ok, detail = await probe_once(target(spec(CheckKind.HTTPS, host="edge.test"), port))
         assert not ok and "certificate" in detail.lower()
@@ -264,7 +256,7 @@ async def test_many_flapping_checks_stay_bounded(caplog):
         finally:
             in_flight["now"] -= 1
 
-    runner, port = await serve(app_with(handler))
+    runner, port = await serve_app(app_with(handler))
     cfg = load_default(checks=False)
     cfg["geoip"] = {"database": str(DATA / "demo-city.mmdb")}
     cfg["health"] = {"state_file": None, "max_concurrent": 50}
