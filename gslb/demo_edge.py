@@ -12,10 +12,12 @@ import sys
 
 from aiohttp import web
 
+from .config import split_host_port
+
 
 def parse_bind(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    host, port = split_host_port(text)
+    return host, int(port)
 
 
 async def serve(name: str, binds: list[tuple[str, int]]) -> None:
