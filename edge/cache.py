@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
+from .disk import DiskObject, DiskStore, Meta
 from .freshness import Policy
 
 PASS_MEMORY = 120.0          # seconds a key whose response was not storable skips coalescing
@@ -42,6 +43,7 @@ class Stored:
     stored_at: float             # wall clock, for Age
     initial_age: float
     policy: Policy
+    file: DiskObject | None = None   # body on disk (too big for memory): sent with sendfile
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.stored_at)
@@ -60,6 +62,17 @@ class Stored:
         merged = tuple(keep + [(k, v) for k, v in headers if k.lower() != "content-length"])
         return replace(self, headers=merged, stored_at=now, initial_age=initial_age,
                        policy=policy)
+
+    def meta(self, key: str) -> Meta:
+        return Meta(key, self.status, self.reason, self.headers, self.stored_at,
+                    self.initial_age, self.policy)
+
+    @classmethod
+    def from_disk(cls, obj: DiskObject, body: bytes | None) -> "Stored":
+        m = obj.meta
+        return cls(m.status, m.reason, m.headers, (body,) if body is not None else (),
+                   obj.size, m.stored_at, m.initial_age, m.policy,
+                   None if body is not None else obj)
 
 
 class MemoryStore:
@@ -94,6 +107,9 @@ class MemoryStore:
     def keys(self) -> list[str]:
         return list(self._items)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -119,6 +135,7 @@ class Fill:
     task: asyncio.Task | None = None
     direct: object = None        # a response handed to the first client when not shareable
     revalidated: bool = False
+    from_cache: bool = False     # the object is in the cache now: waiters are served from it
     leader_headers: object = None   # the first client's request headers (for Vary)
     _more: asyncio.Future | None = None
 
@@ -172,39 +189,119 @@ def secondary_key(primary: str, names: tuple[str, ...], request_headers: "CIMult
 
 
 class Cache:
-    """The memory tier, the fills in flight, and the keys to pass."""
+    """The memory tier over the (optional) disk tier, the fills in flight, the keys to pass.
 
-    def __init__(self, memory_bytes: int):
+    Objects up to `promote_bytes` are read from disk into memory on their first
+    hit; bigger ones stay on disk and are sent with sendfile, their metadata
+    kept here so a hit reads no metadata from disk.
+    """
+
+    def __init__(self, memory_bytes: int, disk: DiskStore | None = None,
+                 promote_bytes: int = 4 * 1024 * 1024):
         self.memory = MemoryStore(memory_bytes)
+        self.disk = disk
+        self.promote_bytes = min(promote_bytes, memory_bytes)
         self.fills: dict[str, Fill] = {}
+        self.files: collections.OrderedDict[str, Stored] = collections.OrderedDict()
+        self.verified: set[tuple[int, int]] = set()     # on-disk bodies whose CRC we checked
         self._pass: dict[str, float] = {}
         self._vary: dict[str, tuple[str, ...]] = {}     # primary key -> varied header names
 
     def key_for(self, primary: str, request_headers: "Mapping") -> str:
         """The key a request's variant lives under (the primary key without Vary)."""
         names = self._vary.get(primary)
+        if names is None and self.disk is not None and primary not in self.memory:
+            obj = self.disk.lookup(primary)      # another worker (or a past run) may know
+            if obj is not None and obj.meta.vary:
+                names = self._vary[primary] = obj.meta.vary
         return secondary_key(primary, names, request_headers) if names else primary
 
-    def put_variant(self, primary: str, request_headers: "Mapping", item: Stored) -> None:
+    def put_variant(self, primary: str, request_headers: "Mapping", item: Stored,
+                    written_as: str | None = None) -> None:
+        """Store `item` for the request's variant; `written_as`: the key whose disk file the
+        fill wrote already (a response that turns out to vary belongs under another key)."""
         names = vary_names(item.headers)
         if names:
-            self._vary[primary] = names
-            self.memory.put(secondary_key(primary, names, request_headers), item)
+            if self._vary.get(primary) != names:
+                self._vary[primary] = names
+                if self.disk is not None:
+                    stub = Meta(primary, 0, "", (), item.stored_at, 0.0, item.policy, names)
+                    self.disk.put_bytes(stub, b"")
+            key = secondary_key(primary, names, request_headers)
         else:
             self._vary.pop(primary, None)
-            self.memory.put(primary, item)
+            key = primary
+        self.put(key, item, on_disk=key == written_as)
 
     def get(self, key: str) -> Stored | None:
-        return self.memory.get(key)
+        item = self.memory.get(key)
+        if item is not None:
+            return item
+        item = self.files.get(key)
+        if item is not None:
+            self.files.move_to_end(key)
+            if self.disk is not None:
+                self.disk.touch(key)
+            return item
+        if self.disk is None:
+            return None
+        obj = self.disk.lookup(key)
+        if obj is None or obj.meta.vary:
+            return None
+        self.disk.touch(key)
+        if obj.size <= self.promote_bytes:
+            body = self.disk.read_body(obj)
+            if body is None:
+                return None
+            item = Stored.from_disk(obj, body)
+            self.memory.put(key, item)
+            return item
+        item = Stored.from_disk(obj, None)
+        self._remember_file(key, item)
+        return item
 
-    def put(self, key: str, item: Stored) -> None:
+    def put(self, key: str, item: Stored, on_disk: bool = False) -> None:
+        """Keep an object: in memory when small enough, on disk when there is a disk tier."""
+        if self.disk is not None and not on_disk:
+            if item.file is not None:
+                self.disk.rewrite(item.file, item.meta(key))
+                item = replace(item, file=None)       # found again below, new file
+            else:
+                self.disk.put_bytes(item.meta(key), b"".join(item.chunks))
+        if item.file is not None or (self.disk is not None and item.size > self.promote_bytes):
+            self.memory.delete(key)
+            if item.file is None:
+                obj = self.disk.lookup(key) if self.disk is not None else None
+                if obj is None:
+                    return
+                item = Stored.from_disk(obj, None)
+            self._remember_file(key, item)
+            return
+        self.files.pop(key, None)
         self.memory.put(key, item)
+
+    def _remember_file(self, key: str, item: Stored) -> None:
+        self.files[key] = item
+        self.files.move_to_end(key)
+        while len(self.files) > 10_000:
+            self.files.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        """Drop a key from this process only (its disk file was found bad or replaced)."""
+        self.memory.delete(key)
+        self.files.pop(key, None)
 
     def purge(self, matches: "Callable[[str], bool]") -> int:
         """Drop every stored object whose key matches; returns how many."""
-        gone = [key for key in self.memory.keys() if matches(key)]
+        gone = {key for key in self.memory.keys() if matches(key)}
+        gone |= {key for key in self.files if matches(key)}
         for key in gone:
-            self.memory.delete(key)
+            self.forget(key)
+        if self.disk is not None:
+            for key in self.disk.keys():
+                if matches(key):
+                    gone.add(key)
+                    self.disk.delete(key)
         return len(gone)
 
     def passing(self, key: str, now: float | None = None) -> bool:

@@ -134,11 +134,36 @@ class EdgeConfig:
     certificates: tuple[CertSpec, ...] = ()
     origin_ca_file: str = ""             # extra CAs to trust for HTTPS origins
     cache_memory: int = 256 * 1024 * 1024   # bytes of the memory tier
+    cache_disk: str = ""                 # directory of the disk tier, shared by workers; "" = none
+    cache_disk_size: int = 10 * 1024**3  # bytes the disk tier may hold
     state_dir: str = ""                  # shared by the workers (purge bans); "" = none
     admin_token: str = ""                # admin API (purge) needs it; "" = refused
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
+
+
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def size(ck: Checker, block: LineDict, key: str, default: int, what: str) -> int:
+    """A byte count: an integer, or a number with k/M/G/T (powers of 1024), e.g. 512M."""
+    value = block.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = text.rstrip("kmgt"), text[len(text.rstrip("kmgt")):]
+    try:
+        if unit not in SIZE_UNITS:
+            raise ValueError
+        out = int(float(number) * SIZE_UNITS[unit])
+        if out < 0:
+            raise ValueError
+        return out
+    except ValueError:
+        ck.add(block.at(key), f"{what}.{key} must be a size such as 10240, 512M or 10G, "
+                              f"got {value!r}")
+        return default
 
 
 def _servers(ck: Checker, raw: Any, where: Where, what: str) -> list[Server]:
@@ -211,7 +236,7 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     return CacheRules(flags["enabled"],
                       ck.number(block, "default_ttl", 0, 10 * 365 * 86400, what, default=0.0) or 0.0,
                       flags["honour_client_no_cache"],
-                      ck.integer(block, "max_object", 64 * 1024 * 1024, 0, 2**40, what),
+                      size(ck, block, "max_object", 64 * 1024**2, what),
                       ck.number(block, "grace", 0, 30 * 86400, what, default=0.0) or 0.0,
                       flags["ignore_query"],
                       tuple(str(v).lower() for v, _ in ck.items(block.get("key_headers"),
@@ -301,13 +326,18 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
     base = base or Path(".")
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
-                  "origin_ca_file", "cache_memory", "state_dir", "admin_token_env"),
+                  "origin_ca_file", "cache_memory", "cache_disk", "cache_disk_size", "state_dir",
+                  "admin_token_env"),
             "the top level")
     state_dir = ck.text(top, "state_dir", "config")
     if state_dir:
         state_dir = str(base / state_dir)
     admin_token = os.environ.get(ck.text(top, "admin_token_env", "config", "EDGE_ADMIN_TOKEN"), "")
-    cache_memory = ck.integer(top, "cache_memory", 256 * 1024 * 1024, 0, 2**42, "config")
+    cache_memory = size(ck, top, "cache_memory", 256 * 1024**2, "config")
+    cache_disk = ck.text(top, "cache_disk", "config")
+    if cache_disk:
+        cache_disk = str(base / cache_disk)
+    cache_disk_size = size(ck, top, "cache_disk_size", 10 * 1024**3, "config")
     tls_listen, certs = _tls(ck, top.get("tls"), top.at("tls"), base)
     origin_ca = ck.text(top, "origin_ca_file", "config")
     if origin_ca:
@@ -373,8 +403,8 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
                       str(top.get("via", "gslb-edge")), tuple(egress), tls_listen, certs,
-                      origin_ca, cache_memory, state_dir, admin_token, tuple(nameservers),
-                      by_cname, by_directory)
+                      origin_ca, cache_memory, cache_disk, cache_disk_size, state_dir,
+                      admin_token, tuple(nameservers), by_cname, by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:

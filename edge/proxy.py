@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import time
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from . import ranges
 from .cache import Cache, Fill, Stored, header, secondary_key, vary_names
+from .disk import DiskStore, PartWriter, digest, part_meta
 from .config import Customer, EdgeConfig, Protocol, Server
 from .freshness import (Policy, http_date, initial_age, request_wants_fresh,
                         response_policy)
@@ -73,7 +75,12 @@ class EdgeState:
         self.session: aiohttp.ClientSession | None = None
         self.resolver = Resolver(list(config.nameservers) or None)
         self.certs = CertStore(config.certificates)
-        self.cache = Cache(config.cache_memory)
+        disk = None
+        if config.cache_disk:
+            disk = DiskStore(config.cache_disk, config.cache_disk_size)
+            disk.scan()
+            log.info("disk cache %s: %d objects", config.cache_disk, len(disk))
+        self.cache = Cache(config.cache_memory, disk)
         self.pools: dict[tuple[str, str], OriginPool] = {}
         self.apply(config)
 
@@ -246,11 +253,63 @@ async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
     primary = _cache_key(request, customer, path)
     key = cache.key_for(primary, request.headers)
     stored = cache.get(key)
+    body = None
+    if stored is not None and stored.file is not None:
+        body = await _open_body(cache, key, stored)
+        if body is None:
+            stored = None
+    try:
+        return await _lookup_done(request, state, customer, pool, scheme, host, path, headers,
+                                  primary, key, stored, body)
+    finally:
+        if body is not None:
+            body.file.close()
+
+
+@dataclass
+class OpenBody:
+    """An on-disk body opened for sendfile; the open file survives eviction and renames."""
+
+    file: "object"
+    offset: int
+
+
+async def _open_body(cache: Cache, key: str, stored: Stored) -> OpenBody | None:
+    """Open a disk-tier body, checked once per process against its CRC; None if unusable."""
+    obj = stored.file
+    assert obj is not None and cache.disk is not None
+    try:
+        f = open(obj.path, "rb")
+    except OSError:
+        cache.forget(key)
+        return None
+    st = os.fstat(f.fileno())
+    if (st.st_ino, st.st_mtime_ns) != obj.inode:
+        f.close()        # replaced by a newer copy (or evicted): re-read its metadata
+        cache.forget(key)
+        fresh = cache.get(key)
+        if fresh is None or fresh.file is None or fresh.file.inode == obj.inode:
+            return None
+        return await _open_body(cache, key, fresh)
+    if obj.inode not in cache.verified:
+        if not await asyncio.to_thread(cache.disk.verify, obj):
+            f.close()
+            cache.forget(key)
+            return None
+        cache.verified.add(obj.inode)
+    return OpenBody(f, obj.offset)
+
+
+async def _lookup_done(request: web.Request, state: "EdgeState", customer: Customer,
+                       pool: OriginPool, scheme: str, host: str, path: str,
+                       headers: list[tuple[str, str]], primary: str, key: str,
+                       stored: Stored | None, body: OpenBody | None) -> web.StreamResponse:
+    cache = state.cache
     wants_fresh = request_wants_fresh(request.headers.getall("Cache-Control", []),
                                       customer.cache.honour_client_no_cache)
     now = time.time()
     if stored is not None and not wants_fresh and stored.fresh(now):
-        return await _serve_stored(request, state, customer, stored, "HIT")
+        return await _serve_stored(request, state, customer, stored, "HIT", body)
     if request.method == "HEAD" or cache.passing(key):
         return await _pass(request, state, customer, pool, scheme, host, path, headers, "PASS")
     fill = cache.fills.get(key)
@@ -259,16 +318,16 @@ async def _cached(request: web.Request, state: "EdgeState", customer: Customer,
         fill = Fill(key)
         fill.leader_headers = request.headers
         cache.fills[key] = fill
-        fill.task = asyncio.get_running_loop().create_task(
-            _fill(state, customer, pool, scheme, host, path, headers, fill, stored,
-                  request.headers.getall("Cache-Control", []),
-                  "Authorization" in request.headers, primary, request.headers))
+        job = FillJob(state, customer, pool, scheme, host, path, headers, stored,
+                      request.headers.getall("Cache-Control", []),
+                      "Authorization" in request.headers, primary, request.headers)
+        fill.task = asyncio.get_running_loop().create_task(_fill_or_follow(job, fill))
     if stored is not None and not wants_fresh and stored.policy.stale_allowed(
             stored.age(now) - stored.policy.ttl, stored.policy.stale_while_revalidate):
         # RFC 5861: answer now from the stale copy; the fill above refreshes it.
         fill.readers += 1
         fill.task.add_done_callback(lambda _task, f=fill: _background_done(f))
-        return await _serve_stored(request, state, customer, stored, "STALE")
+        return await _serve_stored(request, state, customer, stored, "STALE", body)
     return await _serve_fill(request, state, customer, pool, scheme, host, path, headers, fill,
                              leader, stored)
 
@@ -285,14 +344,106 @@ async def _pass(request: web.Request, state: "EdgeState", customer: Customer, po
     return await _relay(request, resp, customer, state, state.config, label)
 
 
-async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme: str, host: str,
-                path: str, headers: list[tuple[str, str]], fill: Fill, stale: Stored | None,
-                request_cc: list[str], authorization: bool, primary: str,
-                request_headers: "Mapping") -> None:
-    """Fetch one object for every request waiting on `fill`; store it when allowed."""
+@dataclass(frozen=True)
+class FillJob:
+    """What a fill needs to fetch one object for everyone waiting on it."""
+
+    state: "EdgeState"
+    customer: Customer
+    pool: OriginPool
+    scheme: str
+    host: str
+    path: str
+    headers: list[tuple[str, str]]
+    stale: Stored | None
+    request_cc: list[str]
+    authorization: bool
+    primary: str
+    request_headers: "Mapping"
+
+
+FOLLOW_POLL = 0.005     # seconds between looks at another worker's growing part file
+
+
+async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
+    """Fill from the origin, or, when another worker is filling this key, follow its file."""
+    disk = job.state.cache.disk
+    if disk is None:
+        return await _fill(job, fill, None)
+    name = digest(fill.key)
+    try:
+        if disk.try_lock(name):
+            return await _fill(job, fill, disk)
+        if await _follow(job, fill, disk, name):
+            return
+        # Not followable (it stalled, or was not storable): go to the origin ourselves.
+        await _fill(job, fill, disk if disk.try_lock(name) else None)
+    finally:
+        disk.unlock(name)
+
+
+async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
+    """Stream another worker's fill from its part file; False if there is none to follow."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + COALESCE_TIMEOUT
+    while True:
+        try:
+            f = open(disk.part_path(name), "rb")
+            break
+        except FileNotFoundError:
+            if not disk.locked_elsewhere(name):
+                # It ended in between: a stored object is served from the cache.
+                if job.state.cache.get(fill.key) is None:
+                    return False
+                fill.from_cache = True
+                fill.start(200, "", [], None, True, 0.0)
+                fill.finish()
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(FOLLOW_POLL)
+    with f:
+        meta = None
+        while meta is None:
+            meta = part_meta(f)
+            if meta is None:
+                if not disk.locked_elsewhere(name) or loop.time() > deadline:
+                    return False
+                await asyncio.sleep(FOLLOW_POLL)
+        meta, length = meta
+        fill.start(meta.status, meta.reason, list(meta.headers), length, True, meta.initial_age)
+        while fill.received < length:
+            chunk = f.read(CHUNK)
+            if chunk:
+                fill.append(chunk)
+                continue
+            if not disk.locked_elsewhere(name):
+                chunk = f.read(CHUNK)       # written just before the lock was let go?
+                if not chunk:
+                    fill.fail()             # the other worker's fetch failed mid-body
+                    return True
+                fill.append(chunk)
+                continue
+            await asyncio.sleep(FOLLOW_POLL)
+    fill.finish()
+    job.state.cache.put_variant(
+        job.primary, job.request_headers,
+        Stored(meta.status, meta.reason, meta.headers, tuple(fill.chunks), length,
+               meta.stored_at, meta.initial_age, meta.policy), fill.key)
+    return True
+
+
+async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
+    """Fetch one object for every request waiting on `fill`; store it when allowed.
+
+    With `disk` (this worker holds the key's lock) the body is also written to
+    a part file as it arrives, renamed into the disk tier when complete.
+    """
+    state, customer, path = job.state, job.customer, job.path
+    stale, primary, request_headers = job.stale, job.primary, job.request_headers
     cache, label = state.cache, customer.directory
     # The fill fetches the whole object for everyone; a client's range is cut from it.
-    headers = [(k, v) for k, v in headers if k.lower() not in ("range", "if-range")]
+    headers = [(k, v) for k, v in job.headers if k.lower() not in ("range", "if-range")]
     if stale is not None:
         # RFC 9111 4.3.1: revalidate with the validators we hold; without any,
         # this is an unconditional GET.
@@ -302,10 +453,12 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
         if modified:
             headers = headers + [("If-Modified-Since", modified)]
     resp = None
+    part: PartWriter | None = None
     handed_over = False
     sent = time.time()
     try:
-        resp = await pull(state, customer, pool, scheme, host, "GET", path, headers, None, True)
+        resp = await pull(state, customer, job.pool, job.scheme, job.host, "GET", path, headers,
+                          None, True)
         if resp is None or (resp.status >= 500 and stale is not None):
             fill.fail()          # with a stale copy, an origin error may be answered from it
             return
@@ -315,18 +468,22 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
             merged = stale.revalidated(end_to_end(resp.headers), stale.policy, now, age)
             policy = _policy(customer, path, merged.status, dict(merged.headers),
                              [v for k, v in merged.headers if k.lower() == "cache-control"],
-                             request_cc, authorization, now)
+                             job.request_cc, job.authorization, now)
             fresh = replace(merged, policy=policy)
             if policy.store:
                 cache.put_variant(primary, request_headers, fresh)
+            else:
+                cache.forget(fill.key)
             fill.revalidated = True
+            if policy.store:
+                fill.from_cache = True       # waiters are served the refreshed object
             fill.start(fresh.status, fresh.reason, list(fresh.headers), fresh.size, True, age)
             for chunk in fresh.chunks:
                 fill.append(chunk)
             fill.finish()
             return
         policy = _policy(customer, path, resp.status, resp.headers,
-                         resp.headers.getall("Cache-Control", []), request_cc, authorization, now)
+                         resp.headers.getall("Cache-Control", []), job.request_cc, job.authorization, now)
         length = resp.content_length
         shareable = (policy.store and length is not None
                      and length <= customer.cache.max_object)
@@ -339,17 +496,25 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
             fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, False, age)
             return
         fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, True, age)
+        stored = Stored(resp.status, resp.reason or "", tuple(fill.headers), (), length or 0,
+                        now, age, policy)
+        if disk is not None:
+            part = disk.writer(stored.meta(fill.key), length or 0)   # None if unwritable
         size = 0
+        from_origin = state.metrics.from_origin.labels(label)
         async for chunk in resp.content.iter_chunked(CHUNK):
             size += len(chunk)
-            state.metrics.from_origin.labels(label).inc(len(chunk))
+            from_origin.inc(len(chunk))
             fill.append(chunk)
+            if part is not None:
+                part.append(chunk)
         if size != length:
             raise aiohttp.ClientPayloadError("origin closed early")
+        on_disk = part is not None and part.commit()
+        part = None
         fill.finish()
-        cache.put_variant(primary, request_headers,
-                          Stored(resp.status, resp.reason or "", tuple(fill.headers),
-                                 tuple(fill.chunks), size, now, age, policy))
+        cache.put_variant(primary, request_headers, replace(stored, chunks=tuple(fill.chunks)),
+                          fill.key if on_disk else None)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         state.metrics.origin_errors.labels(label, "?", "truncated").inc()
         fill.fail()            # nothing is stored: an origin failure never corrupts the cache
@@ -357,6 +522,8 @@ async def _fill(state: "EdgeState", customer: Customer, pool: OriginPool, scheme
         fill.fail()
         raise
     finally:
+        if part is not None:
+            part.abort()
         if resp is not None and not handed_over:
             resp.release() if fill.done else resp.close()
         if cache.fills.get(fill.key) is fill:
@@ -408,6 +575,9 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
                 return await _serve_stored(request, state, customer, stale, "STALE")
             state.metrics.requests.labels(label, "502").inc()
             raise web.HTTPBadGateway(text="no origin server answered\n")
+        if fill.from_cache:
+            return await _serve_now_cached(request, state, customer, pool, scheme, host, path,
+                                           headers, fill)
         if fill.direct is not None:
             resp, fill.direct = fill.direct, None
             if "Range" in request.headers:
@@ -460,9 +630,32 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
             fill.task.cancel()
 
 
+async def _serve_now_cached(request: web.Request, state: "EdgeState", customer: Customer,
+                            pool: OriginPool, scheme: str, host: str, path: str,
+                            headers: list[tuple[str, str]], fill: Fill) -> web.StreamResponse:
+    """A waiter whose fill put the object in the cache (revalidated, or another worker's)."""
+    cache = state.cache
+    stored = cache.get(fill.key)
+    body = None
+    if stored is not None and stored.file is not None:
+        body = await _open_body(cache, fill.key, stored)
+        if body is None:
+            stored = None
+    if stored is None:
+        return await _pass(request, state, customer, pool, scheme, host, path, headers, "MISS")
+    try:
+        return await _serve_stored(request, state, customer, stored,
+                                   "REVALIDATED" if fill.revalidated else "HIT", body)
+    finally:
+        if body is not None:
+            body.file.close()
+
+
 async def _serve_stored(request: web.Request, state: "EdgeState", customer: Customer,
-                        stored: Stored, result: str) -> web.StreamResponse:
-    """A cache hit: headers rendered from the stored object, body from memory."""
+                        stored: Stored, result: str,
+                        body: OpenBody | None = None) -> web.StreamResponse:
+    """A cache hit: headers rendered from the stored object, body from memory or, for
+    objects kept on disk only, with sendfile from the open file `body`."""
     label = customer.directory
     now = time.time()
     state.metrics.cache.labels(label, result).inc()
@@ -479,7 +672,8 @@ async def _serve_stored(request: web.Request, state: "EdgeState", customer: Cust
                             stored.header("Last-Modified"))
     if wanted is not None:
         return await _serve_ranges(request, state, customer, wanted, stored.size,
-                                   stored.headers, stored.age(now), result, stored.chunks)
+                                   stored.headers, stored.age(now), result,
+                                   body if body is not None else stored.chunks)
     out = web.StreamResponse(status=stored.status, reason=stored.reason)
     _client_headers(out, stored.headers, stored.age(now), result, request, customer,
                     state.config)
@@ -488,11 +682,22 @@ async def _serve_stored(request: web.Request, state: "EdgeState", customer: Cust
     state.metrics.requests.labels(label, str(stored.status)).inc()
     await out.prepare(request)
     if request.method != "HEAD":
-        for chunk in stored.chunks:
-            await out.write(chunk)
+        if body is not None:
+            await _sendfile(request, body, 0, stored.size)
+        else:
+            for chunk in stored.chunks:
+                await out.write(chunk)
         state.metrics.to_clients.labels(label).inc(stored.size)
     await out.write_eof()
     return out
+
+
+async def _sendfile(request: web.Request, body: OpenBody, first: int, count: int) -> None:
+    """`count` bytes of an on-disk body from `first`, by the kernel (after the headers)."""
+    if request.transport is None:
+        raise ConnectionResetError("client gone")
+    await asyncio.get_running_loop().sendfile(request.transport, body.file,
+                                              body.offset + first, count)
 
 
 def _wanted_ranges(request: web.Request, status: int, size: int, etag: str | None,
@@ -535,7 +740,7 @@ async def _serve_ranges(request: web.Request, state: "EdgeState", customer: Cust
         out.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         out.content_length = last - first + 1
         await out.prepare(request)
-        await _write_range(out, state, label, chunks, first, last)
+        await _write_range(request, out, state, label, chunks, first, last)
         await out.write_eof()
         return out
     boundary = "gslb-edge-" + format(id(out), "x")
@@ -548,14 +753,19 @@ async def _serve_ranges(request: web.Request, state: "EdgeState", customer: Cust
     await out.prepare(request)
     for index, ((first, last), head) in enumerate(zip(wanted, parts)):
         await out.write((b"\r\n" if index else b"") + head)
-        await _write_range(out, state, label, chunks, first, last)
+        await _write_range(request, out, state, label, chunks, first, last)
     await out.write(tail)
     await out.write_eof()
     return out
 
 
-async def _write_range(out: web.StreamResponse, state: "EdgeState", label: str, chunks,
+async def _write_range(request: web.Request, out: web.StreamResponse, state: "EdgeState",
+                       label: str, chunks,
                        first: int, last: int) -> None:
+    if isinstance(chunks, OpenBody):
+        await _sendfile(request, chunks, first, last - first + 1)
+        state.metrics.to_clients.labels(label).inc(last - first + 1)
+        return
     if isinstance(chunks, Fill):
         await _await_bytes(chunks, last + 1)
         chunks = chunks.chunks
@@ -768,6 +978,25 @@ async def _follow_bans(state: "EdgeState") -> None:
             state.cache.purge(ban.matches)
 
 
+SWEEP_INTERVAL = 10.0
+
+
+async def _sweep_forever(disk: DiskStore) -> None:
+    """Keep the disk tier under its cap: every few seconds, sooner after many writes."""
+    waited = 0.0
+    while True:
+        await asyncio.sleep(0.5)
+        waited += 0.5
+        if waited < SWEEP_INTERVAL and not disk.wants_sweep():
+            continue
+        waited = 0.0
+        disk.written_since_sweep = 0
+        try:
+            disk.forget(await asyncio.to_thread(disk.sweep))
+        except OSError:
+            log.exception("disk cache sweep failed")
+
+
 RANK_INTERVAL = 60.0
 
 
@@ -836,6 +1065,8 @@ def make_app(state: EdgeState) -> web.Application:
         tasks = [loop.create_task(_rank_forever(state))]
         if state.config.state_dir:
             tasks.append(loop.create_task(_follow_bans(state)))
+        if state.cache.disk is not None:
+            tasks.append(loop.create_task(_sweep_forever(state.cache.disk)))
         yield
         for task in tasks:
             task.cancel()

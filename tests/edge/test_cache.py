@@ -37,7 +37,8 @@ class CountingOrigin:
             if inm and inm == spec.get("headers", {}).get("ETag"):
                 return web.Response(status=304, headers={"ETag": inm,
                                                          "Cache-Control": "max-age=60"})
-        body = spec.get("body", f"body of {request.path} #{self.hits[request.path]}").encode()
+        body = spec.get("body", f"body of {request.path} #{self.hits[request.path]}")
+        body = body.encode() if isinstance(body, str) else body
         if spec.get("slow"):
             resp = web.StreamResponse(headers={**spec.get("headers", {}),
                                                "Content-Length": str(len(body))})
