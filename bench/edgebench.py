@@ -89,6 +89,7 @@ http {{
 EDGE = """
 listen: ["127.0.0.1:{port}"]
 cache_memory: 1073741824
+cache_disk: {disk}
 customers:
   - directory: bench
     cnames: [bench.test]
@@ -197,9 +198,9 @@ def main() -> int:
                                                         origin=origin_port, workers=args.workers))
     cache_port, edge_cache_port = free_port(), free_port()
     (work / "edge.yaml").write_text(EDGE.format(port=edge_port, origin=origin_port,
-                                                cache="false"))
+                                                cache="false", disk='""'))
     (work / "edge-cache.yaml").write_text(EDGE.format(port=edge_cache_port, origin=origin_port,
-                                                      cache="true"))
+                                                      cache="true", disk=work / "edge-disk"))
     (work / "cache.conf").write_text(NGINX_CACHE.format(work=work, port=cache_port,
                                                         origin=origin_port, workers=args.workers))
     procs = []

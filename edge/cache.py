@@ -207,6 +207,11 @@ class Cache:
         self._pass: dict[str, float] = {}
         self._vary: dict[str, tuple[str, ...]] = {}     # primary key -> varied header names
 
+    @property
+    def vary_keys(self) -> dict[str, tuple[str, ...]]:
+        """Primary keys whose responses vary (the hit shortcut leaves them alone)."""
+        return self._vary
+
     def key_for(self, primary: str, request_headers: "Mapping") -> str:
         """The key a request's variant lives under (the primary key without Vary)."""
         names = self._vary.get(primary)

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 
@@ -14,6 +15,7 @@ from gslb.config import listener_arg
 from gslb.model import Listener
 
 from . import config as edge_config
+from .front import Listeners
 from .proxy import DRAINING, EdgeState, make_app
 
 log = logging.getLogger("edge")
@@ -35,12 +37,12 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
     app = make_app(state)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    listeners = Listeners(state, runner)
     for listener in cfg.listen:
-        await web.TCPSite(runner, listener.host, listener.port, reuse_port=reuse_port).start()
+        await listeners.add(listener.host, listener.port, reuse_port=reuse_port)
     tls = state.certs.server_context()
     for listener in cfg.tls_listen:
-        await web.TCPSite(runner, listener.host, listener.port, ssl_context=tls,
-                          reuse_port=reuse_port).start()
+        await listeners.add(listener.host, listener.port, ssl=tls, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -68,6 +70,7 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
     log.info("ready: %d customers on %s", len(cfg.customers),
              ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
     await stop.wait()
+    listeners.close()
     await runner.cleanup()
     return 0
 
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
     p.add_argument("--host", help="quick mode: Host header to send to the origin")
     p.add_argument("--workers", type=int, default=0,
-                   help="processes sharing the port with SO_REUSEPORT (default 1)")
+                   help="processes sharing the port with SO_REUSEPORT and the disk cache "
+                        "(default: one per CPU, as nginx's worker_processes auto)")
     p.set_defaults(func=None)
 
     p = sub.add_parser("validate", help="GET the validation path from every origin server")
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    workers = args.workers or 1
+    workers = args.workers or os.cpu_count() or 1
     if workers == 1:
         return asyncio.run(serve(args, cfg))
     return _fork_workers(args, cfg, workers)
@@ -177,8 +181,6 @@ def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers
 
     Forked before any event loop exists, so each child starts clean.
     """
-    import os
-
     children = []
     for _ in range(workers):
         pid = os.fork()

@@ -12,6 +12,7 @@ import yaml
 from aiohttp import web
 
 from edge import config as edge_config
+from edge.front import Listeners
 from edge.proxy import EdgeState, make_app
 from gslb.yamlsrc import load_yaml_text
 from tests.conftest import ROOT, free_port, serve_app
@@ -84,13 +85,15 @@ class Edge:
     async def __aenter__(self) -> "Edge":
         self.runner = web.AppRunner(make_app(self.state))
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.listeners = Listeners(self.state, self.runner)      # as `edge serve` listens
+        await self.listeners.add("127.0.0.1", self.port)
         self.client = aiohttp.ClientSession(auto_decompress=False,
                                             connector=aiohttp.TCPConnector(limit=0))
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.client.close()
+        self.listeners.close()
         await self.runner.cleanup()
 
     async def get(self, path: str, host: str = "www.test.com", **kw) -> tuple[int, str, dict]:

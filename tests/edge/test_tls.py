@@ -11,6 +11,7 @@ import yaml
 from aiohttp import web
 
 from edge import config as edge_config
+from edge.front import Listeners
 from edge.proxy import EdgeState, make_app
 from gslb.yamlsrc import load_yaml_text
 from tests.conftest import free_port
@@ -60,8 +61,9 @@ async def test_sni_picks_the_certificate_and_follow_pulls_over_https(tmp_path):
     runner = web.AppRunner(make_app(state))
     await runner.setup()
     eport, hport = free_port(), free_port()
-    await web.TCPSite(runner, "127.0.0.1", eport, ssl_context=state.certs.server_context()).start()
-    await web.TCPSite(runner, "127.0.0.1", hport).start()
+    listeners = Listeners(state, runner)           # as `edge serve` listens
+    await listeners.add("127.0.0.1", eport, ssl=state.certs.server_context())
+    await listeners.add("127.0.0.1", hport)
     client_tls = ssl.create_default_context(cafile=str(ca.path))
     try:
         async with aiohttp.ClientSession() as s:
@@ -91,6 +93,7 @@ async def test_sni_picks_the_certificate_and_follow_pulls_over_https(tmp_path):
             peer = await asyncio.to_thread(peer_cert, eport, client_tls, "www.test.com")
             assert "renewed.test.com" in [v for _, v in peer["subjectAltName"]]
     finally:
+        listeners.close()
         await runner.cleanup()
         await origin_runner.cleanup()
 
