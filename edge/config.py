@@ -19,6 +19,7 @@ from gslb.config import Checker, parse_listener, split_host_port
 from gslb.model import Listener
 from gslb.yamlsrc import LineDict, Where, YamlError, load_yaml
 
+from .bucket import Bucket, Secret
 from .tls import CertSpec, CertStore
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "edge.yaml"
@@ -79,6 +80,7 @@ class Origin:
     ip_version: IPVersion = IPVersion.DEFAULT
     validation_path: str = ""            # the seed's ADN validation asset, e.g. /permanent/bg.png
     rank: bool = False                   # order failover by measured validation time
+    bucket: Bucket | None = None         # an S3/OSS bucket: its one server is the bucket address
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,11 +258,22 @@ def _validation_path(ck: Checker, block: LineDict, what: str) -> str:
     return path
 
 
-def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
+BUCKET_KEYS = ("type", "bucket", "address", "region", "addressing", "signature",
+               "access_key_id", "access_key_id_env", "secret_access_key",
+               "secret_access_key_env", "credentials_file", "private", "expose_errors",
+               "cache_errors", "protocol", "timeout", "backoff", "backoff_max", "ip_version")
+
+
+def _origin(ck: Checker, raw: Any, where: Where, what: str, base: Path = Path(".")) -> Origin:
     block = ck.mapping(raw, where, what)
-    ck.keys(block, ("protocol", "http", "https", "host_header", "balancing", "retry_5xx",
-                    "timeout", "backoff", "backoff_max", "ip_version", "validation_path",
-                    "rank"), what)
+    kind = str(block.get("type", "servers"))
+    if kind in ("s3", "oss"):
+        return _bucket_origin(ck, block, kind, what, base)
+    if kind != "servers":
+        ck.add(block.at("type"), f"{what}.type must be servers, s3 or oss, got {kind!r}")
+    ck.keys(block, ("type", "protocol", "http", "https", "host_header", "balancing",
+                    "retry_5xx", "timeout", "backoff", "backoff_max", "ip_version",
+                    "validation_path", "rank"), what)
     protocol = ck.choice(block, "protocol", Protocol, Protocol.HTTP, what)
     http = _servers(ck, block.get("http"), block.at("http"), f"{what} http")
     https = _servers(ck, block.get("https"), block.at("https"), f"{what} https")
@@ -277,6 +290,86 @@ def _origin(ck: Checker, raw: Any, where: Where, what: str) -> Origin:
                   ck.number(block, "backoff_max", 0.01, 86400, what, default=300.0) or 300.0,
                   ck.choice(block, "ip_version", IPVersion, IPVersion.DEFAULT, what),
                   _validation_path(ck, block, what), block.get("rank", False) is True)
+
+
+def _bucket_origin(ck: Checker, block: LineDict, kind: str, what: str, base: Path) -> Origin:
+    """An S3/OSS bucket origin: address (host name only), region, addressing, credentials."""
+    ck.keys(block, BUCKET_KEYS, what)
+    address = ck.text(block, "address", what)
+    if not address:
+        ck.add(block.where, f"{what}: a {kind} origin needs address: (the bucket's host name)")
+    elif "://" in address or "/" in address:
+        ck.add(block.at("address"), f"{what}.address must be a host name only, without "
+                                    f"http:// or https:// or a path, got {address!r}")
+    host, port = split_host_port(address) if address and "/" not in address else ("", None)
+    addressing = str(block.get("addressing", "virtual"))
+    if addressing not in ("virtual", "path"):
+        ck.add(block.at("addressing"), f"{what}.addressing must be virtual or path")
+    name = ck.text(block, "bucket", what)
+    if not name and addressing == "virtual" and host:
+        name = host.split(".", 1)[0]          # bucket.s3.region.amazonaws.com
+    if not name:
+        ck.add(block.where, f"{what}: path addressing needs bucket: (the bucket name)")
+    region = ck.text(block, "region", what)
+    if kind == "oss" and not region:
+        ck.add(block.where, f"{what}: an oss origin needs region: (e.g. cn-hangzhou)")
+    signature = str(block.get("signature", "v4"))
+    if signature not in (("v4",) if kind == "s3" else ("v4", "v1")):
+        ck.add(block.at("signature"), f"{what}.signature must be "
+                                      f"{'v4' if kind == 's3' else 'v4 or v1'}")
+    protocol = ck.choice(block, "protocol", Protocol, Protocol.HTTPS, what)
+    if protocol is Protocol.FOLLOW:
+        ck.add(block.at("protocol"), f"{what}.protocol of a bucket must be http or https")
+        protocol = Protocol.HTTPS
+    key_id, secret = _credentials(ck, block, what, base)
+    private = block.get("private", bool(secret))
+    if private and not secret:
+        ck.add(block.where, f"{what}: a private bucket needs access_key_id and "
+                            f"secret_access_key (or their _env forms, or credentials_file)")
+    flags = {k: block.get(k, False) is True for k in ("expose_errors", "cache_errors")}
+    bucket = Bucket(kind, name, address, region, addressing, signature, key_id,
+                    Secret(secret) if private and secret else None, **flags)
+    servers = (Server(host, port),) if host else ()
+    return Origin(protocol, servers if protocol is Protocol.HTTP else (),
+                  servers if protocol is Protocol.HTTPS else (), address,
+                  Balancing.FAILOVER, True,
+                  ck.number(block, "timeout", 0.1, 600, what, default=10.0) or 10.0,
+                  ck.number(block, "backoff", 0.01, 3600, what, default=5.0) or 5.0,
+                  ck.number(block, "backoff_max", 0.01, 86400, what, default=300.0) or 300.0,
+                  ck.choice(block, "ip_version", IPVersion, IPVersion.DEFAULT, what),
+                  bucket=bucket)
+
+
+def _credentials(ck: Checker, block: LineDict, what: str, base: Path) -> tuple[str, str]:
+    """(access key id, secret) from the config, environment variables or a file."""
+    found = {}
+    for name in ("access_key_id", "secret_access_key"):
+        value = block.get(name)
+        env = block.get(f"{name}_env")
+        if value is not None and env is not None:
+            ck.add(block.at(name), f"{what}: give {name} or {name}_env, not both")
+        if env is not None:
+            value = os.environ.get(str(env))
+            if value is None:
+                ck.add(block.at(f"{name}_env"), f"{what}: environment variable {env} "
+                                                f"(for {name}) is not set")
+        if value is not None:
+            found[name] = str(value)
+    path = block.get("credentials_file")
+    if path is not None:
+        file = base / str(path)
+        try:
+            for line in file.read_text().splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip().lower() in ("access_key_id", "secret_access_key",
+                                                   "aws_access_key_id", "aws_secret_access_key"):
+                    found.setdefault(key.strip().lower().removeprefix("aws_"), value.strip())
+        except OSError as exc:
+            ck.add(block.at("credentials_file"), f"{what}: credentials_file {file}: "
+                                                 f"{exc.strerror}")
+    if bool(found.get("access_key_id")) != bool(found.get("secret_access_key")):
+        ck.add(block.where, f"{what}: access_key_id and secret_access_key go together")
+    return found.get("access_key_id", ""), found.get("secret_access_key", "")
 
 
 def _tls(ck: Checker, raw: Any, where: Where, base: Path) -> tuple[tuple[Listener, ...],
@@ -383,7 +476,7 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
             ck.add(c.at("directory"), f"{what} needs directory: NAME (one URL segment)")
         cnames = [str(v).lower().rstrip(".") for v, _ in ck.items(c.get("cnames"), c.at("cnames"),
                                                                     f"{what} cnames")]
-        origin = _origin(ck, c.get("origin"), c.at("origin"), f"{what} origin")
+        origin = _origin(ck, c.get("origin"), c.at("origin"), f"{what} origin", base)
         for server in origin.http + origin.https:
             if server.host in cnames:
                 ck.add(c.at("origin"), f"{what}: origin {server.host} is one of its own edge "

@@ -21,8 +21,10 @@ from typing import Mapping
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from yarl import URL
 
 from . import ranges
+from .bucket import CLIENT_TEXT, Bucket, error_code
 from .cache import Cache, Fill, Stored, header, secondary_key, vary_names
 from .disk import DiskStore, PartWriter, digest, part_meta
 from .config import Customer, EdgeConfig, Protocol, Server
@@ -189,6 +191,10 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
     origin = customer.origin
     servers = pool.order()
     label = customer.directory
+    bucket = origin.bucket
+    if bucket is not None:
+        path = bucket.object_path(path)
+        headers = bucket.request_headers(headers, host)
     for attempt, server in enumerate(servers):
         last = attempt == len(servers) - 1 or not retryable
         kwargs = {}
@@ -197,10 +203,13 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
             kwargs["server_hostname"] = host.rsplit(":", 1)[0] if not host.startswith("[") else None
         try:
             address = (await state.resolver.resolve(server.host, origin.ip_version))[0]
-            url = f"{scheme}://{Server(address, server.port).authority(scheme)}{path}"
+            # The path goes out exactly as it came in (a signature covers it byte for byte).
+            url = URL(f"{scheme}://{Server(address, server.port).authority(scheme)}{path}",
+                      encoded=True)
+            sent = bucket.sign(method, host, path, headers) if bucket is not None else headers
             assert state.session is not None
             resp = await state.session.request(
-                method, url, headers=headers, allow_redirects=False, data=body,
+                method, url, headers=sent, allow_redirects=False, data=body,
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(sock_connect=origin.timeout,
                                               sock_read=origin.timeout), **kwargs)
@@ -484,6 +493,9 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             return
         policy = _policy(customer, path, resp.status, resp.headers,
                          resp.headers.getall("Cache-Control", []), job.request_cc, job.authorization, now)
+        bucket = customer.origin.bucket
+        if bucket is not None and resp.status >= 400 and not bucket.cache_errors:
+            policy = replace(policy, store=False, reason="bucket error")
         length = resp.content_length
         shareable = (policy.store and length is not None
                      and length <= customer.cache.max_object)
@@ -906,6 +918,9 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
                  state: EdgeState, config: EdgeConfig, cache_label: str = "") -> web.StreamResponse:
     """Stream the origin's response to the client, never holding the body whole."""
     label = customer.directory
+    bucket = customer.origin.bucket
+    if bucket is not None and resp.status >= 400:
+        return await _bucket_error(request, resp, customer, state, bucket, cache_label)
     out = web.StreamResponse(status=resp.status, reason=resp.reason)
     for key, value in end_to_end(resp.headers):
         if key.lower() != "content-length":
@@ -938,6 +953,33 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
     finally:
         resp.release() if resp.content.at_eof() else resp.close()
     return out
+
+
+async def _bucket_error(request: web.Request, resp: aiohttp.ClientResponse, customer: Customer,
+                        state: EdgeState, bucket: Bucket, cache_label: str) -> web.Response:
+    """A bucket's 4xx/5xx: logged and counted with the provider's error code; the client
+    sees the status and a plain line, not the XML with request IDs (unless exposed)."""
+    label = customer.directory
+    try:
+        body = await resp.content.read(65536)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        body = b""
+    finally:
+        resp.close()
+    code = error_code(body)
+    state.metrics.origin_errors.labels(label, bucket.address,
+                                       f"bucket_{code or resp.status}").inc()
+    state.metrics.requests.labels(label, str(resp.status)).inc()
+    log.warning("%s bucket %s answered %d %s for %s", bucket.kind, bucket.name, resp.status,
+                code or "(no error code)", request.path)
+    headers = {"Via": _via(None, request, state.config.via)}
+    if cache_label:
+        headers["X-Cache"] = cache_label
+    if bucket.expose_errors:
+        return web.Response(status=resp.status, body=body, headers={
+            **headers, "Content-Type": resp.headers.get("Content-Type", "application/xml")})
+    text = CLIENT_TEXT.get(resp.status, "the origin bucket could not answer\n")
+    return web.Response(status=resp.status, text=text, headers=headers)
 
 
 PURGE_PATH = "/.edge/purge"
