@@ -13,7 +13,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gslb.config import Checker, parse_listener, split_host_port
 from gslb.model import Listener
@@ -21,6 +21,9 @@ from gslb.yamlsrc import LineDict, Where, YamlError, load_yaml
 
 from .bucket import Bucket, Secret
 from .tls import CertSpec, CertStore
+
+if TYPE_CHECKING:
+    from .shield import Shield
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "edge.yaml"
 MAX_CUSTOMERS = 100          # the seed's limit per platform
@@ -122,6 +125,7 @@ class Customer:
     origin: Origin
     alt_svc: str = ""
     cache: CacheRules = CacheRules()
+    shields: "tuple[Shield, ...]" = ()   # this edge's shield plan for the customer, in order
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ class EdgeConfig:
     cache_disk_size: int = 10 * 1024**3  # bytes the disk tier may hold
     state_dir: str = ""                  # shared by the workers (purge bans); "" = none
     admin_token: str = ""                # admin API (purge) needs it; "" = refused
+    name: str = "gslb-edge"              # this edge, in Via and CDN-Loop (unique per edge)
+    region: str = ""                     # for per-region shield choices
+    location: tuple[float, float] | None = None     # lat, lon: "blank" picks the nearest shield
+    shields: "tuple[Shield, ...]" = ()
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
@@ -420,7 +428,7 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
                   "origin_ca_file", "cache_memory", "cache_disk", "cache_disk_size", "state_dir",
-                  "admin_token_env"),
+                  "admin_token_env", "name", "region", "lat", "lon", "shields"),
             "the top level")
     state_dir = ck.text(top, "state_dir", "config")
     if state_dir:
@@ -457,6 +465,16 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
         except ValueError as exc:
             ck.add(w, f"listen: {exc}")
     account = str(top.get("account", "800001"))
+    from .shield import parse_shields, plan
+
+    me = str(top.get("name", top.get("via", "gslb-edge")))
+    region = str(top.get("region", ""))
+    location = None
+    if "lat" in top and "lon" in top:
+        lat = ck.number(top, "lat", -90, 90, "config")
+        lon = ck.number(top, "lon", -180, 180, "config")
+        location = (lat, lon) if lat is not None and lon is not None else None
+    shields = parse_shields(ck, top.get("shields"), top.at("shields"))
     customers: list[Customer] = []
     by_cname: dict[str, Customer] = {}
     by_directory: dict[str, Customer] = {}
@@ -471,7 +489,7 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
         c = ck.mapping(body, w, f"customer #{index + 1}")
         directory = str(c.get("directory", "")).strip("/")
         what = f"customer {directory or '#' + str(index + 1)}"
-        ck.keys(c, ("directory", "cnames", "origin", "alt_svc", "cache"), what)
+        ck.keys(c, ("directory", "cnames", "origin", "alt_svc", "cache", "shield"), what)
         if not directory or "/" in directory:
             ck.add(c.at("directory"), f"{what} needs directory: NAME (one URL segment)")
         cnames = [str(v).lower().rstrip(".") for v, _ in ck.items(c.get("cnames"), c.at("cnames"),
@@ -482,7 +500,11 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
                 ck.add(c.at("origin"), f"{what}: origin {server.host} is one of its own edge "
                        "CNAMEs (requests would loop)")
         customer = Customer(directory, tuple(cnames), origin, ck.text(c, "alt_svc", what),
-                            _cache_rules(ck, c.get("cache"), c.at("cache"), f"{what} cache"))
+                            _cache_rules(ck, c.get("cache"), c.at("cache"), f"{what} cache"),
+                            plan(ck, c.get("shield"), c.at("shield"), what, shields, me, region,
+                                 location))
+        if customer.shields and not cnames:
+            ck.add(c.at("shield"), f"{what}: a shield routes by edge CNAME; give cnames:")
         if directory in by_directory:
             ck.add(c.at("directory"), f"{what}: directory {directory!r} is used twice")
         by_directory[directory] = customer
@@ -497,7 +519,9 @@ def build(raw: Any, source: str, base: Path | None = None) -> EdgeConfig:
     return EdgeConfig(source, tuple(listen), account, tuple(customers),
                       str(top.get("via", "gslb-edge")), tuple(egress), tls_listen, certs,
                       origin_ca, cache_memory, cache_disk, cache_disk_size, state_dir,
-                      admin_token, tuple(nameservers), by_cname, by_directory)
+                      admin_token, name=me, region=region, location=location,
+                      shields=shields, nameservers=tuple(nameservers), by_cname=by_cname,
+                      by_directory=by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:

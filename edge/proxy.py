@@ -27,7 +27,7 @@ from . import ranges
 from .bucket import CLIENT_TEXT, Bucket, error_code
 from .cache import Cache, Fill, Stored, header, secondary_key, vary_names
 from .disk import DiskStore, PartWriter, digest, part_meta
-from .config import Customer, EdgeConfig, Protocol, Server
+from .config import Balancing, Customer, EdgeConfig, Origin, Protocol, Server
 from .freshness import (Policy, http_date, initial_age, request_wants_fresh,
                         response_policy)
 from .origin import OriginPool
@@ -67,6 +67,9 @@ class Metrics:
                                      ["customer", "server", "reason"], registry=r)
         self.cache = Counter("edge_cache_requests", "Requests by cache result",
                              ["customer", "result"], registry=r)
+        self.shield = Counter("edge_shield_requests", "Misses sent to a shield, by outcome "
+                              "(ok, failed, skipped while backing off, origin = none left)",
+                              ["customer", "shield", "result"], registry=r)
 
 
 class EdgeState:
@@ -100,7 +103,12 @@ class EdgeState:
                 if previous is not None and previous.servers == servers:
                     pool.state = previous.state
                 pools[(customer.directory, scheme)] = pool
-        self.config, self.pools = config, pools
+        shield_servers = tuple(s.server for s in config.shields)
+        shields = OriginPool(Origin(balancing=Balancing.FAILOVER), shield_servers)
+        previous = getattr(self, "shield_pool", None)
+        if previous is not None:
+            shields.state.update({k: v for k, v in previous.state.items() if k in shields.state})
+        self.config, self.pools, self.shield_pool = config, pools, shields
         self.certs.load(config.certificates)       # new handshakes use the new files
 
     def pool_for(self, customer: Customer, edge_scheme: str) -> OriginPool:
@@ -150,18 +158,29 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         if request.path == PURGE_PATH and request.method == "POST":
             return await _purge(request, state)      # only where no customer routes
         raise web.HTTPNotFound(text="no such CDN host or directory\n")
+    passed = [e.split(";", 1)[0].strip() for v in request.headers.getall("CDN-Loop", [])
+              for e in v.split(",")]
+    if config.name in passed or len(passed) > MAX_TIERS:
+        # RFC 8586: this request has been through us already; forwarding it again would
+        # start a storm between misconfigured tiers.
+        state.metrics.requests.labels(customer.directory, "508").inc()
+        log.warning("request loop for %s%s via %s", request.host, request.path, passed)
+        return web.Response(status=508, text=f"loop detected at {config.name}: "
+                                             f"{', '.join(passed)}\n")
     origin = customer.origin
     edge_scheme = request.scheme
     scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
     pool = state.pool_for(customer, edge_scheme)
     host = origin.host_header or request.host
     headers = end_to_end(request.headers)
-    headers = [(k, v) for k, v in headers if k.lower() not in ("host", "via", "x-forwarded-for")]
+    headers = [(k, v) for k, v in headers
+               if k.lower() not in ("host", "via", "x-forwarded-for", "cdn-loop")]
     peer = request.remote or ""
     forwarded = request.headers.get("X-Forwarded-For")
     headers += [("Host", host), ("Via", _via(request.headers.get("Via"), request, config.via)),
                 ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
-                ("X-Forwarded-Proto", edge_scheme)]
+                ("X-Forwarded-Proto", edge_scheme),
+                ("CDN-Loop", ", ".join(passed + [config.name]))]
     if _wants_websocket(request):
         upgraded = await _websocket(request, state, customer, scheme, pool, host, path, headers)
         if upgraded is not None:
@@ -191,6 +210,10 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
     origin = customer.origin
     servers = pool.order()
     label = customer.directory
+    if customer.shields and retryable:
+        resp = await _through_shields(state, customer, method, path, headers)
+        if resp is not None:
+            return resp
     bucket = origin.bucket
     if bucket is not None:
         path = bucket.object_path(path)
@@ -231,6 +254,48 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
         else:
             pool.succeeded(server)
         return resp
+    return None
+
+
+MAX_TIERS = 4      # edges a request may have passed (CDN-Loop entries) before it is refused
+
+
+async def _through_shields(state: "EdgeState", customer: Customer, method: str, path: str,
+                           headers: list[tuple[str, str]]) -> aiohttp.ClientResponse | None:
+    """Ask the customer's shields in plan order; None when none answered (go to origin).
+
+    A shield that cannot be reached backs off like an origin server (5 s, doubling)
+    and is skipped meanwhile. Its HTTP answers, errors included, are the answer:
+    it asked the origin for us.
+    """
+    pool, label = state.shield_pool, customer.directory
+    # The shield routes by edge CNAME, as any edge does.
+    sent = [(k, v) for k, v in headers if k.lower() != "host"] + [("Host", customer.cnames[0])]
+    timeout = aiohttp.ClientTimeout(sock_connect=customer.origin.timeout,
+                                    sock_read=customer.origin.timeout)
+    now = time.monotonic()
+    for shield in customer.shields:
+        if pool.state[shield.server].until > now:
+            state.metrics.shield.labels(label, shield.name, "skipped").inc()
+            continue
+        try:
+            address = (await state.resolver.resolve(shield.server.host,
+                                                     customer.origin.ip_version))[0]
+            url = URL(f"http://{Server(address, shield.server.port).authority('http')}{path}",
+                      encoded=True)
+            assert state.session is not None
+            resp = await state.session.request(method, url, headers=sent, allow_redirects=False,
+                                               auto_decompress=False, timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            period = pool.failed(shield.server, f"{_describe(exc)}: {exc}")
+            state.metrics.shield.labels(label, shield.name, "failed").inc()
+            log.warning("shield %s failed (%s); skipping it for %.1f s", shield.name,
+                        _describe(exc), period)
+            continue
+        pool.succeeded(shield.server)
+        state.metrics.shield.labels(label, shield.name, "ok").inc()
+        return resp
+    state.metrics.shield.labels(label, "origin", "fallback").inc()
     return None
 
 
@@ -1072,8 +1137,9 @@ async def healthz(request: web.Request) -> web.Response:
     status = 503 if request.app.get(DRAINING, False) else 200
     origins = {f"{d}/{s}": pool.summary() for (d, s), pool in state.pools.items()}
     return web.json_response({"status": "draining" if status == 503 else "ok",
-                              "config": state.config.source,
-                              "customers": len(state.config.customers), "origins": origins},
+                              "name": state.config.name, "config": state.config.source,
+                              "customers": len(state.config.customers), "origins": origins,
+                              "shields": state.shield_pool.summary()},
                              status=status)
 
 

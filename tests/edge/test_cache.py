@@ -22,12 +22,14 @@ class CountingOrigin:
     def __init__(self) -> None:
         self.port = free_port()
         self.hits: dict[str, int] = {}
+        self.last_headers: dict[str, object] = {}
         self.conditional: list[dict] = []
         self.routes: dict[str, dict] = {}
         self.release = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        self.last_headers[request.path] = request.headers.copy()
         spec = self.routes.get(request.path, {})
         if spec.get("status"):
             return web.Response(status=spec["status"], text="origin error")

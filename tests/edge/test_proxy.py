@@ -76,10 +76,10 @@ def edge_cfg(origins: list[Origin], **origin_opts) -> dict:
 
 
 class Edge:
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, port: int | None = None):
         raw = load_yaml_text(yaml.safe_dump(cfg), "edge.yaml")
         self.state = EdgeState(edge_config.build(raw, "edge.yaml"))
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> "Edge":
