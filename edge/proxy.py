@@ -990,8 +990,8 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
     for key, value in end_to_end(resp.headers):
         if key.lower() != "content-length":
             out.headers.add(key, value)
-    if resp.content_length is not None and request.method != "HEAD":
-        out.content_length = resp.content_length
+    if resp.content_length is not None:
+        out.content_length = resp.content_length      # on HEAD too: what a GET would send
     out.headers["Via"] = _via(resp.headers.get("Via"), request, config.via)
     if customer.alt_svc:
         out.headers["Alt-Svc"] = customer.alt_svc
@@ -1004,7 +1004,9 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, customer: C
             state.metrics.from_origin.labels(label).inc(len(chunk))
             await out.write(chunk)
             state.metrics.to_clients.labels(label).inc(len(chunk))
-        if resp.content_length is not None and resp.content.total_bytes < resp.content_length:
+        bodyless = request.method == "HEAD" or resp.status in (204, 304)
+        if (not bodyless and resp.content_length is not None
+                and resp.content.total_bytes < resp.content_length):
             raise aiohttp.ClientPayloadError("origin closed early")
         await out.write_eof()
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError):

@@ -135,13 +135,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     listeners = tuple(args.dns) if args.dns else config.server.listen
     http = None if args.no_http else (args.http or config.dashboard.listen)
-    edges = start_edges(config)
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    work = Path(tempfile.mkdtemp(prefix="gslb-demo-"))     # edge configs, caches and logs
+    edges = start_edges(config, work)
     try:
         print(banner(config, listeners, http, edges), flush=True)
         args.workers = args.workers or 1
         return _serve(args, config, f"ready: {summary(config)}")
     finally:
         stop_edges(edges)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- main ------------------------------------------------------------------------------------

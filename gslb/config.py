@@ -604,7 +604,7 @@ def _health(ck: Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
 
 def _dashboard(ck: Checker, raw: Any, where: Where) -> DashboardSettings:
     block = ck.mapping(raw, where, "dashboard")
-    ck.keys(block, ("listen", "token", "token_env"), "dashboard")
+    ck.keys(block, ("listen", "token", "token_env", "edges"), "dashboard")
     listen = Listener("127.0.0.1", 8080)
     if "listen" in block:
         listen = _listener(ck, block["listen"], block.at("listen"))
@@ -612,7 +612,18 @@ def _dashboard(ck: Checker, raw: Any, where: Where) -> DashboardSettings:
     env = ck.text(block, "token_env", "dashboard", "GSLB_ADMIN_TOKEN")
     # The environment wins, so operators can keep the secret out of the YAML.
     token = os.environ.get(env, "") or token
-    return DashboardSettings(listen, token)
+    edges = []
+    raw_edges = block.get("edges") or {}
+    if not isinstance(raw_edges, dict):
+        ck.add(block.at("edges"), "dashboard.edges must map edge names to their /metrics URLs")
+        raw_edges = {}
+    for name, url in raw_edges.items():
+        if not str(url).startswith(("http://", "https://")):
+            ck.add(raw_edges.at(name) if hasattr(raw_edges, "at") else block.at("edges"),
+                   f"dashboard.edges.{name} must be an http:// or https:// URL, got {url!r}")
+            continue
+        edges.append((str(name), str(url)))
+    return DashboardSettings(listen, token, tuple(edges))
 
 
 TOP_KEYS = ("server", "geoip", "nets", "sites", "zones", "services", "checks", "health",

@@ -155,6 +155,14 @@ async def api_services(request: web.Request) -> web.Response:
     return web.json_response(services_json(request.app[SUPERVISOR].board))
 
 
+async def api_edges(request: web.Request) -> web.Response:
+    """Each configured edge's and shield's /metrics, summed per customer."""
+    from .edgeview import scrape
+
+    edges = request.app[SUPERVISOR].board.config.dashboard.edges
+    return web.json_response({"edges": await scrape(edges)})
+
+
 async def api_explain(request: web.Request) -> web.Response:
     from .explain import explain
 
@@ -225,6 +233,7 @@ def make_app(sup: "Supervisor") -> web.Application:
     app.router.add_get("/", page)
     app.router.add_get("/api/health", api_health)
     app.router.add_get("/api/services", api_services)
+    app.router.add_get("/api/edges", api_edges)
     app.router.add_get("/api/explain", api_explain)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/admin/{action}", admin)

@@ -225,6 +225,7 @@ class HealthSettings:
 class DashboardSettings:
     listen: Listener | None = None   # None: no dashboard
     token: str = ""                  # admin actions need it; blank = admin actions refused
+    edges: tuple[tuple[str, str], ...] = ()   # (name, /metrics URL) of edges and shields to show
 
 
 @dataclass(frozen=True)

@@ -309,3 +309,11 @@ async def test_quick_mode_proxies_every_host(origins):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_head_passes_through_with_its_length(origins):
+    async with Edge(edge_cfg(origins[:1])) as edge:
+        for _ in range(2):          # the same keep-alive connection stays usable
+            async with edge.client.head(edge.base + "/h", headers={"Host": "www.test.com"}) as r:
+                assert r.status == 200 and r.headers["Content-Length"] == str(len("o0 /h 0"))
+        assert (await edge.get("/after"))[0] == 200
