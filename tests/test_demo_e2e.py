@@ -1,0 +1,108 @@
+"""The whole CDN on one machine, as a newcomer runs it: `gslb demo`, then the commands it
+prints. dig for two client networks, curl through the answered edge (MISS, then HIT),
+the shield absorbing another edge's miss, and a killed edge leaving the answers."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+
+from tests.conftest import ROOT, free_port, stop, wait_ready
+
+FRANKFURT, NEW_YORK = "198.51.100.0/24", "192.0.2.0/24"
+
+
+def dig(cmd: str) -> list[str]:
+    argv = shlex.split(cmd.split("#")[0]) + ["+short", "+time=2", "+tries=1"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=15).stdout.split()
+
+
+def curl(edge_ip: str, port: str, path: str) -> dict[str, str]:
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-D", "-", "--max-time", "10",
+                          "--resolve", f"www.test.com:{port}:{edge_ip}",
+                          f"http://www.test.com:{port}{path}"],
+                         capture_output=True, text=True, timeout=15).stdout
+    lines = out.splitlines()
+    headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    headers["status"] = lines[0].split()[1] if lines else ""
+    return headers
+
+
+def edge_view(http: int) -> dict[str, dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/edges", timeout=10) as r:
+        return {e["name"]: e for e in json.load(r)["edges"]}
+
+
+def wait_for(what, timeout: float, step: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    return what()
+
+
+def test_the_demo_end_to_end():
+    port, http = free_port(), free_port()
+    log = ROOT / ".pytest_cache" / f"demo-{port}.log"
+    log.parent.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "--dns",
+                             f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}"],
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=ROOT)
+    restarted = None
+    try:
+        banner = []
+        for line in proc.stdout:
+            banner.append(line.rstrip())
+            if line.startswith("Stop with"):
+                break
+        wait_ready(port, proc, log)
+        text = "\n".join(banner)
+        digs = {subnet: next(l.strip() for l in banner if f"+subnet={subnet}" in l)
+                for subnet in (FRANKFURT, NEW_YORK)}
+        # The health checks must see the edges up before DNS answers with them.
+        assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 15), text
+        assert dig(digs[NEW_YORK]) == ["127.0.0.11"]
+
+        curl_line = next(l for l in banner if l.strip().startswith("curl -s -o /dev/null"))
+        edge_ip, edge_port = re.search(r"www\.test\.com:(\d+):([\d.]+)", curl_line).group(2, 1)
+        assert edge_ip == "127.0.0.12"                       # the Frankfurt client's edge
+        first, second = curl(edge_ip, edge_port, "/clip.webm"), curl(edge_ip, edge_port,
+                                                                     "/clip.webm")
+        assert (first["status"], first["x-cache"]) == ("200", "MISS")
+        assert (second["status"], second["x-cache"]) == ("200", "HIT")
+        assert "shield-fra" in first["via"] and "edge-fra" in first["via"]
+        # The New York edge misses too; the shield already has it.
+        ny = curl("127.0.0.11", edge_port, "/clip.webm")
+        assert (ny["status"], ny["x-cache"]) == ("200", "MISS")
+        view = edge_view(http)
+        shield = view["shield-fra"]["customers"]["test"]
+        assert shield["misses"] == 1 and shield["hits"] >= 1
+        assert shield["bytes_from_origin"] == int(first["content-length"])   # one origin fetch
+        assert view["edge-fra"]["customers"]["test"]["hits"] >= 1
+
+        # Kill the Frankfurt edge: its clients go to the next nearest site (New York).
+        pid = int(next(re.search(r"kill (\d+)", l).group(1) for l in banner
+                       if "stop the fra edge" in l))
+        subprocess.run(["kill", "-9", str(pid)], check=True)
+        killed = time.monotonic()
+        assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.11"], 15)
+        moved_after = time.monotonic() - killed
+        assert moved_after < 2 * 3 + 3          # interval x fall, plus a check's timeout
+        assert "error" in edge_view(http)["edge-fra"]          # the dashboard sees it gone
+
+        # Bring it back with the printed command; the answers return.
+        cmd = banner[next(i for i, l in enumerate(banner) if "restart the fra edge" in l) + 1]
+        restarted = subprocess.Popen(shlex.split(cmd), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 20)
+    finally:
+        if restarted is not None:
+            stop(restarted)
+        stop(proc)
+        log.unlink(missing_ok=True)
