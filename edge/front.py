@@ -20,7 +20,8 @@ from typing import Callable
 from aiohttp import web
 
 from .cache import Stored
-from .proxy import HOP_BY_HOP, EdgeState, _via
+from .proxy import EdgeState
+from .upstream import HOP_BY_HOP
 
 MAX_HEAD = 16 * 1024          # a longer request head goes to aiohttp (which limits it itself)
 FAST_MAX_BODY = 1024 * 1024   # larger hits are streamed by aiohttp with flow control

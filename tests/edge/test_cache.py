@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge import proxy as proxy_module
+from edge import cached as cached_module
 from edge.cache import MemoryStore, Stored
 from edge.freshness import Policy
 from tests.conftest import free_port, serve_app
@@ -211,7 +211,7 @@ async def test_origin_cut_mid_body_caches_nothing():
 
 
 async def test_a_stalled_fill_lets_waiters_go_themselves(monkeypatch):
-    monkeypatch.setattr(proxy_module, "COALESCE_TIMEOUT", 0.3)
+    monkeypatch.setattr(cached_module, "COALESCE_TIMEOUT", 0.3)
     started = asyncio.Event()
 
     async def handler(request: web.Request) -> web.Response:

@@ -2,7 +2,6 @@
 and a loop between tiers is answered 508, never a storm."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 import yaml
