@@ -4,6 +4,7 @@ the shield absorbing another edge's miss, and a killed edge leaving the answers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -35,6 +36,25 @@ def curl(edge_ip: str, port: str, path: str) -> dict[str, str]:
 def edge_view(http: int) -> dict[str, dict]:
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/edges", timeout=10) as r:
         return {e["name"]: e for e in json.load(r)["edges"]}
+
+
+def dashboard_edge_rows(http: int) -> dict[str, list[str]]:
+    """The dashboard's edge view in headless chromium: edge name -> its row's cells."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import chromium
+
+    with chromium("--window-size=1400,1200") as driver:
+        driver.get(f"http://127.0.0.1:{http}/")
+        WebDriverWait(driver, 10).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, '#edgeview tr[data-customer]'))
+        time.sleep(0.5)            # the health tables render too, for the screenshot
+        if os.environ.get("GSLB_SCREENSHOT"):
+            driver.save_screenshot(os.environ["GSLB_SCREENSHOT"])
+        return {row.get_attribute("data-edge"): [c.text for c in
+                                                 row.find_elements(By.TAG_NAME, "td")]
+                for row in driver.find_elements(By.CSS_SELECTOR, "#edgeview tr[data-customer]")}
 
 
 def wait_for(what, timeout: float, step: float = 0.25):
@@ -85,6 +105,9 @@ def test_the_demo_end_to_end():
         assert shield["misses"] == 1 and shield["hits"] >= 1
         assert shield["bytes_from_origin"] == int(first["content-length"])   # one origin fetch
         assert view["edge-fra"]["customers"]["test"]["hits"] >= 1
+        rows = dashboard_edge_rows(http)          # the same, as a browser shows it
+        assert rows["shield-fra"][1] == "test" and rows["shield-fra"][2].endswith("%")
+        assert float(rows["edge-fra"][2].rstrip(" %")) > 0
 
         # Kill the Frankfurt edge: its clients go to the next nearest site (New York).
         pid = int(next(re.search(r"kill (\d+)", l).group(1) for l in banner
