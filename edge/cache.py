@@ -215,7 +215,8 @@ class Cache:
     def key_for(self, primary: str, request_headers: "Mapping") -> str:
         """The key a request's variant lives under (the primary key without Vary)."""
         names = self._vary.get(primary)
-        if names is None and self.disk is not None and primary not in self.memory:
+        if (names is None and self.disk is not None and primary not in self.memory
+                and primary not in self.files):
             obj = self.disk.lookup(primary)      # another worker (or a past run) may know
             if obj is not None and obj.meta.vary:
                 names = self._vary[primary] = obj.meta.vary

@@ -288,9 +288,11 @@ class DiskStore:
         except FileNotFoundError:
             self._index.pop(name, None)
             return None
-        except (CorruptObject, OSError) as exc:
+        except CorruptObject as exc:
             self._discard(name, path, str(exc))
             return None
+        except OSError:
+            return None          # out of file descriptors, say: a miss, not a bad file
         if obj.meta.key != key:
             return None          # a SHA-256 collision would need to be astronomically lucky
         self.indexed(name, key, obj.offset + obj.size)
@@ -428,8 +430,10 @@ class DiskStore:
                                   obj.offset + obj.size))
                 except FileNotFoundError:
                     continue
-                except (CorruptObject, OSError) as exc:
+                except CorruptObject as exc:
                     self._discard(entry.name, entry.path, str(exc))
+                except OSError as exc:
+                    log.warning("cache file %s unreadable at start: %s", entry.path, exc)
         for mtime, name, key, size in sorted(found):
             self._index[name] = _Entry(key, size, mtime)
         self.written_since_sweep = 0
