@@ -1,9 +1,10 @@
-"""A stand-in edge for the demo and the tests: answers health checks on every HOST:PORT given.
+"""A stand-in edge for the health tests: answers health checks on every HOST:PORT given.
 
     python -m gslb.demo_edge NAME 127.0.0.12:8081 [::1]:8092 ...
 
-`/healthz` answers 200 "ok"; `/` names the site, so `curl` shows where DNS sent
-you. The real edge proxy (edge/) takes this one's place once it exists.
+`/healthz` answers 200 "ok"; `/` names the site. It starts in a fraction of
+the time of `edge serve`, which the tests of DNS failover start and kill many
+times; `gslb demo` runs the real edges.
 """
 from __future__ import annotations
 
