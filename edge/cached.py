@@ -175,6 +175,8 @@ async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
     name = digest(fill.key)
     try:
         if disk.try_lock(name):
+            if _stored_meanwhile(job, fill):
+                return        # another worker filled it between our lookup and the lock
             return await _fill(job, fill, disk)
         if await _follow(job, fill, disk, name):
             return
@@ -182,6 +184,23 @@ async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
         await _fill(job, fill, disk if disk.try_lock(name) else None)
     finally:
         disk.unlock(name)
+
+
+def _stored_meanwhile(job: FillJob, fill: Fill) -> bool:
+    """If the disk tier now holds a fresh copy newer than the one this fill started from,
+    end the fill with it: its waiters are served from the cache."""
+    state = job.state
+    if request_wants_fresh(job.request_cc, job.customer.cache.honour_client_no_cache):
+        return False
+    stored = state.cache.get(fill.key)
+    if (stored is None or not stored.fresh(time.time())
+            or (job.stale is not None and stored.stored_at <= job.stale.stored_at)):
+        return False
+    fill.from_cache = True
+    fill.start(stored.status, stored.reason, list(stored.headers), stored.size, True,
+               stored.initial_age)
+    fill.finish()
+    return True
 
 
 async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
@@ -194,13 +213,7 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
             break
         except FileNotFoundError:
             if not disk.locked_elsewhere(name):
-                # It ended in between: a stored object is served from the cache.
-                if job.state.cache.get(fill.key) is None:
-                    return False
-                fill.from_cache = True
-                fill.start(200, "", [], None, True, 0.0)
-                fill.finish()
-                return True
+                return _stored_meanwhile(job, fill)     # it ended in between
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(FOLLOW_POLL)

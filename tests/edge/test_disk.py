@@ -201,6 +201,36 @@ async def test_workers_share_the_disk_and_one_fill(tmp_path):
                 stop(proc)
 
 
+async def test_a_burst_of_misses_across_workers_asks_the_origin_once(tmp_path):
+    """A fast origin: the first worker's fill may end before the other worker even takes
+    the key's lock; that worker must find the stored copy, not fetch again."""
+    async with CountingOrigin() as origin:
+        origin.routes["/burst"] = {"headers": {"Cache-Control": "max-age=60"}}
+        config = tmp_path / "edge.yaml"
+        config.write_text(yaml.safe_dump(disk_cfg(origin, tmp_path / "cache")))
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(config),
+                                 "--listen", f"127.0.0.1:{port}", "--workers", "2"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)   # spread over both
+            async with aiohttp.ClientSession(connector=connector) as client:
+                await _wait_up(client, port)
+                for round_ in range(5):
+                    path = f"/burst?round={round_}"
+
+                    async def one() -> bytes:
+                        async with client.get(f"http://127.0.0.1:{port}{path}",
+                                              headers={"Host": "www.test.com"}) as r:
+                            return await r.read()
+
+                    bodies = await asyncio.gather(*(one() for _ in range(100)))
+                    assert len(set(bodies)) == 1
+                    assert origin.hits["/burst"] == round_ + 1, f"round {round_}"
+        finally:
+            stop(proc)
+
+
 async def _wait_up(client: aiohttp.ClientSession, port: int) -> None:
     for _ in range(100):
         try:
