@@ -1,4 +1,5 @@
-"""`gslb demo`: the default config on loopback, stand-in edges, and what to try."""
+"""`gslb demo`: the default config on loopback with the real CDN behind it (an origin, a
+shield, an edge per site), and what to try."""
 from __future__ import annotations
 
 import os
