@@ -53,7 +53,9 @@ class Hits:
             return None
         host = None
         for line in head[line_end + 2:].split(b"\r\n"):
-            name, _, value = line.partition(b":")
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name[-1:] in b" \t" or line[:1] in b" \t":
+                return None        # obs-fold or a malformed field: aiohttp answers 400
             name = name.lower()
             if name == b"host":
                 host = value.strip().lower()

@@ -106,6 +106,10 @@ async def test_what_must_not_take_the_shortcut():
             # an unknown host and the edge's own paths
             other = (await raw(edge, b"GET /v HTTP/1.1\r\nHost: evil.example\r\n\r\n"))[0]
             assert other.startswith(b"HTTP/1.1 404")
+            # a header hidden in an obs-fold line is not for the shortcut to judge
+            folded = (await raw(edge, b"GET /v HTTP/1.1\r\nHost: www.test.com\r\n"
+                                      b"X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n"))[0]
+            assert folded.split(b" ")[1] == b"400"
             health = (await raw(edge, b"GET /healthz HTTP/1.1\r\nHost: www.test.com\r\n\r\n"))[0]
             assert b'"status": "ok"' in health
 
