@@ -112,7 +112,9 @@ async def _lookup_done(request: web.Request, state: "EdgeState", customer: Custo
     now = time.time()
     if stored is not None and not wants_fresh and stored.fresh(now):
         return await _serve_stored(request, state, customer, stored, "HIT", body)
-    if request.method == "HEAD" or cache.passing(key):
+    # A HEAD miss fills the cache with a GET, as nginx's proxy_cache_convert_head does:
+    # the next GET is a hit, and the origin sees one request either way.
+    if cache.passing(key):
         return await _pass(request, state, customer, pool, scheme, host, path, headers, "PASS")
     fill = cache.fills.get(key)
     leader = fill is None
@@ -421,6 +423,9 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
         if fill.length is not None:
             out.content_length = fill.length
         await out.prepare(request)
+        if request.method == "HEAD":
+            await out.write_eof()     # the fill goes on for the cache
+            return out
         sent = 0
         while True:
             while sent < len(fill.chunks):

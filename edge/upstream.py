@@ -199,12 +199,14 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, customer: Cu
     state.metrics.requests.labels(label, str(resp.status)).inc()
     try:
         await out.prepare(request)
+        if request.method == "HEAD":
+            await out.write_eof()     # a HEAD answered from a GET to the origin: no body
+            return out
         async for chunk in resp.content.iter_chunked(CHUNK):
             state.metrics.from_origin.labels(label).inc(len(chunk))
             await out.write(chunk)
             state.metrics.to_clients.labels(label).inc(len(chunk))
-        bodyless = request.method == "HEAD" or resp.status in (204, 304)
-        if (not bodyless and resp.content_length is not None
+        if (resp.status not in (204, 304) and resp.content_length is not None
                 and resp.content.total_bytes < resp.content_length):
             raise aiohttp.ClientPayloadError("origin closed early")
         await out.write_eof()

@@ -91,6 +91,22 @@ async def test_miss_then_hit_with_age():
             assert origin.hits["/a"] == 1
 
 
+async def test_a_head_miss_fills_the_cache_with_a_get():
+    async with CountingOrigin() as origin:
+        origin.routes["/h"] = {"headers": {"Cache-Control": "max-age=60"}}
+        origin.routes["/private"] = {"headers": {"Cache-Control": "private"}}
+        async with Edge(cfg(origin)) as edge:
+            for path in ("/h", "/private"):
+                async with edge.client.head(edge.base + path,
+                                            headers={"Host": "www.test.com"}) as r:
+                    assert r.status == 200 and await r.read() == b""
+                    assert r.headers["X-Cache"] in ("MISS", "PASS")
+            status, body, headers = await fetch(edge, "/h")
+            assert (status, body, headers["X-Cache"]) == (200, b"body of /h #1", "HIT")
+            assert origin.hits["/h"] == 1
+            assert (await fetch(edge, "/after"))[0] == 200     # connections stayed sound
+
+
 @pytest.mark.parametrize("headers,stored", [
     ({"Cache-Control": "no-store"}, False),
     ({"Cache-Control": "private, max-age=60"}, False),
