@@ -10,8 +10,11 @@ A fill that fails leaves nothing in the cache.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import os
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -128,7 +131,7 @@ class Fill:
     shareable: bool = False
     initial_age: float = 0.0
     chunks: list[bytes] = field(default_factory=list)
-    received: int = 0            # bytes in `chunks`
+    received: int = 0            # bytes of body arrived
     done: bool = False
     failed: bool = False
     readers: int = 0
@@ -137,7 +140,30 @@ class Fill:
     revalidated: bool = False
     from_cache: bool = False     # the object is in the cache now: waiters are served from it
     leader_headers: object = None   # the first client's request headers (for Vary)
+    spilled: bool = False        # past `keep` bytes: `chunks` dropped, reads come from the file
+    _file: int = -1              # read fd on the part file the body is also written to
+    _file_offset: int = 0        # where the body starts in that file
+    _keep: int = 0
+    _ends: list[int] = field(default_factory=list)    # where each of `chunks` ends
     _more: asyncio.Future | None = None
+
+    def spill_to(self, fd: int, offset: int, keep: int) -> None:
+        """The body is also being written to a file (readable through `fd`, which the fill
+        now owns): past `keep` bytes, stop holding it in memory and read it from there."""
+        self._file, self._file_offset, self._keep = fd, offset, keep
+        weakref.finalize(self, os.close, fd)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Some bytes of the body from `offset` (< received), at most `size`; possibly fewer
+        (one chunk's worth), so callers loop."""
+        if self.spilled:
+            return os.pread(self._file, min(size, self.received - offset),
+                            self._file_offset + offset)
+        ends = self._ends
+        index = bisect.bisect_right(ends, offset)
+        start = ends[index - 1] if index else 0
+        chunk = self.chunks[index]
+        return chunk[offset - start:offset - start + size]
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]],
               length: int | None, shareable: bool, initial_age: float) -> None:
@@ -147,8 +173,15 @@ class Fill:
             self.headers_ready.set_result(True)
 
     def append(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
+        """A chunk arrived (already in the spill file, if there is one)."""
         self.received += len(chunk)
+        if not self.spilled:
+            if self._file >= 0 and self.received > self._keep:
+                self.spilled = True
+                self.chunks, self._ends = [], []
+            else:
+                self.chunks.append(chunk)
+                self._ends.append(self.received)
         self._wake()
 
     def finish(self) -> None:
@@ -272,8 +305,11 @@ class Cache:
             if item.file is not None:
                 self.disk.rewrite(item.file, item.meta(key))
                 item = replace(item, file=None)       # found again below, new file
-            else:
+            elif sum(map(len, item.chunks)) == item.size:
                 self.disk.put_bytes(item.meta(key), b"".join(item.chunks))
+            else:
+                return       # the body went to a file under another key (it turned out to
+                             # vary); the next request for this variant fills it again
         if item.file is not None or (self.disk is not None and item.size > self.promote_bytes):
             self.memory.delete(key)
             if item.file is None:

@@ -229,6 +229,7 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
                 await asyncio.sleep(FOLLOW_POLL)
         meta, length = meta
         fill.start(meta.status, meta.reason, list(meta.headers), length, True, meta.initial_age)
+        fill.spill_to(os.dup(f.fileno()), f.tell(), job.state.cache.promote_bytes)
         while fill.received < length:
             chunk = f.read(CHUNK)
             if chunk:
@@ -243,10 +244,11 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
                 continue
             await asyncio.sleep(FOLLOW_POLL)
     fill.finish()
-    job.state.cache.put_variant(
-        job.primary, job.request_headers,
-        Stored(meta.status, meta.reason, meta.headers, tuple(fill.chunks), length,
-               meta.stored_at, meta.initial_age, meta.policy), fill.key)
+    if not fill.spilled:     # a big one is on disk; the next hit finds it there
+        job.state.cache.put_variant(
+            job.primary, job.request_headers,
+            Stored(meta.status, meta.reason, meta.headers, tuple(fill.chunks), length,
+                   meta.stored_at, meta.initial_age, meta.policy), fill.key)
     return True
 
 
@@ -320,21 +322,29 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                         now, age, policy)
         if disk is not None:
             part = disk.writer(stored.meta(fill.key), length or 0)   # None if unwritable
+            if part is not None:
+                # Big bodies are read back from the part file, not held in memory.
+                fill.spill_to(os.open(part.path, os.O_RDONLY), part.body_offset,
+                              cache.promote_bytes)
         size = 0
         from_origin = state.metrics.from_origin.labels(label)
         async for chunk in resp.content.iter_chunked(CHUNK):
             size += len(chunk)
             from_origin.inc(len(chunk))
-            fill.append(chunk)
             if part is not None:
-                part.append(chunk)
+                part.append(chunk)           # first: readers of a spilled fill read the file
+                if not part.ok and fill.spilled:
+                    raise OSError("cache file write failed with the body only there")
+            fill.append(chunk)
         if size != length:
             raise aiohttp.ClientPayloadError("origin closed early")
         on_disk = part is not None and part.commit()
         part = None
         fill.finish()
-        cache.put_variant(primary, request_headers, replace(stored, chunks=tuple(fill.chunks)),
-                          fill.key if on_disk else None)
+        if on_disk or not fill.spilled:
+            cache.put_variant(primary, request_headers,
+                              replace(stored, chunks=tuple(fill.chunks)),
+                              fill.key if on_disk else None)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         state.metrics.origin_errors.labels(label, "?", "truncated").inc()
         fill.fail()            # nothing is stored: an origin failure never corrupts the cache
@@ -427,12 +437,13 @@ async def _serve_fill(request: web.Request, state: "EdgeState", customer: Custom
             await out.write_eof()     # the fill goes on for the cache
             return out
         sent = 0
+        to_clients = state.metrics.to_clients.labels(label)
         while True:
-            while sent < len(fill.chunks):
-                chunk = fill.chunks[sent]
-                sent += 1
-                await out.write(chunk)
-                state.metrics.to_clients.labels(label).inc(len(chunk))
+            while sent < fill.received:
+                piece = fill.read(sent, CHUNK)
+                sent += len(piece)
+                await out.write(piece)
+                to_clients.inc(len(piece))
             if fill.failed:
                 if request.transport is not None:
                     request.transport.abort()     # never a short response that looks whole
@@ -590,8 +601,15 @@ async def _write_range(request: web.Request, out: web.StreamResponse, state: "Ed
         state.metrics.to_clients.labels(label).inc(last - first + 1)
         return
     if isinstance(chunks, Fill):
-        await _await_bytes(chunks, last + 1)
-        chunks = chunks.chunks
+        fill = chunks
+        await _await_bytes(fill, last + 1)
+        offset = first
+        while offset <= last:
+            piece = fill.read(offset, last + 1 - offset)
+            offset += len(piece)
+            await out.write(piece)
+            state.metrics.to_clients.labels(label).inc(len(piece))
+        return
     for piece in ranges.slice_chunks(chunks, first, last):
         await out.write(piece)
         state.metrics.to_clients.labels(label).inc(len(piece))

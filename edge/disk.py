@@ -171,6 +171,12 @@ class PartWriter:
         os.write(self._fd, HEAD.pack(MAGIC, len(raw), length, 0, zlib.crc32(raw)) + raw)
         self._crc = 0
         self.written = 0
+        self.body_offset = HEAD.size + len(raw)
+
+    @property
+    def ok(self) -> bool:
+        """False once a write failed (the part file is gone)."""
+        return self._fd >= 0
 
     def append(self, chunk: bytes) -> None:
         if self._fd < 0:

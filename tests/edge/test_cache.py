@@ -45,12 +45,13 @@ class CountingOrigin:
             resp = web.StreamResponse(headers={**spec.get("headers", {}),
                                                "Content-Length": str(len(body))})
             await resp.prepare(request)
-            await resp.write(body[:10])
+            split = spec.get("split", 10)
+            await resp.write(body[:split])
             await self.release.wait()
             if spec.get("cut"):
                 request.transport.close()
                 return resp
-            await resp.write(body[10:])
+            await resp.write(body[split:])
             return resp
         return web.Response(body=body, headers=spec.get("headers", {}))
 

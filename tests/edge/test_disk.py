@@ -68,6 +68,31 @@ async def test_big_objects_stay_on_disk_and_are_sent_whole_and_in_ranges(tmp_pat
         assert origin.hits["/big"] == 1
 
 
+async def test_a_big_fill_is_read_back_from_its_file_not_held_in_memory(tmp_path):
+    async with CountingOrigin() as origin:
+        origin.routes["/big"] = {"body": BIG, "slow": True, "split": 2 * 1024 * 1024,
+                                 "headers": {"Cache-Control": "max-age=60"}}
+        async with Edge(disk_cfg(origin, tmp_path, cache_memory="1M")) as edge:
+            whole = asyncio.ensure_future(fetch(edge, "/big"))
+            part = asyncio.ensure_future(fetch(edge, "/big", Range="bytes=2500000-2500009"))
+            early = await fetch(edge, "/big", Range="bytes=100-109")      # already arrived
+            assert (early[0], early[1]) == (206, BIG[100:110])
+            fill = edge.state.cache.fills["http://t/big"]
+            for _ in range(100):                       # the origin's first 2 MiB
+                if fill.received >= 2 * 1024 * 1024:
+                    break
+                await asyncio.sleep(0.05)
+            assert fill.spilled and fill.chunks == [] and fill.received >= 2 * 1024 * 1024
+            origin.release.set()
+            status, body, headers = await whole
+            assert (status, len(body), body == BIG, headers["X-Cache"]) == (200, len(BIG),
+                                                                             True, "MISS")
+            assert (await part)[:2] == (206, BIG[2500000:2500010])
+            status, body, headers = await fetch(edge, "/big")
+            assert (status, body == BIG, headers["X-Cache"]) == (200, True, "HIT")
+            assert origin.hits["/big"] == 1 and edge.state.cache.memory.bytes == 0
+
+
 async def test_corrupt_or_truncated_files_are_never_served(tmp_path):
     async with CountingOrigin() as origin:
         for path in ("/flip", "/short", "/bigflip"):
