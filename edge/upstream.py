@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
 from .bucket import CLIENT_TEXT, Bucket, error_code
-from .config import Customer, EdgeConfig, Server
+from .config import Customer, EdgeConfig, Origin, Server
 from .origin import OriginPool
 from .resolve import ResolveError
 
@@ -100,17 +100,9 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
             # SNI and certificate checks are for the name, not the address we dial.
             kwargs["server_hostname"] = host.rsplit(":", 1)[0] if not host.startswith("[") else None
         try:
-            address = (await state.resolver.resolve(server.host, origin.ip_version))[0]
-            # The path goes out exactly as it came in (a signature covers it byte for byte).
-            url = URL(f"{scheme}://{Server(address, server.port).authority(scheme)}{path}",
-                      encoded=True)
             sent = bucket.sign(method, host, path, headers) if bucket is not None else headers
-            assert state.session is not None
-            resp = await state.session.request(
-                method, url, headers=sent, allow_redirects=False, data=body,
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(sock_connect=origin.timeout,
-                                              sock_read=origin.timeout), **kwargs)
+            resp = await _send(state, server, origin, scheme, method, path, sent, data=body,
+                               **kwargs)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             reason = describe(exc)
             period = pool.failed(server, f"{reason}: {exc}")
@@ -132,6 +124,20 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
     return None
 
 
+async def _send(state: "EdgeState", server: Server, origin: Origin, scheme: str, method: str,
+                path: str, headers: list[tuple[str, str]], **kwargs) -> aiohttp.ClientResponse:
+    """One request to one upstream server (origin or shield), its name resolved by the
+    customer's IP-version policy, with the customer's timeouts."""
+    address = (await state.resolver.resolve(server.host, origin.ip_version))[0]
+    # The path goes out exactly as it came in (a signature covers it byte for byte).
+    url = URL(f"{scheme}://{Server(address, server.port).authority(scheme)}{path}", encoded=True)
+    assert state.session is not None
+    return await state.session.request(
+        method, url, headers=headers, allow_redirects=False, auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(sock_connect=origin.timeout, sock_read=origin.timeout),
+        **kwargs)
+
+
 MAX_TIERS = 4      # edges a request may have passed (CDN-Loop entries) before it is refused
 
 
@@ -146,21 +152,13 @@ async def through_shields(state: "EdgeState", customer: Customer, method: str, p
     pool, label = state.shield_pool, customer.directory
     # The shield routes by edge CNAME, as any edge does.
     sent = [(k, v) for k, v in headers if k.lower() != "host"] + [("Host", customer.cnames[0])]
-    timeout = aiohttp.ClientTimeout(sock_connect=customer.origin.timeout,
-                                    sock_read=customer.origin.timeout)
     now = time.monotonic()
     for shield in customer.shields:
         if pool.state[shield.server].until > now:
             state.metrics.shield.labels(label, shield.name, "skipped").inc()
             continue
         try:
-            address = (await state.resolver.resolve(shield.server.host,
-                                                     customer.origin.ip_version))[0]
-            url = URL(f"http://{Server(address, shield.server.port).authority('http')}{path}",
-                      encoded=True)
-            assert state.session is not None
-            resp = await state.session.request(method, url, headers=sent, allow_redirects=False,
-                                               auto_decompress=False, timeout=timeout)
+            resp = await _send(state, shield.server, customer.origin, "http", method, path, sent)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             period = pool.failed(shield.server, f"{describe(exc)}: {exc}")
             state.metrics.shield.labels(label, shield.name, "failed").inc()
