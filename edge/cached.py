@@ -37,14 +37,15 @@ def cache_eligible(request: web.Request, customer: Customer) -> bool:
             and not request.body_exists)
 
 
-def _cache_key(request: web.Request, customer: Customer, path: str) -> str:
+def cache_key(scheme: str, customer: Customer, path: str,
+              request_headers: "Mapping[str, str]") -> str:
     """scheme + customer + path (+ query, + chosen request headers), per the customer's rules."""
     rules = customer.cache
     if rules.ignore_query:
         path = path.split("?", 1)[0]
-    key = f"{request.scheme}://{customer.directory}{path}"
+    key = f"{scheme}://{customer.directory}{path}"
     for name in rules.key_headers:
-        key += f"\x00{name}={request.headers.get(name, '')}"
+        key += f"\x00{name}={request_headers.get(name, '')}"
     return key
 
 
@@ -52,7 +53,7 @@ async def cached(request: web.Request, state: "EdgeState", customer: Customer,
                   pool: OriginPool, scheme: str, host: str, path: str,
                   headers: list[tuple[str, str]]) -> web.StreamResponse:
     cache = state.cache
-    primary = _cache_key(request, customer, path)
+    primary = cache_key(request.scheme, customer, path, request.headers)
     key = cache.key_for(primary, request.headers)
     stored = cache.get(key)
     body = None

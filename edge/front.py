@@ -20,7 +20,8 @@ from typing import Callable
 from aiohttp import web
 
 from .cache import Stored
-from .proxy import EdgeState
+from .cached import cache_key
+from .proxy import EdgeState, host_name
 from .upstream import HOP_BY_HOP
 
 MAX_HEAD = 16 * 1024          # a longer request head goes to aiohttp (which limits it itself)
@@ -32,6 +33,7 @@ LONG_WAY = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-sin
                       b"authorization", b"upgrade", b"expect", b"content-length",
                       b"transfer-encoding", b"connection"})
 OWN_PATHS = frozenset({b"/healthz", b"/metrics"})
+NO_HEADERS: dict[str, str] = {}   # customers with key headers never take the shortcut
 
 
 class Hits:
@@ -69,8 +71,7 @@ class Hits:
             self._config = config
         if host is None:
             return None
-        name = host.decode("latin-1").rsplit(":", 1)[0].rstrip(".") if b"[" not in host else ""
-        customer = config.by_cname.get(name)
+        customer = config.by_cname.get(host_name(host.decode("latin-1")))
         if customer is None:
             if config.source != "--origin":
                 return None
@@ -78,11 +79,8 @@ class Hits:
         rules = customer.cache
         if not rules.enabled or rules.key_headers or target in OWN_PATHS:
             return None
-        path = target.decode("latin-1")
-        if rules.ignore_query:
-            path = path.split("?", 1)[0]
         cache = state.cache
-        key = f"{scheme}://{customer.directory}{path}"
+        key = cache_key(scheme, customer, target.decode("latin-1"), NO_HEADERS)
         stored = cache.memory.get(key)
         if stored is None or key in cache.vary_keys:
             return None

@@ -78,12 +78,18 @@ class EdgeState:
                 or self.pools[(customer.directory, "https")])
 
 
+def host_name(host: str) -> str:
+    """A Host header as an edge CNAME is written: lower case, no port, no final dot
+    (an IPv6 literal is kept whole; it is no CNAME)."""
+    name = host.rsplit(":", 1)[0].lower().rstrip(".")
+    if name.startswith("[") or name.count(":") > 1:
+        return host.lower()
+    return name
+
+
 def route(config: EdgeConfig, request: web.Request) -> tuple[Customer | None, str]:
     """(customer, path and query to request from the origin) or (None, "")."""
-    host = (request.host or "").rsplit(":", 1)[0].lower().rstrip(".")
-    if host.startswith("[") or host.count(":") > 1:
-        host = (request.host or "").lower()
-    customer = config.by_cname.get(host)
+    customer = config.by_cname.get(host_name(request.host or ""))
     if customer is not None:
         return customer, request.raw_path
     if config.source == "--origin":
