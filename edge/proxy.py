@@ -31,6 +31,10 @@ from .upstream import (MAX_TIERS, SAFE_METHODS, Metrics, describe, end_to_end, p
 log = logging.getLogger("edge.proxy")
 
 STATE = web.AppKey("state", object)
+# Shields back off as origin servers do (5 s, doubling, up to 300 s).
+SHIELD_BACKOFF = Origin(balancing=Balancing.FAILOVER)
+
+
 class EdgeState:
     """The current config, its origin pools, the HTTP client and the counters."""
 
@@ -46,6 +50,7 @@ class EdgeState:
             log.info("disk cache %s: %d objects", config.cache_disk, len(disk))
         self.cache = Cache(config.cache_memory, disk)
         self.pools: dict[tuple[str, str], OriginPool] = {}
+        self.shield_pool = OriginPool(SHIELD_BACKOFF, ())
         self.apply(config)
 
     def apply(self, config: EdgeConfig) -> None:
@@ -62,11 +67,9 @@ class EdgeState:
                 if previous is not None and previous.servers == servers:
                     pool.state = previous.state
                 pools[(customer.directory, scheme)] = pool
-        shield_servers = tuple(s.server for s in config.shields)
-        shields = OriginPool(Origin(balancing=Balancing.FAILOVER), shield_servers)
-        previous = getattr(self, "shield_pool", None)
-        if previous is not None:
-            shields.state.update({k: v for k, v in previous.state.items() if k in shields.state})
+        shields = OriginPool(SHIELD_BACKOFF, tuple(s.server for s in config.shields))
+        shields.state.update({k: v for k, v in self.shield_pool.state.items()
+                              if k in shields.state})
         self.config, self.pools, self.shield_pool = config, pools, shields
         self.certs.load(config.certificates)       # new handshakes use the new files
 
