@@ -10,10 +10,11 @@ them, or when the origin fails, as RFC 5861 and the customer's grace allow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -55,18 +56,9 @@ async def cached(request: web.Request, state: "EdgeState", customer: Customer,
     cache = state.cache
     primary = cache_key(request.scheme, customer, path, request.headers)
     key = cache.key_for(primary, request.headers)
-    stored = cache.get(key)
-    body = None
-    if stored is not None and stored.file is not None:
-        body = await _open_body(cache, key, stored)
-        if body is None:
-            stored = None
-    try:
+    async with _opened(cache, key) as (stored, body):
         return await _lookup_done(request, state, customer, pool, scheme, host, path, headers,
                                   primary, key, stored, body)
-    finally:
-        if body is not None:
-            body.file.close()
 
 
 @dataclass
@@ -75,6 +67,23 @@ class OpenBody:
 
     file: "object"
     offset: int
+
+
+@contextlib.asynccontextmanager
+async def _opened(cache: Cache, key: str) -> AsyncIterator[tuple[Stored | None, OpenBody | None]]:
+    """The stored object for `key` and, when its body is on disk only, that body opened
+    (closed afterwards); (None, None) when there is none or its file is unusable."""
+    stored = cache.get(key)
+    body = None
+    if stored is not None and stored.file is not None:
+        body = await _open_body(cache, key, stored)
+        if body is None:
+            stored = None
+    try:
+        yield stored, body
+    finally:
+        if body is not None:
+            body.file.close()
 
 
 async def _open_body(cache: Cache, key: str, stored: Stored) -> OpenBody | None:
@@ -469,21 +478,12 @@ async def _serve_now_cached(request: web.Request, state: "EdgeState", customer: 
                             pool: OriginPool, scheme: str, host: str, path: str,
                             headers: list[tuple[str, str]], fill: Fill) -> web.StreamResponse:
     """A waiter whose fill put the object in the cache (revalidated, or another worker's)."""
-    cache = state.cache
-    stored = cache.get(fill.key)
-    body = None
-    if stored is not None and stored.file is not None:
-        body = await _open_body(cache, fill.key, stored)
-        if body is None:
-            stored = None
-    if stored is None:
-        return await _pass(request, state, customer, pool, scheme, host, path, headers, "MISS")
-    try:
+    async with _opened(state.cache, fill.key) as (stored, body):
+        if stored is None:
+            return await _pass(request, state, customer, pool, scheme, host, path, headers,
+                               "MISS")
         return await _serve_stored(request, state, customer, stored,
                                    "REVALIDATED" if fill.revalidated else "HIT", body)
-    finally:
-        if body is not None:
-            body.file.close()
 
 
 async def _serve_stored(request: web.Request, state: "EdgeState", customer: Customer,
