@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from .demo_edge import parse_bind
 from .health import targets
 from .model import Config, Listener
 
@@ -57,11 +58,11 @@ def _edge_config(work: Path, name: str, lat: float, lon: float) -> Path:
 
 
 def _wait_http(bind: str, proc: subprocess.Popen, timeout: float = 15.0) -> bool:
-    host, port = bind.rsplit(":", 1)
+    address = parse_bind(bind)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            with socket.create_connection(address, timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.1)
