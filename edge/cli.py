@@ -8,15 +8,16 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
-from gslb.config import listener_arg
-from gslb.model import Listener
+from cdnkit.listen import Listener, listener_arg
 
 from . import config as edge_config
 from .front import Listeners
-from .proxy import DRAINING, EdgeState, make_app
+from .proxy import DRAINING, make_app
+from .state import EdgeState
 
 log = logging.getLogger("edge")
 
@@ -89,8 +90,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .purge import append, ban_for
 
     cfg = edge_config.load(args.config)
@@ -110,14 +109,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_whitelist(args: argparse.Namespace) -> int:
-    from .tools import whitelist, whitelist_text
+    from .tools import site_addresses, whitelist, whitelist_text
 
     cfg = edge_config.load(args.config)
-    edges: list[str] = []
-    if args.gslb:
-        from gslb.config import load_config
-        gslb_cfg = load_config(args.gslb)
-        edges = [a.ip for s in gslb_cfg.sites.values() for a in s.addresses]
+    edges = site_addresses(Path(args.gslb)) if args.gslb else []
     print(whitelist_text(whitelist(cfg, edges), args.json))
     return 0
 

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from .cache import Stored
 from .cached import cache_key
-from .proxy import EdgeState, host_name
+from .route import host_name
+from .state import EdgeState
 from .upstream import HOP_BY_HOP
 
 MAX_HEAD = 16 * 1024          # a longer request head goes to aiohttp (which limits it itself)

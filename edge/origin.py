@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import Balancing, Origin, Server
+from .model import Balancing, Origin, Server
 
 
 @dataclass

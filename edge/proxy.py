@@ -3,8 +3,7 @@
 Thin handlers: `route` (Host = edge CNAME, or the CDN URL `/<account>/<directory>/`),
 then `cached` (cached.py) for GET/HEAD, or `pull` and `relay` (upstream.py) for
 everything else. Anything that routes nowhere is 404: this is never an open
-proxy and never fetches a URL the client chose. Also here: the edge's state,
-the app, WebSocket pass-through, purge, /healthz and /metrics.
+proxy and never fetches a URL the client chose. Also here: the app, WebSocket pass-through, purge, /healthz and /metrics.
 """
 from __future__ import annotations
 
@@ -18,95 +17,17 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from .cache import Cache
 from .cached import cache_eligible, cached
-from .config import Balancing, Customer, EdgeConfig, Origin, Protocol, Server
 from .disk import DiskStore
+from .model import Customer, Protocol, Server
 from .origin import OriginPool
-from .resolve import Resolver
-from .tls import CertStore
-from .upstream import (MAX_TIERS, SAFE_METHODS, Metrics, describe, end_to_end, pull, relay,
-                       via_header)
+from .route import route
+from .state import EdgeState
+from .upstream import MAX_TIERS, SAFE_METHODS, describe, end_to_end, pull, relay, via_header
 
 log = logging.getLogger("edge.proxy")
 
-STATE = web.AppKey("state", object)
-# Shields back off as origin servers do (5 s, doubling, up to 300 s).
-SHIELD_BACKOFF = Origin(balancing=Balancing.FAILOVER)
-
-
-class EdgeState:
-    """The current config, its origin pools, the HTTP client and the counters."""
-
-    def __init__(self, config: EdgeConfig):
-        self.metrics = Metrics()
-        self.session: aiohttp.ClientSession | None = None
-        self.resolver = Resolver(list(config.nameservers) or None)
-        self.certs = CertStore(config.certificates)
-        disk = None
-        if config.cache_disk:
-            disk = DiskStore(config.cache_disk, config.cache_disk_size)
-            disk.scan()
-            log.info("disk cache %s: %d objects", config.cache_disk, len(disk))
-        self.cache = Cache(config.cache_memory, disk)
-        self.pools: dict[tuple[str, str], OriginPool] = {}
-        self.shield_pool = OriginPool(SHIELD_BACKOFF, ())
-        self.apply(config)
-
-    def apply(self, config: EdgeConfig) -> None:
-        """Swap in a validated config; back-off state survives for unchanged servers."""
-        old = self.pools
-        pools: dict[tuple[str, str], OriginPool] = {}
-        for customer in config.customers:
-            for scheme, servers in (("http", customer.origin.http),
-                                    ("https", customer.origin.https)):
-                if not servers:
-                    continue
-                pool = OriginPool(customer.origin, servers)
-                previous = old.get((customer.directory, scheme))
-                if previous is not None and previous.servers == servers:
-                    pool.state = previous.state
-                pools[(customer.directory, scheme)] = pool
-        shields = OriginPool(SHIELD_BACKOFF, tuple(s.server for s in config.shields))
-        shields.state.update({k: v for k, v in self.shield_pool.state.items()
-                              if k in shields.state})
-        self.config, self.pools, self.shield_pool = config, pools, shields
-        self.certs.load(config.certificates)       # new handshakes use the new files
-
-    def pool_for(self, customer: Customer, edge_scheme: str) -> OriginPool:
-        # The seed's HTTP/HTTPS edge protocols: requests arriving over HTTPS use the
-        # HTTPS server list when there is one.
-        return (self.pools.get((customer.directory, edge_scheme))
-                or self.pools.get((customer.directory, "http"))
-                or self.pools[(customer.directory, "https")])
-
-
-def host_name(host: str) -> str:
-    """A Host header as an edge CNAME is written: lower case, no port, no final dot
-    (an IPv6 literal is kept whole; it is no CNAME)."""
-    name = host.rsplit(":", 1)[0].lower().rstrip(".")
-    if name.startswith("[") or name.count(":") > 1:
-        return host.lower()
-    return name
-
-
-def route(config: EdgeConfig, request: web.Request) -> tuple[Customer | None, str]:
-    """(customer, path and query to request from the origin) or (None, "")."""
-    customer = config.by_cname.get(host_name(request.host or ""))
-    if customer is not None:
-        return customer, request.raw_path
-    if config.source == "--origin":
-        return config.customers[0], request.raw_path
-    prefix = f"/{config.account}/"
-    if request.raw_path.startswith(prefix):
-        directory, _, rest = request.raw_path[len(prefix):].partition("/")
-        customer = config.by_directory.get(directory)      # case-sensitive, as the seed says
-        if customer is not None:
-            return customer, "/" + rest
-    return None, ""
-
-
-
+STATE = web.AppKey("state", EdgeState)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
@@ -173,7 +94,7 @@ WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket
                     "sec-websocket-protocol"})
 
 
-async def _websocket(request: web.Request, state: "EdgeState", customer: Customer, scheme: str,
+async def _websocket(request: web.Request, state: EdgeState, customer: Customer, scheme: str,
                      pool: OriginPool, host: str, path: str,
                      headers: list[tuple[str, str]]) -> web.WebSocketResponse | None:
     """Open the same WebSocket to the origin and pump frames both ways; None if refused."""
@@ -242,7 +163,7 @@ PURGE_PATH = "/.edge/purge"
 BAN_POLL = 0.2
 
 
-async def _purge(request: web.Request, state: "EdgeState") -> web.Response:
+async def _purge(request: web.Request, state: EdgeState) -> web.Response:
     """POST /.edge/purge {"url": U} | {"prefix": P} | {"customer": D}, with the admin token."""
     import hmac
 
@@ -266,7 +187,7 @@ async def _purge(request: web.Request, state: "EdgeState") -> web.Response:
                               "path": ban.path, "prefix": ban.prefix})
 
 
-async def _follow_bans(state: "EdgeState") -> None:
+async def _follow_bans(state: EdgeState) -> None:
     from .purge import BanFollower
 
     follower = BanFollower(Path(state.config.state_dir) / "bans.jsonl")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import EdgeConfig
+from .model import EdgeConfig
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import dnslib
 
-from .config import IPVersion
+from .model import IPVersion
 
 NEGATIVE_TTL = 30          # when the answer carries no SOA to take a minimum from
 MAX_TTL = 3600

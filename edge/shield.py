@@ -14,24 +14,15 @@ forwarding, so a misconfigured pair cannot bounce a request back and forth.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
-from gslb.config import Checker, split_host_port
-from gslb.yamlsrc import LineDict, Where
+from cdnkit.check import Checker
+from cdnkit.listen import split_host_port
+from cdnkit.yamlsrc import LineDict, Where
 
-from .config import Server
+from .model import Server, Shield
 
 BLANK, BYPASS = "blank", "bypass"
-
-
-@dataclass(frozen=True, slots=True)
-class Shield:
-    name: str
-    server: Server
-    region: str = ""
-    lat: float | None = None
-    lon: float | None = None
 
 
 def parse_shields(ck: Checker, raw: Any, where: Where) -> tuple[Shield, ...]:

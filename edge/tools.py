@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
-from .config import Customer, EdgeConfig, Server
+from cdnkit.netblocks import collapse
+from cdnkit.yamlsrc import load_yaml
+
+from .model import Customer, EdgeConfig, Server
 from .resolve import Resolver
 
 
@@ -82,12 +85,18 @@ def ranked(probes: list[Probe], scheme: str) -> tuple[Server, ...]:
 
 def whitelist(config: EdgeConfig, edge_addresses: list[str]) -> dict[str, list[str]]:
     """IPv4 and IPv6 blocks that origins must allow: configured egress plus every edge."""
-    nets = [ipaddress.ip_network(n) for n in config.egress]
-    nets += [ipaddress.ip_network(a) for a in edge_addresses]
-    out: dict[str, list[str]] = {"ipv4": [], "ipv6": []}
-    for version, key in ((4, "ipv4"), (6, "ipv6")):
-        family = [n for n in nets if n.version == version]
-        out[key] = [str(n) for n in ipaddress.collapse_addresses(family)]
+    return collapse([*config.egress, *edge_addresses])
+
+
+def site_addresses(gslb_config: Path) -> list[str]:
+    """Every site address written in a gslb config (`sites: NAME: addresses:`); read
+    here rather than through gslb's loader, which belongs to another wing."""
+    raw = load_yaml(gslb_config)
+    sites = raw.get("sites") if isinstance(raw, dict) else None
+    out = []
+    for site in (sites or {}).values():
+        for item in (site or {}).get("addresses") or ():
+            out.append(str(item.get("address") if isinstance(item, dict) else item))
     return out
 
 

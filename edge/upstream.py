@@ -10,21 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
 from .bucket import CLIENT_TEXT, Bucket, error_code
-from .config import Customer, EdgeConfig, Origin, Server
+from .model import Customer, EdgeConfig, Origin, Server
 from .origin import OriginPool
 from .resolve import ResolveError
-
-if TYPE_CHECKING:
-    from .proxy import EdgeState
+from .state import EdgeState
 
 log = logging.getLogger("edge.upstream")
 
@@ -42,26 +37,6 @@ def end_to_end(headers: "aiohttp.typedefs.LooseHeaders") -> list[tuple[str, str]
     return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
-@dataclass
-class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.requests = Counter("edge_requests", "Client requests", ["customer", "status"],
-                                registry=r)
-        self.to_clients = Counter("edge_bytes_to_clients", "Body bytes sent to clients "
-                                  "(playback traffic)", ["customer"], registry=r)
-        self.from_origin = Counter("edge_bytes_from_origin", "Body bytes pulled from origins "
-                                   "(origin traffic)", ["customer"], registry=r)
-        self.origin_errors = Counter("edge_origin_errors", "Failed origin attempts",
-                                     ["customer", "server", "reason"], registry=r)
-        self.cache = Counter("edge_cache_requests", "Requests by cache result",
-                             ["customer", "result"], registry=r)
-        self.shield = Counter("edge_shield_requests", "Misses sent to a shield, by outcome "
-                              "(ok, failed, skipped while backing off, origin = none left)",
-                              ["customer", "shield", "result"], registry=r)
-
 def describe(exc: BaseException) -> str:
     if isinstance(exc, ResolveError):
         return "dns"
@@ -73,7 +48,7 @@ def describe(exc: BaseException) -> str:
         return "disconnected"
     return "error"
 
-async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme: str, host: str,
+async def pull(state: EdgeState, customer: Customer, pool: OriginPool, scheme: str, host: str,
                method: str, path: str, headers: list[tuple[str, str]],
                body: "aiohttp.StreamReader | None", retryable: bool
                ) -> aiohttp.ClientResponse | None:
@@ -124,7 +99,7 @@ async def pull(state: "EdgeState", customer: Customer, pool: OriginPool, scheme:
     return None
 
 
-async def _send(state: "EdgeState", server: Server, origin: Origin, scheme: str, method: str,
+async def _send(state: EdgeState, server: Server, origin: Origin, scheme: str, method: str,
                 path: str, headers: list[tuple[str, str]], **kwargs) -> aiohttp.ClientResponse:
     """One request to one upstream server (origin or shield), its name resolved by the
     customer's IP-version policy, with the customer's timeouts."""
@@ -141,7 +116,7 @@ async def _send(state: "EdgeState", server: Server, origin: Origin, scheme: str,
 MAX_TIERS = 4      # edges a request may have passed (CDN-Loop entries) before it is refused
 
 
-async def through_shields(state: "EdgeState", customer: Customer, method: str, path: str,
+async def through_shields(state: EdgeState, customer: Customer, method: str, path: str,
                            headers: list[tuple[str, str]]) -> aiohttp.ClientResponse | None:
     """Ask the customer's shields in plan order; None when none answered (go to origin).
 

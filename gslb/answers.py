@@ -16,9 +16,22 @@ from . import select
 from .geo import Decision
 from .health import HealthView
 from .model import Config, RecordSet, Service, ZoneConfig
-from .wire import (POINTER_TO_QNAME, QTYPE_A, QTYPE_HINFO, QTYPE_NS, QTYPE_SOA,
-                   RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED, address_rdata, counts,
-                   encode_name, hinfo_rdata, rr, soa_rdata)
+from .wire import (
+    POINTER_TO_QNAME,
+    QTYPE_A,
+    QTYPE_HINFO,
+    QTYPE_NS,
+    QTYPE_SOA,
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_REFUSED,
+    address_rdata,
+    counts,
+    encode_name,
+    hinfo_rdata,
+    rr,
+    soa_rdata,
+)
 from .zone import Kind, Match, ZoneIndex
 
 MEMO_LIMIT = 100_000   # distinct question keys kept; a random-name flood only clears it

@@ -10,7 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, ConfigError, listener_arg, load_config
+from cdnkit.check import ConfigError
+from cdnkit.listen import listener_arg
+
+from .config import DEFAULT_CONFIG, load_config
 from .model import Config
 
 log = logging.getLogger("gslb")
@@ -55,7 +58,8 @@ def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
     ready = ready or f"ready: {summary(config)}; DNS on {where}"
     if http is not None:
         ready += f"; dashboard on http://{http}/"
-    sup = Supervisor(args.config, config, listeners, workers, http, ready)
+    sup = Supervisor(args.config, config, listeners, workers, http, ready,
+                     state_file=getattr(args, "state_file", None))
     try:
         return asyncio.run(sup.run())
     except OSError as exc:
@@ -128,26 +132,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # --- demo ------------------------------------------------------------------------------------
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import banner, start_edges, stop_edges
-
-    _setup_logging(args.verbose)
-    config = _load_or_exit(args.config)
-    listeners = tuple(args.dns) if args.dns else config.server.listen
-    http = None if args.no_http else (args.http or config.dashboard.listen)
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    work = Path(tempfile.mkdtemp(prefix="gslb-demo-"))     # edge configs, caches and logs
-    edges = start_edges(config, work)
-    try:
-        print(banner(config, listeners, http, edges), flush=True)
-        args.workers = args.workers or 1
-        return _serve(args, config, f"ready: {summary(config)}")
-    finally:
-        stop_edges(edges)
-        shutil.rmtree(work, ignore_errors=True)
+def run_demo(argv: list[str]) -> int:
+    """`gslb demo ...` is the demo package's command; it is kept under this name."""
+    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "gslb" else "gslb"
+    if os.sep in program:
+        rel = os.path.relpath(program)
+        program = rel if rel.startswith(".") else f"./{rel}"
+    os.environ.setdefault("GSLB_DEMO_PROGRAM", program)
+    os.execv(sys.executable, [sys.executable, "-m", "demo.cli", *argv])
+    return 1    # not reached
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -187,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="processes sharing the port via SO_REUSEPORT (default: one per core)")
     p.add_argument("--pidfile", help="write the serving PID here (for `gslb reload`)")
+    p.add_argument("--state-file", metavar="PATH",
+                   help="keep admin overrides here instead of the config's health.state_file")
     add_http(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_serve)
@@ -212,13 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--pid", type=int)
     p.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("demo", help="serve the default config on loopback and print what to try")
-    with_config(p)
-    p.add_argument("--dns", action="append", type=listener_arg, metavar="ADDR:PORT")
-    p.add_argument("--workers", type=int, default=1)
-    add_http(p)
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    # Parsed by the demo itself (`gslb demo --help`); listed here for `gslb --help`.
+    sub.add_parser("demo", add_help=False,
+                   help="the whole CDN on loopback (DNS, dashboard, edges, shield, origin)")
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)   # started by the supervisor only
     p.add_argument("--control-fd", type=int, required=True)
@@ -227,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        return run_demo(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -10,27 +10,39 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import dnslib
 
-from .model import (Address, AdminState, AllDown, Algorithm, CheckKind, CheckSpec, Config,
-                    DashboardSettings, HealthSettings, IPVersion, Listener, Location,
-                    NetOverride, RateLimit, RecordSet, Service, ServerSettings, Site, Soa,
-                    ZoneConfig)
-from .yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
+from cdnkit.check import Checker, ConfigError
+from cdnkit.listen import Listener, listener, split_host_port
+from cdnkit.yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
+
+from .model import (
+    Address,
+    AdminState,
+    Algorithm,
+    AllDown,
+    CheckKind,
+    CheckSpec,
+    Config,
+    DashboardSettings,
+    HealthSettings,
+    IPVersion,
+    Location,
+    NetOverride,
+    RateLimit,
+    RecordSet,
+    ServerSettings,
+    Service,
+    Site,
+    Soa,
+    ZoneConfig,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "gslb.yaml"
 STATIC_TYPES = ("A", "AAAA", "CNAME", "MX", "NS", "TXT", "SRV", "CAA", "PTR")
 MAX_TTL = 2**31 - 1
-
-
-class ConfigError(ValueError):
-    """A config was rejected; ``problems`` holds every reason as "file:line: text"."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def normalize_name(name: str) -> str:
@@ -44,121 +56,7 @@ def in_zone(name: str, origin: str) -> bool:
     return name == origin or name.endswith("." + origin)
 
 
-class Checker:
-    """Collects problems; helpers return a usable value even when they complain."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.problems: list[str] = []
-
-    def add(self, where: Where, text: str) -> None:
-        self.problems.append(f"{where}: {text}")
-
-    def mapping(self, value: Any, where: Where, what: str) -> LineDict:
-        if isinstance(value, LineDict):
-            return value
-        if value is not None:
-            self.add(where, f"{what} must be a mapping, got {type(value).__name__}")
-        empty = LineDict()
-        empty.where, empty.key_where = where, {}
-        return empty
-
-    def keys(self, block: LineDict, allowed: Iterable[str], what: str) -> None:
-        allowed = tuple(allowed)
-        for key in block:
-            if key not in allowed:
-                self.add(block.at(key), f"unknown key {key!r} in {what} "
-                         f"(allowed: {', '.join(allowed)})")
-
-    def items(self, value: Any, where: Where, what: str) -> list[tuple[Any, Where]]:
-        """A scalar or a list, as (item, where) pairs."""
-        if value is None:
-            return []
-        if isinstance(value, LineList):
-            return [(v, value.at(i)) for i, v in enumerate(value)]
-        if isinstance(value, (dict, list)):
-            self.add(where, f"{what} must be a value or a list of values")
-            return []
-        return [(value, where)]
-
-    def integer(self, block: LineDict, key: str, default: int, lo: int, hi: int,
-                what: str) -> int:
-        value = block.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.add(block.at(key), f"{what}.{key} must be an integer, got {value!r}")
-            return default
-        if not lo <= value <= hi:
-            self.add(block.at(key), f"{what}.{key} = {value} is out of range {lo}..{hi}")
-            return default
-        return value
-
-    def number(self, block: LineDict, key: str, lo: float, hi: float, what: str,
-               default: float | None = None) -> float | None:
-        if key not in block:
-            if default is None:
-                self.add(block.where, f"{what} needs {key}")
-            return default
-        value = block[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.add(block.at(key), f"{what}.{key} must be a number, got {value!r}")
-            return default
-        if not lo <= value <= hi:
-            self.add(block.at(key), f"{what}.{key} = {value} is out of range {lo}..{hi}")
-            return default
-        return float(value)
-
-    def choice(self, block: LineDict, key: str, enum_type: Any, default: Any, what: str) -> Any:
-        if key not in block:
-            return default
-        try:
-            return enum_type(block[key])
-        except ValueError:
-            names = ", ".join(e.value for e in enum_type)
-            self.add(block.at(key), f"{what}.{key} = {block[key]!r} is not one of: {names}")
-            return default
-
-    def text(self, block: LineDict, key: str, what: str, default: str = "") -> str:
-        value = block.get(key, default)
-        if not isinstance(value, str):
-            self.add(block.at(key), f"{what}.{key} must be a string")
-            return default
-        return value
-
-    def ip(self, value: Any, where: Where, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        try:
-            return ipaddress.ip_address(str(value).strip())
-        except ValueError:
-            self.add(where, f"{what}: {value!r} is not an IP address")
-            return None
-
-
 # --- sections ---------------------------------------------------------------------------
-
-
-def _listener(ck: Checker, text: Any, where: Where) -> Listener | None:
-    if not isinstance(text, str):
-        ck.add(where, f"listen address must be a string like 127.0.0.1:8053, got {text!r}")
-        return None
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-        if not sep or not 0 <= number <= 65535:
-            raise ValueError
-    except ValueError:
-        ck.add(where, f"listen address {text!r} must be ADDR:PORT (IPv6 as [::1]:8053)")
-        return None
-    return Listener(host, number)
-
-
-def parse_listener(text: str) -> Listener:
-    """Parse a command-line ADDR:PORT; raise ValueError with a clear message."""
-    ck = Checker("--dns")
-    found = _listener(ck, text, Where("command line", 0))
-    if found is None:
-        raise ValueError(ck.problems[0].split(": ", 1)[1])
-    return found
 
 
 def _server(ck: Checker, raw: Any, where: Where) -> ServerSettings:
@@ -166,7 +64,7 @@ def _server(ck: Checker, raw: Any, where: Where) -> ServerSettings:
     ck.keys(block, ("listen", "workers", "tcp_idle_timeout", "edns_payload", "tcp_read_timeout",
                     "tcp_max_connections", "tcp_max_per_client", "tcp_max_queued", "rate_limit",
                     "cookies", "cookie_secret_env", "nsid"), "server")
-    listeners = [_listener(ck, v, w) for v, w in ck.items(block.get("listen"), block.at("listen"),
+    listeners = [listener(ck, v, w) for v, w in ck.items(block.get("listen"), block.at("listen"),
                                                           "server.listen")]
     if "listen" not in block:
         listeners = [Listener("127.0.0.1", 8053), Listener("::1", 8053)]
@@ -247,26 +145,6 @@ def _location(ck: Checker, raw: Any, where: Where, what: str) -> Location | None
         return None
     return Location(lat, lon, ck.text(block, "city", what), ck.text(block, "country", what),
                     ck.text(block, "continent", what))
-
-
-def split_host_port(text: str) -> tuple[str, str]:
-    """`HOST`, `HOST:PORT`, `[IPv6]:PORT` or a bare IPv6 address -> (host, port text or "")."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, rest.lstrip(":")
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, port
-    return text, ""
-
-
-def listener_arg(text: str) -> Listener:
-    """argparse type for ADDR:PORT options (`--dns`, `--http`, `--listen`)."""
-    import argparse
-    try:
-        return parse_listener(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _probe_target(ck: Checker, text: Any, where: Where, what: str) -> tuple[str, int]:
@@ -607,7 +485,7 @@ def _dashboard(ck: Checker, raw: Any, where: Where) -> DashboardSettings:
     ck.keys(block, ("listen", "token", "token_env", "edges"), "dashboard")
     listen = Listener("127.0.0.1", 8080)
     if "listen" in block:
-        listen = _listener(ck, block["listen"], block.at("listen"))
+        listen = listener(ck, block["listen"], block.at("listen"))
     token = ck.text(block, "token", "dashboard")
     env = ck.text(block, "token_env", "dashboard", "GSLB_ADMIN_TOKEN")
     # The environment wins, so operators can keep the secret out of the YAML.

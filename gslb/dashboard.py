@@ -11,21 +11,35 @@ import hmac
 import ipaddress
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cdnkit.listen import Listener
+
 from . import select
 from .geo import Decision
 from .health import HealthBoard, Target, view_to_json
-from .model import AdminState, Listener, Location
+from .model import AdminState, Location
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
 
-SUPERVISOR = web.AppKey("supervisor", object)
+class Supervisor(Protocol):
+    """What the dashboard reads from the process that runs it (gslb.supervisor's
+    Supervisor): the health board and the workers' counters."""
+
+    board: HealthBoard
+    workers: Mapping[int, Any]
+    rebuilds: dict[str, int]
+    reloads: dict[str, int]
+
+    def query_counts(self) -> dict[tuple[int, str], int]: ...
+
+    def extra_counts(self) -> dict[tuple[str, str], int]: ...
+
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 PAGE = (Path(__file__).parent / "dashboard.html").read_text()
 
@@ -42,7 +56,7 @@ RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
 class _Collector:
     """Metrics read from the supervisor at scrape time."""
 
-    def __init__(self, sup: "Supervisor"):
+    def __init__(self, sup: Supervisor):
         self.sup = sup
 
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
@@ -89,7 +103,7 @@ class _Collector:
         yield workers
 
 
-def _metrics(board: HealthBoard, sup: "Supervisor") -> CollectorRegistry:
+def _metrics(board: HealthBoard, sup: Supervisor) -> CollectorRegistry:
     registry = CollectorRegistry()
     results = Counter("gslb_check_results", "Health check results", ["site", "address", "result"],
                       registry=registry)
@@ -225,7 +239,7 @@ async def admin(request: web.Request) -> web.Response:
                               "overrides": board.overrides()})
 
 
-def make_app(sup: "Supervisor") -> web.Application:
+def make_app(sup: Supervisor) -> web.Application:
     """A fresh dashboard app reading from `sup`."""
     app = web.Application()
     app[SUPERVISOR] = sup
@@ -240,7 +254,7 @@ def make_app(sup: "Supervisor") -> web.Application:
     return app
 
 
-async def start_dashboard(sup: "Supervisor", listen: Listener) -> web.AppRunner:
+async def start_dashboard(sup: Supervisor, listen: Listener) -> web.AppRunner:
     runner = web.AppRunner(make_app(sup), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, listen.host, listen.port).start()

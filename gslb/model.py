@@ -9,6 +9,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from cdnkit.listen import Listener
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -177,15 +179,6 @@ class ZoneConfig:
     ns: tuple[str, ...]
     ttl: int
     records: tuple[RecordSet, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

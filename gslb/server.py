@@ -22,16 +22,26 @@ import struct
 import time
 from dataclasses import dataclass
 
+from cdnkit.listen import Listener
+
 from . import cookies
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
 from .geo import Decision, Locator, open_database
 from .health import HealthView
-from .model import Listener
 from .query import Opt, Query, parse_query, validate_ecs
 from .rrl import DROP, RateLimiter
-from .wire import (CLASS_IN, QTYPE_AXFR, QTYPE_IXFR, RCODE_BADVERS, RCODE_FORMERR,
-                   RCODE_NOTIMP, RCODE_REFUSED, FormError, counts)
+from .wire import (
+    CLASS_IN,
+    QTYPE_AXFR,
+    QTYPE_IXFR,
+    RCODE_BADVERS,
+    RCODE_FORMERR,
+    RCODE_NOTIMP,
+    RCODE_REFUSED,
+    FormError,
+    counts,
+)
 from .zone import ZoneIndex
 
 log = logging.getLogger("gslb.server")

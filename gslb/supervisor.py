@@ -21,9 +21,13 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import ConfigError, load_config
+from cdnkit.check import ConfigError
+from cdnkit.listen import Listener
+
+from .config import load_config
+from .dashboard import start_dashboard
 from .health import HealthBoard, HealthView, Prober
-from .model import Config, Listener
+from .model import Config
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -117,7 +121,8 @@ class Supervisor:
     """Starts workers, runs the prober and dashboard, relays config and health."""
 
     def __init__(self, config_path: str, config: Config, listeners: tuple[Listener, ...],
-                 workers: int, http: Listener | None, ready_line: str = ""):
+                 workers: int, http: Listener | None, ready_line: str = "",
+                 state_file: str | None = None):
         self.config_path = config_path
         # One cookie secret for all workers, so a cookie issued by one is valid at all.
         self._secret = config.server.cookie_secret or os.urandom(16)
@@ -127,7 +132,7 @@ class Supervisor:
         self.n_workers = workers
         self.http = http
         self.ready_line = ready_line
-        self.board = HealthBoard(config, state_file=config.health.state_file)
+        self.board = HealthBoard(config, state_file=state_file or config.health.state_file)
         self.workers: dict[int, Worker] = {}
         self.retired: dict[tuple[int, str], int] = {}   # counts of workers that are gone
         self.retired_extra: dict[tuple[str, str], int] = {}
@@ -144,7 +149,6 @@ class Supervisor:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        from .dashboard import start_dashboard
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.request
 
-from tests.conftest import ROOT, free_port, stop, wait_ready
+from pathlib import Path
+
+from tests.conftest import ROOT, free_port, load_default, stop, wait_ready, write_config
 
 FRANKFURT, NEW_YORK = "198.51.100.0/24", "192.0.2.0/24"
 
@@ -67,14 +69,34 @@ def wait_for(what, timeout: float, step: float = 0.25):
     return what()
 
 
-def test_the_demo_end_to_end():
+def demo_config(tmp: Path) -> tuple[Path, list[str]]:
+    """data/gslb.yaml with its edges, shield and origin on ports of this test's own, so a
+    demo that a developer left running is neither used nor disturbed; and the demo's
+    options for the shield and origin."""
+    cfg = load_default()
+    port, shield, origin = free_port(), free_port(), free_port()
+    cfg["checks"]["edge"]["port"] = port
+    for site in cfg["sites"].values():
+        site["addresses"] = [a if not isinstance(a, dict) else
+                             {**a, "probe": f"[::1]:{free_port()}"} for a in site["addresses"]]
+    cfg["dashboard"]["edges"] = {
+        **{f"edge-{name}": f"http://{site['addresses'][0]}:{port}/metrics"
+           for name, site in cfg["sites"].items()},
+        "shield-fra": f"http://127.0.0.14:{shield}/metrics"}
+    cfg["health"] = {"state_file": str(tmp / "state.json")}
+    return write_config(tmp, cfg), ["--shield", f"127.0.0.14:{shield}",
+                                    "--origin", f"127.0.0.1:{origin}",
+                                    "--control", str(tmp / "demo.sock")]
+
+
+def test_the_demo_end_to_end(tmp_path):
     port, http = free_port(), free_port()
-    log = ROOT / ".pytest_cache" / f"demo-{port}.log"
-    log.parent.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "--dns",
-                             f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}"],
+    config, options = demo_config(tmp_path)
+    log = tmp_path / "demo.log"
+    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "-c", str(config),
+                             "--dns", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}",
+                             *options],
                             stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=ROOT)
-    restarted = None
     try:
         banner = []
         for line in proc.stdout:
@@ -110,8 +132,8 @@ def test_the_demo_end_to_end():
         assert float(rows["edge-fra"][2].rstrip(" %")) > 0
 
         # Kill the Frankfurt edge: its clients go to the next nearest site (New York).
-        pid = int(next(re.search(r"kill (\d+)", l).group(1) for l in banner
-                       if "stop the fra edge" in l))
+        pid = int(next(re.search(r"pid (\d+)", l).group(1) for l in banner
+                       if l.strip().startswith("edge-fra ")))
         subprocess.run(["kill", "-9", str(pid)], check=True)
         killed = time.monotonic()
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.11"], 15)
@@ -119,13 +141,15 @@ def test_the_demo_end_to_end():
         assert moved_after < 2 * 3 + 3          # interval x fall, plus a check's timeout
         assert "error" in edge_view(http)["edge-fra"]          # the dashboard sees it gone
 
-        # Bring it back with the printed command; the answers return.
-        cmd = banner[next(i for i, l in enumerate(banner) if "restart the fra edge" in l) + 1]
-        restarted = subprocess.Popen(shlex.split(cmd), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        # Bring it back with the printed command: the demo starts it as its own child.
+        words = shlex.split(next(l for l in banner if "start edge-fra" in l).split("#")[0])
+        assert words[0].endswith("gslb") and words[1] == "demo", words
+        again = subprocess.run([sys.executable, "-m", "gslb.cli", *words[1:]],
+                               cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 0 and "started the fra edge" in again.stdout, again
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 20)
+        restarted = int(re.search(r"pid (\d+)", again.stdout).group(1))
     finally:
-        if restarted is not None:
-            stop(restarted)
         stop(proc)
-        log.unlink(missing_ok=True)
+    # Ctrl-C took every part with it, the restarted edge too.
+    assert restarted is not None and not os.path.exists(f"/proc/{restarted}")

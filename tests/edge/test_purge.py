@@ -10,9 +10,9 @@ import pytest
 import yaml
 from aiohttp import web
 
+from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
 from edge.purge import Ban, ban_for
-from gslb.yamlsrc import load_yaml_text
 from tests.conftest import ROOT, free_port, serve_app
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.test_proxy import Edge

@@ -2,12 +2,11 @@
 and a loop between tiers is answered 508, never a storm."""
 from __future__ import annotations
 
-
 import pytest
 import yaml
 
+from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
-from gslb.yamlsrc import load_yaml_text
 from tests.conftest import free_port
 from tests.edge.test_cache import CountingOrigin, fetch
 from tests.edge.test_proxy import Edge

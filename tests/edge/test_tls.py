@@ -10,10 +10,11 @@ import pytest
 import yaml
 from aiohttp import web
 
+from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
 from edge.front import Listeners
-from edge.proxy import EdgeState, make_app
-from gslb.yamlsrc import load_yaml_text
+from edge.proxy import make_app
+from edge.state import EdgeState
 from tests.conftest import free_port
 from tests.tlsutil import CA
 

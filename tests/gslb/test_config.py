@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gslb.config import ConfigError, load_config
+from cdnkit.check import ConfigError
+from gslb.config import load_config
 from tests.conftest import DATA, DEFAULT_CONFIG, ROOT
 
 BROKEN = """\

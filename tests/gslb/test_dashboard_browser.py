@@ -17,6 +17,7 @@ from tests.browser import chromium
 from tests.conftest import ROOT
 from tests.gslb.test_health_live import edges, frankfurt, wait_all_up, wait_for  # noqa: F401 (edges: fixture)
 
+
 @pytest.fixture
 def browser():
     with chromium() as driver:

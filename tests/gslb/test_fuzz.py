@@ -7,10 +7,11 @@ import struct
 import time
 
 import dnslib
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gslb.server import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder
 from gslb.config import load_config
+from gslb.server import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder
 from tests.conftest import DEFAULT_CONFIG, DEMO_NAME, make_query, parse, recv_framed
 
 RESPONDER = Responder(load_config(DEFAULT_CONFIG))

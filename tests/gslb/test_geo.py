@@ -4,7 +4,8 @@ from __future__ import annotations
 import ipaddress
 
 import geoip2.database
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 

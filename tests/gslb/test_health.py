@@ -10,15 +10,14 @@ import ssl
 from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp import web
 
+from cdnkit.yamlsrc import load_yaml_text
 from gslb.config import build_config
 from gslb.health import HealthBoard, Prober, State, Target, targets
 from gslb.model import AdminState, CheckKind, CheckSpec
-from gslb.yamlsrc import load_yaml_text
 from tests.conftest import DATA, free_port, load_default, serve_app
-
-import yaml
 
 
 def spec(kind=CheckKind.HTTP, **kw) -> CheckSpec:

@@ -26,7 +26,7 @@ class Edges:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, site: str) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "gslb.demo_edge", site,
+        proc = subprocess.Popen([sys.executable, "-m", "demo.standin", site,
                                  f"{SITES[site]}:{self.port}", f"[::1]:{self.v6_ports[site]}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 cwd=ROOT)

@@ -11,8 +11,7 @@ import time
 
 import yaml
 
-from tests.conftest import (DEMO_NAME, ROOT, dig_short, load_default, make_query, parse,
-                            stop)
+from tests.conftest import DEMO_NAME, ROOT, dig_short, load_default, make_query, parse, stop
 
 
 def children_of(pid: int) -> list[int]:

@@ -6,16 +6,23 @@ from pathlib import Path
 
 import dnslib
 import pytest
+import yaml
 
+from cdnkit.yamlsrc import load_yaml_text
 from gslb.config import build_config
 from gslb.health import HealthBoard
 from gslb.model import AdminState
 from gslb.server import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder
-from gslb.yamlsrc import load_yaml_text
-from tests.conftest import DATA, DEMO_NAME, answers, dig_short, ecs_scope, load_default, \
-    make_query, parse
-
-import yaml
+from tests.conftest import (
+    DATA,
+    DEMO_NAME,
+    answers,
+    dig_short,
+    ecs_scope,
+    load_default,
+    make_query,
+    parse,
+)
 
 NYC, FRA, SIN = "127.0.0.11", "127.0.0.12", "127.0.0.13"
 NYC6, FRA6, SIN6 = "2001:db8:ed9e::11", "2001:db8:ed9e::12", "2001:db8:ed9e::13"

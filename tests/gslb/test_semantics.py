@@ -8,8 +8,7 @@ import time
 import dnslib
 import pytest
 
-from tests.conftest import (DEMO_NAME, load_default, make_query, parse, recv_framed,
-                            tcp_exchange)
+from tests.conftest import DEMO_NAME, load_default, make_query, parse, recv_framed, tcp_exchange
 
 
 def flags_of(text: str) -> set[str]:

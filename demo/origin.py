@@ -1,6 +1,6 @@
 """The demo's origin server: the sample media in data/media and a page to play it.
 
-    python -m gslb.demo_origin 127.0.0.1:9000
+    python -m demo.origin 127.0.0.1:9000
 
 Files go out with ETag, Last-Modified and byte ranges (aiohttp's FileResponse),
 and `Cache-Control: max-age=300`, so the edges cache them and revalidate.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .demo_edge import parse_bind
+from cdnkit.listen import host_port as parse_bind
 
 MEDIA = Path(__file__).resolve().parent.parent / "data" / "media"
 PAGE = """<!doctype html><meta charset="utf-8"><title>gslb demo</title>

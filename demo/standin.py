@@ -1,6 +1,6 @@
 """A stand-in edge for the health tests: answers health checks on every HOST:PORT given.
 
-    python -m gslb.demo_edge NAME 127.0.0.12:8081 [::1]:8092 ...
+    python -m demo.standin NAME 127.0.0.12:8081 [::1]:8092 ...
 
 `/healthz` answers 200 "ok"; `/` names the site. It starts in a fraction of
 the time of `edge serve`, which the tests of DNS failover start and kill many
@@ -13,12 +13,7 @@ import sys
 
 from aiohttp import web
 
-from .config import split_host_port
-
-
-def parse_bind(text: str) -> tuple[str, int]:
-    host, port = split_host_port(text)
-    return host, int(port)
+from cdnkit.listen import host_port as parse_bind
 
 
 async def serve(name: str, binds: list[tuple[str, int]]) -> None:

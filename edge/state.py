@@ -1,0 +1,67 @@
+"""What one edge process holds: the config, its origin pools, the cache, the HTTP
+client, the resolver, the certificates and the counters. `apply` swaps a whole
+validated config in at once."""
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from .cache import Cache
+from .disk import DiskStore
+from .metrics import Metrics
+from .model import Balancing, Customer, EdgeConfig, Origin
+from .origin import OriginPool
+from .resolve import Resolver
+from .tls import CertStore
+
+log = logging.getLogger("edge.state")
+
+# Shields back off as origin servers do (5 s, doubling, up to 300 s).
+SHIELD_BACKOFF = Origin(balancing=Balancing.FAILOVER)
+
+
+class EdgeState:
+    """The current config, its origin pools, the HTTP client and the counters."""
+
+    def __init__(self, config: EdgeConfig):
+        self.metrics = Metrics()
+        self.session: aiohttp.ClientSession | None = None
+        self.resolver = Resolver(list(config.nameservers) or None)
+        self.certs = CertStore(config.certificates)
+        disk = None
+        if config.cache_disk:
+            disk = DiskStore(config.cache_disk, config.cache_disk_size)
+            disk.scan()
+            log.info("disk cache %s: %d objects", config.cache_disk, len(disk))
+        self.cache = Cache(config.cache_memory, disk)
+        self.pools: dict[tuple[str, str], OriginPool] = {}
+        self.shield_pool = OriginPool(SHIELD_BACKOFF, ())
+        self.apply(config)
+
+    def apply(self, config: EdgeConfig) -> None:
+        """Swap in a validated config; back-off state survives for unchanged servers."""
+        old = self.pools
+        pools: dict[tuple[str, str], OriginPool] = {}
+        for customer in config.customers:
+            for scheme, servers in (("http", customer.origin.http),
+                                    ("https", customer.origin.https)):
+                if not servers:
+                    continue
+                pool = OriginPool(customer.origin, servers)
+                previous = old.get((customer.directory, scheme))
+                if previous is not None and previous.servers == servers:
+                    pool.state = previous.state
+                pools[(customer.directory, scheme)] = pool
+        shields = OriginPool(SHIELD_BACKOFF, tuple(s.server for s in config.shields))
+        shields.state.update({k: v for k, v in self.shield_pool.state.items()
+                              if k in shields.state})
+        self.config, self.pools, self.shield_pool = config, pools, shields
+        self.certs.load(config.certificates)       # new handshakes use the new files
+
+    def pool_for(self, customer: Customer, edge_scheme: str) -> OriginPool:
+        # The seed's HTTP/HTTPS edge protocols: requests arriving over HTTPS use the
+        # HTTPS server list when there is one.
+        return (self.pools.get((customer.directory, edge_scheme))
+                or self.pools.get((customer.directory, "http"))
+                or self.pools[(customer.directory, "https")])
