@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from cdnkit.listen import Listener
 
-from . import cookies
+from . import cookies, dnssec
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
 from .geo import Decision, Locator, open_database
@@ -38,9 +38,11 @@ from .wire import (
     RCODE_BADVERS,
     RCODE_FORMERR,
     RCODE_NOTIMP,
+    RCODE_NXDOMAIN,
     RCODE_REFUSED,
     FormError,
     counts,
+    decode_qkey,
 )
 from .zone import ZoneIndex
 
@@ -65,17 +67,6 @@ SLIP_COUNTS = counts(1, 0, 0, 0)
 Entry = tuple[bytes, int, object, int]
 
 
-def decode_qkey(qkey: bytes) -> tuple[str, int]:
-    """Lower-cased wire question -> (text name, qtype). Dots inside labels are escaped."""
-    labels, i = [], 0
-    while qkey[i]:
-        n = qkey[i]
-        labels.append(qkey[i + 1:i + 1 + n].decode("latin-1").replace(".", "\\."))
-        i += n + 1
-    name = ".".join(labels) + "." if labels else "."
-    return name, int.from_bytes(qkey[i + 1:i + 3], "big")
-
-
 @dataclass(frozen=True)
 class Engine:
     """Everything the query path reads for one config; replaced whole on reload."""
@@ -96,7 +87,8 @@ class Responder:
     def __init__(self, config: Config, health: HealthView | None = None):
         self.engine = build_engine(config)
         self.health = health or HealthView()
-        self.table = AnswerTable(config, self.engine.zones, self.health)
+        self.signers = dnssec.signers(config.zones, time.time())
+        self.table = AnswerTable(config, self.engine.zones, self.health, signers=self.signers)
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
         self._own_secret = os.urandom(16)
@@ -135,15 +127,33 @@ class Responder:
     def set_health(self, view: HealthView) -> None:
         """A new health snapshot: rebuild the answers now, off the query path."""
         self.health = view
-        self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table)
+        self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table,
+                                 self.signers)
         self._new_wire_caches()
+
+    def next_signing_event(self) -> float | None:
+        """When signatures must be re-made (period end, key timing); None if nothing is signed."""
+        return min((s.next_event for s in self.signers.values()), default=None)
+
+    def resign(self, now: float | None = None) -> bool:
+        """New signers if a signing period ended or a key changed state; rebuild the answers."""
+        signers = dnssec.signers(self.engine.config.zones, time.time() if now is None else now,
+                                 self.signers)
+        if signers == self.signers:
+            return False
+        self.signers = signers
+        self.table = AnswerTable(self.engine.config, self.engine.zones, self.health, self.table,
+                                 signers)
+        self._new_wire_caches()
+        return True
 
     def swap_config(self, config: Config) -> None:
         """Install a validated config atomically: queries see old or new, never a mix."""
         engine = build_engine(config)
         old = self.engine
-        table = AnswerTable(config, engine.zones, self.health)
-        self.engine, self.table, self.decisions = engine, table, {}
+        signers = dnssec.signers(config.zones, time.time(), self.signers)
+        table = AnswerTable(config, engine.zones, self.health, signers=signers)
+        self.engine, self.table, self.decisions, self.signers = engine, table, {}, signers
         self._new_wire_caches()
         self._server_settings(config)
         old.locator.close()
@@ -260,7 +270,8 @@ class Responder:
                     nsid = True
                 j += 4 + olen
             opt = Opt(max(512, int.from_bytes(data[qend + 3:qend + 5], "big")),
-                      bool(data[qend + 7] & 0x80), ecs, 0, cookie, nsid)
+                      bool(data[qend + 7] & 0x80), ecs, 0, cookie, nsid,
+                      bool(data[qend + 7] & 0x40))
         else:
             return self._slow(data, client, limit)
         qtype = (data[qend - 4] << 8) | data[qend - 3]
@@ -294,7 +305,8 @@ class Responder:
         scope = 0
         kind = CACHE_SHARED
         ecs = opt.ecs if opt is not None else None
-        if type(entry) is Dynamic:
+        dynamic = type(entry) is Dynamic
+        if dynamic:
             decision, used_ecs = self.locate(ecs, client)
             reply: Reply = table.service(entry, decision)
             if reply.client_dependent:
@@ -304,21 +316,37 @@ class Responder:
                     kind = CACHE_PER_CLIENT
         else:
             reply = entry  # type: ignore[assignment]
-        variants = reply.variants
+        rcode = reply.rcode
+        signed = opt is not None and opt.do and reply.signed is not None
+        variants = reply.signed if signed else reply.variants
+        co = False
+        if signed:
+            if reply.rcode_do is not None:
+                rcode = reply.rcode_do
+            if opt.co:      # RFC 9824 5.1: the resolver takes NXDOMAIN with a compact denial
+                co = True
+                if reply.nxname:
+                    rcode = RCODE_NXDOMAIN
         if len(variants) == 1:
             variant = variants[0]
         else:
             self._rotor += 1
             variant = variants[self._rotor % len(variants)]
             kind = CACHE_NONE        # rotation: every query must pick again
+        body = variant.body
+        if dynamic and entry.composed:   # a CNAME chain before, or wildcard proofs after
+            body, an, ns, ar = entry.compose(variant, signed)
+            head_counts, head_counts_opt = counts(1, an, ns, ar), counts(1, an, ns, ar + 1)
+        else:
+            head_counts, head_counts_opt = variant.counts, variant.counts_opt
         # Identical responses share a rate-limit bucket: the body is the answer
         # RRset, or the zone's SOA for every negative answer of that zone.
-        identity: object = (reply.rcode, variant.body)
-        flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | reply.rcode))
-        slot = self._slot(reply.rcode, reply.service)
+        identity: object = (rcode, variant.body)
+        flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | rcode))
+        slot = self._slot(rcode, reply.service)
         self.counters[slot] += 1
         if opt is None:
-            out = qid + flags + variant.counts + question + variant.body
+            out = qid + flags + head_counts + question + body
             if len(out) > limit:
                 out = qid + bytes((flags[0] | 0x02, flags[1])) + counts(1, 0, 0, 0) + question
             return out, kind, slot, identity
@@ -334,8 +362,8 @@ class Responder:
             kind = CACHE_NONE
         if opt.nsid and self.nsid:
             extra += self._nsid_option
-        opt_rr = self._opt_rr(opt.do, ecs, scope, 0, extra)
-        out = qid + flags + variant.counts_opt + question + variant.body + opt_rr
+        opt_rr = self._opt_rr(opt.do, ecs, scope, 0, extra, co)
+        out = qid + flags + head_counts_opt + question + body + opt_rr
         if limit == UDP_PLAIN_LIMIT:
             limit = min(max(opt.payload, UDP_PLAIN_LIMIT), self.payload)
         if len(out) > limit:
@@ -343,8 +371,8 @@ class Responder:
         return out, kind, slot, identity
 
     def _opt_rr(self, do: bool, ecs: bytes | None, scope: int, ext_rcode: int = 0,
-                extra: bytes = b"") -> bytes:
-        flags = b"\x80\x00" if do else b"\x00\x00"
+                extra: bytes = b"", co: bool = False) -> bytes:
+        flags = bytes(((0x80 if do else 0) | (0x40 if co else 0), 0))
         options = extra
         if ecs is not None:
             # RFC 7871 7.2.1: echo family, source prefix and address; set the scope.
@@ -456,6 +484,25 @@ class DnsServer:
         self._conns: dict[asyncio.Task, list] = {}       # task -> [client, last activity]
         self._per_client: dict[str, int] = {}
         self.tcp_refused = self.tcp_evicted = 0
+        self._resign_timer: asyncio.TimerHandle | None = None
+
+    def _schedule_signing(self) -> None:
+        """Re-sign at the next period boundary or key event (none for unsigned zones)."""
+        if self._resign_timer is not None:
+            self._resign_timer.cancel()
+            self._resign_timer = None
+        when = self.responder.next_signing_event()
+        if when is not None:
+            delay = min(max(1.0, when - time.time() + 0.5), 86400.0)
+            self._resign_timer = asyncio.get_running_loop().call_later(delay, self._resign)
+
+    def _resign(self) -> None:
+        self._resign_timer = None
+        try:
+            if self.responder.resign():
+                log.info("DNSSEC: signing state changed; answers re-signed")
+        finally:
+            self._schedule_signing()
 
     async def start(self) -> None:
         _raise_fd_limit()
@@ -466,6 +513,7 @@ class DnsServer:
             loop.add_reader(sock.fileno(), self._drain_udp, sock)
             tcp = _bind_tcp(listener, self.reuse_port)
             self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+        self._schedule_signing()
 
     def _drain_udp(self, sock: socket.socket) -> None:
         # Several datagrams per wake-up: one readiness callback costs more than a recvfrom.
@@ -548,9 +596,12 @@ class DnsServer:
     def apply_config(self, config: Config) -> None:
         """Serve a new, already validated config (listeners stay as they are)."""
         self.responder.swap_config(config)
+        self._schedule_signing()
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._resign_timer is not None:
+            self._resign_timer.cancel()
         for sock in self._udp:
             loop.remove_reader(sock.fileno())
             sock.close()

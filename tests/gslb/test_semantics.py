@@ -354,10 +354,13 @@ def test_cname_leaving_our_zones_is_answered_alone():
 
 def test_cname_chase_live_with_dig(start_server):
     srv = start_server(chase_config())
-    out = srv.dig("hop1.cdn.example.net", "A", "+subnet=203.0.113.0/24")
-    assert "static.cdn.example.net. 3600 IN\tA\t192.0.2.80" in out.replace("\t\t", "\t") or \
-        "192.0.2.80" in out
-    assert out.count("CNAME") == 3
+    out = srv.dig("hop1.cdn.example.net", "A", "+noall", "+answer")
+    records = [line.split() for line in out.splitlines() if line.strip()]
+    assert [(r[0], r[3], r[4]) for r in records] == [
+        ("hop1.cdn.example.net.", "CNAME", "hop2.cdn.example.net."),
+        ("hop2.cdn.example.net.", "CNAME", "to-static.cdn.example.net."),
+        ("to-static.cdn.example.net.", "CNAME", "static.cdn.example.net."),
+        ("static.cdn.example.net.", "A", "192.0.2.80")]
 
 
 # --- services next to static records, services without coordinates -----------------------
