@@ -35,6 +35,7 @@ from .wire import (
     CLASS_IN,
     QTYPE_AXFR,
     QTYPE_IXFR,
+    QTYPE_NXNAME,
     RCODE_BADVERS,
     RCODE_FORMERR,
     RCODE_NOTIMP,
@@ -411,6 +412,8 @@ class Responder:
             return self._no_question(qid, f1, q.opt, client)
         if q.qclass != CLASS_IN or q.qtype in (QTYPE_AXFR, QTYPE_IXFR):
             return self._error(qid, f1, RCODE_REFUSED, q.question, q.opt)
+        if q.qtype == QTYPE_NXNAME:     # RFC 9824 3.5: a meta type nobody may ask for
+            return self._error(qid, f1, RCODE_FORMERR, q.question, q.opt)
         if 128 <= q.qtype <= 254 or q.qtype == 0:
             return self._error(qid, f1, RCODE_NOTIMP, q.question, q.opt)
         try:
