@@ -127,9 +127,10 @@ class AnswerTable:
             if signer is None:
                 continue
             for qtype, family in ((QTYPE_A, 4), (QTYPE_AAAA, 6)):
-                if family not in families(svc.ip_version):
-                    continue
                 dyn = Dynamic(svc, qtype, zone)
+                if family not in families(svc.ip_version):     # always NODATA
+                    self.builder.service_reply(dyn, select.Selection((), None, svc.ttl), False)
+                    continue
                 sets = [tuple(a.ip for a in self.config.sites[s].family(family))
                         for s in svc.pool] + [tuple(a.ip for a in svc.fallback
                                                     if a.version == family)]
