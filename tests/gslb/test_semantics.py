@@ -399,3 +399,28 @@ def test_failover_and_weighted_services_need_no_coordinates():
     with pytest.raises(ConfigError) as err:
         local(cfg)
     assert any("nearest" in p and "lat" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize("batch", ["1", "0"])
+def test_udp_with_and_without_the_recvmmsg_helper(start_server, batch):
+    """The compiled helper (gslb._udpbatch) and the pure-Python loop answer alike,
+    also for a burst bigger than one batch from many sources at once."""
+    from gslb import server
+    if batch == "1":
+        assert server.batching(), "gslb._udpbatch is built by pip install -e ."
+    srv = start_server(load_default(checks=False), env={"GSLB_UDP_BATCH": batch})
+    socks = []
+    try:
+        for i in range(100):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((f"127.0.{i // 50}.{i % 50 + 1}", 0))
+            s.settimeout(3)
+            socks.append(s)
+        for i, s in enumerate(socks):
+            s.sendto(make_query(DEMO_NAME, "A", "192.0.2.0/24", qid=i), ("127.0.0.1", srv.port))
+        replies = [parse(s.recv(4096)) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert [r.header.id for r in replies] == list(range(100))
+    assert {str(r.rr[0].rdata) for r in replies} == {"127.0.0.11"}
