@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -414,8 +415,8 @@ def _services(ck: Checker, raw: Any, where: Where, sites: dict[str, Site],
             ck.add(svc.at("pool"), f"{what}: weighted pool where every site has weight 0")
         out.append(Service(name, tuple(pool), algorithm, answers, ttl, ip_version, all_down,
                            tuple(fallback)))
-    names = [s.name for s in out]
-    for name in {n for n in names if names.count(n) > 1}:
+    counted = Counter(s.name for s in out)      # not names.count(): 10k services in O(n)
+    for name in sorted(n for n, times in counted.items() if times > 1):
         ck.add(block.where, f"service {name} is defined more than once")
     return out
 

@@ -21,6 +21,8 @@ with `dns.dnssec.validate` and with unbound and delv.
 """
 from __future__ import annotations
 
+import os
+import pickle
 import struct
 from typing import Callable
 
@@ -32,6 +34,7 @@ from .model import DnssecKey, DnssecSettings
 from .records import RRset, label_count
 from .wire import CLASS_IN, QTYPE_DNSKEY, QTYPE_RRSIG, encode_name, rr
 
+PARALLEL_MIN = 4000      # fewer RRsets than this are signed in-process
 CLOCK_SKEW = 3600        # inception this far in the past: validators with slow clocks
 # Types whose rdata holds names that canonical form lower-cases (RFC 4034 6.2, RFC 6840 5.1)
 NAME_TYPES = frozenset({2, 5, 6, 12, 15, 33})
@@ -80,14 +83,77 @@ class ZoneSigner:
         self.zsks = [k for k in active if k.flags == dnssec_keys.ZSK_FLAGS]
         if settings.csk:
             self.zsks = self.ksks + self.zsks
-        self._sign: dict[int, Callable[[bytes], bytes]] = {
-            k.tag: dnssec_keys.signer(k.algorithm, k.private) for k in active}
+        sign = {k.tag: dnssec_keys.signer(k.algorithm, k.private) for k in active}
         self._signer_name = encode_name(origin)
+
+        def parts(k: DnssecKey) -> tuple[bytes, bytes, Callable[[bytes], bytes]]:
+            # What every RRSIG of this key shares, besides type, labels and TTL.
+            return (bytes((k.algorithm,)), struct.pack("!IIH", self.expiration & 0xFFFFFFFF,
+                                                       self.inception & 0xFFFFFFFF, k.tag)
+                    + self._signer_name, sign[k.tag])
+        self._dnskey_signers = [parts(k) for k in self.ksks]
+        self._zone_signers = [parts(k) for k in self.zsks]
         published = [k for k in settings.keys if k.published(now)]
         self.dnskey = RRset(self._signer_name, QTYPE_DNSKEY, settings.dnskey_ttl,
                             tuple(dnssec_keys.dnskey_rdata(k) for k in published))
         self._cache: dict[tuple, tuple[bytes, ...]] = {}
+        self._labels: dict[bytes, int] = {}
         self.signatures = 0      # made, not served from the cache
+
+    def presign(self, rrset: RRset) -> None:
+        """Sign `rrset` now (if not yet), so a later answer finds the signature made."""
+        key = (rrset.owner, rrset.rtype, rrset.ttl, rrset.rdatas)
+        if key not in self._cache:
+            self._cache[key] = self._make(rrset)
+
+    def sign_all(self, rrsets: list[RRset], processes: int = 1) -> None:
+        """Presign many RRsets, in `processes` forked children when there are enough.
+
+        Signing is CPU-bound and the crypto holds the GIL, so more cores need more
+        processes; a fork shares the keys and the work list without copying them.
+        Call it only while the process has no other threads doing I/O.
+        """
+        todo = list({(r.owner, r.rtype, r.ttl, r.rdatas): r for r in rrsets
+                     if (r.owner, r.rtype, r.ttl, r.rdatas) not in self._cache}.items())
+        if processes <= 1 or len(todo) < PARALLEL_MIN:
+            for key, rrset in todo:
+                self._cache[key] = self._make(rrset)
+            return
+        children = []
+        for part in range(processes):
+            chunk = todo[part::processes]
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:                                   # child: sign, send, vanish
+                os.close(read)
+                try:
+                    with os.fdopen(write, "wb") as out:
+                        pickle.dump([self._make(r) for _, r in chunk], out, pickle.HIGHEST_PROTOCOL)
+                finally:
+                    os._exit(0)
+            os.close(write)
+            children.append((pid, read, chunk))
+        for pid, read, chunk in children:
+            with os.fdopen(read, "rb") as src:
+                try:
+                    signed = pickle.load(src)
+                except EOFError:
+                    signed = [self._make(r) for _, r in chunk]   # the child died: do it here
+            os.waitpid(pid, 0)
+            for (key, _), rdatas in zip(chunk, signed):
+                self._cache[key] = rdatas
+            self.signatures += sum(len(r) for r in signed)
+
+    def export(self) -> tuple[tuple, dict]:
+        """The signatures made so far, for another process with the same keys and period."""
+        return self.state, self._cache
+
+    def adopt(self, exported: tuple[tuple, dict] | None) -> bool:
+        """Take over another signer's signatures if they were made for our state."""
+        if exported is None or exported[0] != self.state:
+            return False
+        self._cache.update(exported[1])
+        return True
 
     def rrsigs(self, rrset: RRset) -> list[bytes]:
         """The RRSIG records covering `rrset`, in wire form with the same wire owner."""
@@ -98,18 +164,23 @@ class ZoneSigner:
         return [rr(rrset.wire_owner, QTYPE_RRSIG, rrset.ttl, data) for data in rdatas]
 
     def _make(self, rrset: RRset) -> tuple[bytes, ...]:
-        keys: list[DnssecKey] = self.ksks if rrset.rtype == QTYPE_DNSKEY else self.zsks
+        keys = self._dnskey_signers if rrset.rtype == QTYPE_DNSKEY else self._zone_signers
         fixed = rrset.owner + struct.pack("!HHI", rrset.rtype, CLASS_IN, rrset.ttl)
-        records = b"".join(fixed + struct.pack("!H", len(d)) + d for d in sorted(
-            {canonical_rdata(rrset.rtype, d) for d in rrset.rdatas}))
-        labels = label_count(rrset.owner)
+        rdatas = rrset.rdatas
+        if len(rdatas) == 1 and rrset.rtype not in NAME_TYPES:   # most service answers
+            records = fixed + struct.pack("!H", len(rdatas[0])) + rdatas[0]
+        else:
+            records = b"".join(fixed + struct.pack("!H", len(d)) + d for d in sorted(
+                {canonical_rdata(rrset.rtype, d) for d in rdatas}))
+        labels = self._labels.get(rrset.owner)
+        if labels is None:
+            labels = self._labels[rrset.owner] = label_count(rrset.owner)
+        lead = struct.pack("!HBI", rrset.rtype, labels, rrset.ttl)
         out = []
-        for k in keys:
-            head = struct.pack("!HBBIIIH", rrset.rtype, k.algorithm, labels, rrset.ttl,
-                               self.expiration & 0xFFFFFFFF, self.inception & 0xFFFFFFFF,
-                               k.tag) + self._signer_name
-            out.append(head + self._sign[k.tag](head + records))
-            self.signatures += 1
+        for algorithm, rest, sign in keys:
+            head = lead[:2] + algorithm + lead[2:] + rest
+            out.append(head + sign(head + records))
+        self.signatures += len(keys)
         return tuple(out)
 
 

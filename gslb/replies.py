@@ -167,6 +167,7 @@ class ReplyBuilder:
     def __init__(self, zones: ZoneIndex, signers: dict[str, ZoneSigner]):
         self.zones = zones
         self.signers = signers
+        self._owners: dict[str, bytes] = {}      # service name -> wire owner
 
     def signer(self, zone: ZoneConfig | None) -> ZoneSigner | None:
         return None if zone is None else self.signers.get(zone.origin)
@@ -313,8 +314,10 @@ class ReplyBuilder:
                        proof)
 
     def service_rrset(self, dyn: Dynamic, ttl: int, addrs: tuple[str, ...]) -> RRset:
-        return RRset(encode_name(dyn.service.name), dyn.qtype, ttl,
-                     tuple(address_rdata(ip) for ip in addrs), dyn.owner)
+        owner = self._owners.get(dyn.service.name)
+        if owner is None:
+            owner = self._owners[dyn.service.name] = encode_name(dyn.service.name)
+        return RRset(owner, dyn.qtype, ttl, tuple(address_rdata(ip) for ip in addrs), dyn.owner)
 
     def service_reply(self, dyn: Dynamic, sel: Selection, dependent: bool) -> Reply:
         """Wire reply for a selection (NODATA when it has no addresses)."""
@@ -332,10 +335,11 @@ class ReplyBuilder:
             return Reply(RCODE_NOERROR, True, (plain,), dependent, name, sel,
                          (signed,) if signed else None)
         plains, signeds = [], []
-        for addrs in sel.variants:
-            plain, signed = render(Sections(answer=[(self.service_rrset(dyn, sel.ttl, addrs),
-                                                     signer)]))
-            plains.append(plain)
-            signeds.append(signed)
+        for addrs in sel.variants:      # the common case, kept lean: one RRset in answer
+            rrset = self.service_rrset(dyn, sel.ttl, addrs)
+            records = rrset.wire()
+            plains.append(variant(records))
+            if signer is not None:
+                signeds.append(variant(records + signer.rrsigs(rrset)))
         return Reply(RCODE_NOERROR, True, tuple(plains), dependent, name, sel,
                      tuple(signeds) if signer is not None else None)

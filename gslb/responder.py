@@ -69,14 +69,33 @@ def build_engine(config: Config) -> Engine:
     return Engine(config, ZoneIndex(config), Locator(reader, config.nets))
 
 
+Signatures = dict[str, tuple[tuple, dict]]      # zone -> a ZoneSigner's export()
+
+
+def presigned(config: Config, processes: int = 1,
+              previous: Signatures | None = None) -> Signatures:
+    """Sign every signed zone's answers ahead, once, for workers to adopt (supervisor).
+
+    `previous` (an earlier result) is reused where keys and period are unchanged.
+    """
+    signers = dnssec.signers(config.zones, time.time())
+    if not signers:
+        return {}
+    Responder._adopt(signers, previous)
+    AnswerTable(config, ZoneIndex(config), HealthView(), signers=signers, processes=processes)
+    return {origin: signer.export() for origin, signer in signers.items()}
+
+
 class Responder:
     """Bytes in, bytes out. Holds the current engine, answer table and caches."""
 
-    def __init__(self, config: Config, health: HealthView | None = None):
+    def __init__(self, config: Config, health: HealthView | None = None,
+                 signatures: Signatures | None = None):
         self.engine = build_engine(config)
         self.health = health or HealthView()
         self.signers = dnssec.signers(config.zones, time.time())
-        self.table = AnswerTable(config, self.engine.zones, self.health, signers=self.signers)
+        self.table = AnswerTable(config, self.engine.zones, self.health, signers=self.signers,
+                                 presign=not self._adopt(self.signers, signatures))
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
         self._own_secret = os.urandom(16)
@@ -135,12 +154,20 @@ class Responder:
         self._new_wire_caches()
         return True
 
-    def swap_config(self, config: Config) -> None:
+    @staticmethod
+    def _adopt(signers: dict[str, dnssec.ZoneSigner], signatures: Signatures | None) -> bool:
+        """Take signatures made ahead elsewhere (the supervisor); True if all zones had them."""
+        if not signers or signatures is None:
+            return False
+        return all(signer.adopt(signatures.get(origin)) for origin, signer in signers.items())
+
+    def swap_config(self, config: Config, signatures: Signatures | None = None) -> None:
         """Install a validated config atomically: queries see old or new, never a mix."""
         engine = build_engine(config)
         old = self.engine
         signers = dnssec.signers(config.zones, time.time(), self.signers)
-        table = AnswerTable(config, engine.zones, self.health, signers=signers)
+        table = AnswerTable(config, engine.zones, self.health, signers=signers,
+                            presign=not self._adopt(signers, signatures))
         self.engine, self.table, self.decisions, self.signers = engine, table, {}, signers
         self._new_wire_caches()
         self._server_settings(config)

@@ -20,7 +20,7 @@ from cdnkit.listen import Listener
 
 from .config import Config
 from .health import HealthView
-from .responder import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder
+from .responder import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder, Signatures
 
 try:
     from . import _udpbatch
@@ -81,8 +81,8 @@ class DnsServer:
     """UDP and TCP listeners around one Responder."""
 
     def __init__(self, config: Config, listeners: tuple[Listener, ...], reuse_port: bool = False,
-                 health: HealthView | None = None):
-        self.responder = Responder(config, health)
+                 health: HealthView | None = None, signatures: Signatures | None = None):
+        self.responder = Responder(config, health, signatures)
         self.listeners = listeners
         self.reuse_port = reuse_port
         self._udp: list[socket.socket] = []
@@ -215,9 +215,9 @@ class DnsServer:
             else:
                 writer.close()
 
-    def apply_config(self, config: Config) -> None:
+    def apply_config(self, config: Config, signatures: Signatures | None = None) -> None:
         """Serve a new, already validated config (listeners stay as they are)."""
-        self.responder.swap_config(config)
+        self.responder.swap_config(config, signatures)
         self._schedule_signing()
 
     async def stop(self) -> None:

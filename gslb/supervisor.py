@@ -28,6 +28,7 @@ from .config import load_config
 from .dashboard import start_dashboard
 from .health import HealthBoard, HealthView, Prober
 from .model import Config
+from .responder import presigned
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -58,7 +59,8 @@ async def worker_main(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=sock)
     hello = await receive(reader)
     config: Config = hello["config"]
-    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"])
+    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"],
+                       hello.get("signatures"))
     try:
         await server.start()
     except OSError as exc:
@@ -87,7 +89,7 @@ async def worker_main(fd: int) -> int:
             if "health" in message:
                 server.responder.set_health(message["health"])
             if "config" in message:
-                server.apply_config(message["config"])
+                server.apply_config(message["config"], message.get("signatures"))
                 log.info("worker %d: applied new config", os.getpid())
 
     tasks = [loop.create_task(report()), loop.create_task(listen()),
@@ -128,6 +130,9 @@ class Supervisor:
         self._secret = config.server.cookie_secret or os.urandom(16)
         config = self._with_secret(config)
         self.config = config
+        # DNSSEC: sign once here, on every core (no threads yet: forking is safe), and
+        # hand the signatures to each worker instead of each signing everything again.
+        self.signatures = presigned(config, os.cpu_count() or 1)
         self.listeners = listeners
         self.n_workers = workers
         self.http = http
@@ -199,7 +204,8 @@ class Supervisor:
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
         await send(writer, {"config": self.config, "listeners": self.listeners,
-                            "reuse_port": True, "health": self.board.view})
+                            "reuse_port": True, "health": self.board.view,
+                            "signatures": self.signatures})
         self._spawn_task(self._read_worker(worker))
         return worker
 
@@ -271,10 +277,12 @@ class Supervisor:
             log.error("reload of %s rejected, still serving the previous config:\n  %s",
                       self.config_path, "\n  ".join(exc.problems))
             return False
+        self.signatures = await loop.run_in_executor(None, presigned, config, 1,
+                                                     self.signatures)
         self.config = config
         self.rebuilds["config"] += 1
         for worker in list(self.workers.values()):
-            await self._safe_send(worker, {"config": config})
+            await self._safe_send(worker, {"config": config, "signatures": self.signatures})
         self.board.set_config(config)        # publishes a view, sent to every worker
         self.prober.retarget(config)
         self.reloads["ok"] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from functools import lru_cache
 
 QTYPE_A = 1
 QTYPE_NS = 2
@@ -58,6 +59,7 @@ def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata)) + rdata
 
 
+@lru_cache(maxsize=65536)
 def address_rdata(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
