@@ -26,11 +26,7 @@ import pickle
 import struct
 from typing import Callable
 
-import dns.rdata
-import dns.rdataclass
-
-from . import dnssec_keys
-from .model import DnssecKey, DnssecSettings
+from .model import KSK_FLAGS, ZSK_FLAGS, DnssecKey, DnssecSettings
 from .records import RRset, label_count
 from .wire import CLASS_IN, QTYPE_DNSKEY, QTYPE_RRSIG, encode_name, rr
 
@@ -44,6 +40,8 @@ def canonical_rdata(rtype: int, rdata: bytes) -> bytes:
     """Rdata in DNSSEC canonical form (names inside it lower-cased)."""
     if rtype not in NAME_TYPES:
         return rdata
+    import dns.rdata  # deferred, like every DNSSEC library: unsigned zones skip them
+    import dns.rdataclass
     parsed = dns.rdata.from_wire(dns.rdataclass.IN, rtype, rdata, 0, len(rdata))
     return parsed.to_digestable()
 
@@ -71,6 +69,7 @@ class ZoneSigner:
     """RRSIGs for one zone and one signing period."""
 
     def __init__(self, origin: str, settings: DnssecSettings, now: float):
+        from . import dnssec_keys
         start = period_start(now, settings)
         self.origin = origin
         self.settings = settings
@@ -79,8 +78,8 @@ class ZoneSigner:
         self.expiration = start + settings.validity
         self.next_event = next_event(settings, now)
         active = [k for k in settings.keys if k.signing(now)]
-        self.ksks = [k for k in active if k.flags == dnssec_keys.KSK_FLAGS]
-        self.zsks = [k for k in active if k.flags == dnssec_keys.ZSK_FLAGS]
+        self.ksks = [k for k in active if k.flags == KSK_FLAGS]
+        self.zsks = [k for k in active if k.flags == ZSK_FLAGS]
         if settings.csk:
             self.zsks = self.ksks + self.zsks
         sign = {k.tag: dnssec_keys.signer(k.algorithm, k.private) for k in active}

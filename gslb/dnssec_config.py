@@ -10,8 +10,7 @@ from typing import Any
 from cdnkit.check import Checker
 from cdnkit.yamlsrc import Where
 
-from . import dnssec_keys
-from .model import Denial, DnssecSettings
+from .model import DNSSEC_ALGORITHMS, KSK_FLAGS, ZSK_FLAGS, Denial, DnssecSettings
 
 KEYS = ("algorithm", "keys", "key_directory", "signature_validity", "signature_refresh",
         "denial", "dnskey_ttl")
@@ -40,11 +39,11 @@ def parse_dnssec(ck: Checker, raw: Any, where: Where, origin: str, base: Path,
     block = ck.mapping(raw, where, what)
     ck.keys(block, KEYS, what)
     algorithm_name = ck.text(block, "algorithm", what, "ecdsap256sha256").lower()
-    algorithm = dnssec_keys.ALGORITHMS.get(algorithm_name)
+    algorithm = DNSSEC_ALGORITHMS.get(algorithm_name)
     if algorithm is None:
         ck.add(block.at("algorithm"), f"{what}.algorithm = {algorithm_name!r} is not one of: "
-               f"{', '.join(dnssec_keys.ALGORITHMS)}")
-        algorithm = dnssec_keys.ECDSAP256SHA256
+               f"{', '.join(DNSSEC_ALGORITHMS)}")
+        algorithm = DNSSEC_ALGORITHMS["ecdsap256sha256"]
     layout = ck.text(block, "keys", what, "ksk_zsk")
     if layout not in ("ksk_zsk", "csk"):
         ck.add(block.at("keys"), f"{what}.keys = {layout!r} is not one of: ksk_zsk, csk")
@@ -71,6 +70,8 @@ def parse_dnssec(ck: Checker, raw: Any, where: Where, origin: str, base: Path,
 
 def _with_keys(ck: Checker, block: Any, settings: DnssecSettings, origin: str,
                what: str) -> DnssecSettings:
+    # Deferred: unsigned configs never load the crypto and DNS libraries.
+    from . import dnssec_keys
     where = block.at("key_directory") if "key_directory" in block else block.where
     try:
         keys = dnssec_keys.load(settings.key_directory, origin)
@@ -87,10 +88,10 @@ def _with_keys(ck: Checker, block: Any, settings: DnssecSettings, origin: str,
                f"{key.algorithm}, the zone is set to {settings.algorithm}")
     now = time.time()
     signing = [k for k in keys if k.signing(now)]
-    if not any(k.flags == dnssec_keys.KSK_FLAGS for k in signing):
+    if not any(k.flags == KSK_FLAGS for k in signing):
         ck.add(where, f"{what}: no active key-signing key (flags 257) in "
                f"{settings.key_directory}")
-    if not settings.csk and not any(k.flags == dnssec_keys.ZSK_FLAGS for k in signing):
+    if not settings.csk and not any(k.flags == ZSK_FLAGS for k in signing):
         ck.add(where, f"{what}: no active zone-signing key (flags 256) in "
                f"{settings.key_directory} (or set keys: csk)")
     return replace(settings, keys=tuple(keys))

@@ -28,8 +28,6 @@ from __future__ import annotations
 import bisect
 from functools import lru_cache
 
-from dns.rdtypes.util import Bitmap
-
 from .records import RRset, wire_labels
 from .wire import QTYPE_NSEC, QTYPE_NXNAME, QTYPE_RRSIG
 
@@ -39,6 +37,7 @@ MAX_LABEL, MAX_NAME = 63, 255
 @lru_cache(maxsize=1024)
 def bitmap(types: frozenset[int]) -> bytes:
     """NSEC type bitmap (RFC 4034 4.1.2) of `types` plus RRSIG and NSEC."""
+    from dns.rdtypes.util import Bitmap  # deferred: unsigned zones never load dnspython
     out = bytearray()
 
     class _Sink:

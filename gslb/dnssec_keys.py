@@ -27,12 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
-from .model import DnssecKey
+from .model import DNSSEC_ALGORITHMS as ALGORITHMS
+from .model import KSK_FLAGS, ZSK_FLAGS, DnssecKey
 
-ECDSAP256SHA256, ED25519 = 13, 15
-ALGORITHMS = {"ecdsap256sha256": ECDSAP256SHA256, "ed25519": ED25519}
+ECDSAP256SHA256, ED25519 = ALGORITHMS["ecdsap256sha256"], ALGORITHMS["ed25519"]
 ALGORITHM_NAMES = {ECDSAP256SHA256: "ECDSAP256SHA256", ED25519: "ED25519"}
-KSK_FLAGS, ZSK_FLAGS = 257, 256
+__all__ = ["ALGORITHMS", "KSK_FLAGS", "ZSK_FLAGS", "generate", "load", "read", "write"]
 TIMING = ("Publish", "Activate", "Inactive", "Delete")
 
 
