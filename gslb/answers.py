@@ -53,19 +53,20 @@ class AnswerTable:
             # Health changed (or a signing period began): rebuild every answer the
             # old table had served, now, so the query path keeps hitting
             # precomputed (and presigned) bytes.
-            same_signers = previous.signers == self.signers
-            if same_signers:
+            if previous.signers == self.signers:
                 self.entries = dict(previous.entries)
-            else:
-                for qkey, entry in list(previous.entries.items())[:MEMO_LIMIT // 10]:
-                    self.entries[qkey] = self._resolve_key(qkey, entry)
+            else:                   # a new signing period or key state: sign it all again
+                if self.signers and presign:
+                    self.presign(processes)
+                for qkey in list(previous.entries)[:MEMO_LIMIT // 10]:
+                    self.entries[qkey] = self._resolve_key(qkey)
             for key, (dyn, decision) in previous._seen.items():
                 self._seen[key] = (dyn, decision)
                 self.dynamic[key] = self._build_service(dyn, decision)
         elif self.signers and presign:
             self.presign(processes)
 
-    def _resolve_key(self, qkey: bytes, old: Reply | Dynamic) -> Reply | Dynamic:
+    def _resolve_key(self, qkey: bytes) -> Reply | Dynamic:
         name, qtype = decode_qkey(qkey)
         return self.resolve(name, qtype, qkey[:-4])
 

@@ -296,3 +296,24 @@ def test_ksk_double_signature_rollover(tmp_path):
     assert signing_tags(answer(r, ZONE, "DNSKEY"), dns.rdatatype.DNSKEY) == {new_ksk}
     assert {k.flags for k in dnskeys(r)} == {256, 257} and len(dnskeys(r)) == 2
     assert check_signed(answer(r, SHOP, "A"), dnskeys(r)) == 2
+
+
+def test_a_new_signing_period_resigns_everything_before_queries(tmp_path):
+    path = make_signed(tmp_path)
+    config = load_config(path)
+    r = Responder(config)
+    first = answer(r, SHOP, "A", "192.0.2.0/24")
+    refresh = config.zones[0].dnssec.refresh
+    assert r.next_signing_event() <= time.time() + refresh
+    assert r.resign(time.time() + refresh)            # the timer's call at the boundary
+    signer = r.signers[ZONE]
+    made = signer.signatures
+    assert made > 10                                  # presigned again, for the new period
+    later = answer(r, SHOP, "A", "192.0.2.0/24")
+    assert signer.signatures == made                  # the query found it signed
+    old_sig = [x for x in first.answer if x.rdtype == dns.rdatatype.RRSIG][0][0]
+    new_sig = [x for x in later.answer if x.rdtype == dns.rdatatype.RRSIG][0][0]
+    assert new_sig.inception == old_sig.inception + refresh
+    assert new_sig.expiration == old_sig.expiration + refresh
+    assert check_signed(later, dnskeys(r), now=time.time() + refresh) == 2
+    assert not r.resign(time.time() + refresh + 1)    # nothing changed since
