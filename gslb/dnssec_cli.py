@@ -13,9 +13,15 @@ from pathlib import Path
 
 from cdnkit.check import ConfigError
 
-from . import dnssec_keys as keys
 from .config import load_config, normalize_name
 from .model import DnssecSettings, ZoneConfig
+
+
+def _keys():
+    """The key module, imported when a command runs: every `gslb` process (workers
+    too) imports this module for its parser, and need not load cryptography."""
+    from . import dnssec_keys
+    return dnssec_keys
 
 
 def _zone(config_path: str, zone: str, with_keys: bool) -> tuple[ZoneConfig, DnssecSettings]:
@@ -35,6 +41,7 @@ def _zone(config_path: str, zone: str, with_keys: bool) -> tuple[ZoneConfig, Dns
 
 
 def _when(text: str | None, now: int) -> int | None:
+    keys = _keys()
     try:
         return keys.parse_when(text, now) if text is not None else None
     except ValueError as exc:
@@ -42,6 +49,7 @@ def _when(text: str | None, now: int) -> int | None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    keys = _keys()
     zone, settings = _zone(args.config, args.zone, with_keys=False)
     existing = keys.load(settings.key_directory, zone.origin)
     if existing:
@@ -61,6 +69,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ds(args: argparse.Namespace) -> int:
+    keys = _keys()
     zone, settings = _zone(args.config, args.zone, with_keys=True)
     now = time.time()
     ksks = [k for k in settings.keys if k.flags == keys.KSK_FLAGS and k.published(now)]
@@ -79,6 +88,7 @@ def _state(key, now: float) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    keys = _keys()
     zone, settings = _zone(args.config, args.zone, with_keys=True)
     now = time.time()
     print(f"{'tag':>5}  {'role':<4} {'alg':>3}  {'state':<9} "
@@ -93,6 +103,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    keys = _keys()
     zone, settings = _zone(args.config, args.zone, with_keys=True)
     now = int(time.time())
     flag = keys.ZSK_FLAGS if args.role == "zsk" else keys.KSK_FLAGS
@@ -105,6 +116,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
+    keys = _keys()
     zone, settings = _zone(args.config, args.zone, with_keys=True)
     key = next((k for k in settings.keys if k.tag == args.tag), None)
     if key is None:
