@@ -26,6 +26,7 @@ from .wire import (
     QTYPE_DNSKEY,
     QTYPE_HINFO,
     QTYPE_NS,
+    QTYPE_NSEC,
     QTYPE_SOA,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
@@ -262,8 +263,16 @@ class ReplyBuilder:
         zone = match.zone
         assert zone is not None
         ttl = neg_ttl(zone)
-        sections.authority.append((soa_rrset(zone, ttl), self.signer(zone)))
         signer = self.signer(zone)
+        if qtype == QTYPE_NSEC and signer is not None and match.wildcard is None:
+            # An NSEC query gets the NSEC our NODATA answers show (RFC 4035 3.1.5 spirit).
+            proof = denial.at_name(encode_name(name), frozenset(
+                self.zones.types_at(name, zone, True)), ttl)
+            if proof is not None:
+                self._answer(sections, RRset(proof.owner, QTYPE_NSEC, ttl, proof.rdatas,
+                                             POINTER_TO_QNAME), match, qname)
+                return self._finish(RCODE_NOERROR, sections)
+        sections.authority.append((soa_rrset(zone, ttl), signer))
         if signer is not None:
             owner = match.wildcard or name
             types = self.zones.types_at(owner, zone, True) - {qtype}

@@ -155,6 +155,16 @@ def test_compact_denial_nxname_and_the_co_flag(tmp_path):
     assert out.rcode() == dns.rcode.FORMERR
 
 
+def test_an_nsec_query_gets_the_nsec_in_the_answer(tmp_path):
+    r = Responder(load_config(make_signed(tmp_path)))
+    msg = answer(r, "ns1.cdn.example.net.", "NSEC")
+    [nsec] = [x for x in msg.answer if x.rdtype == dns.rdatatype.NSEC]
+    assert str(nsec.name) == "ns1.cdn.example.net." and not msg.authority
+    assert {dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.NSEC} <= set(
+        t for w, bits in nsec[0].windows for t in _types(w, bits))
+    assert check_signed(msg, dnskeys(r)) == 1
+
+
 def _types(window: int, bits: bytes) -> list[int]:
     return [window * 256 + i * 8 + j for i, b in enumerate(bits) for j in range(8)
             if b & (0x80 >> j)]
