@@ -33,6 +33,7 @@ log = logging.getLogger("gslb.server")
 
 RECV_SIZE = 4096
 DRAIN_BATCH = 64
+DRAIN_ROUNDS = 8          # batches per wake-up before epoll is asked again
 
 
 def batching() -> bool:
@@ -151,8 +152,13 @@ class DnsServer:
         responder = self.responder
         if responder.rrl is not None:
             responder.rrl.now = time.monotonic()
+        fd, answer, failed = sock.fileno(), responder.answer, self._answer_failed
         try:
-            _udpbatch.serve(sock.fileno(), responder.answer, self._answer_failed)
+            # Under load more queries arrive while a batch is answered: read again
+            # before going back to epoll, until the socket is empty (bounded).
+            for _ in range(DRAIN_ROUNDS):
+                if not _udpbatch.serve(fd, answer, failed):
+                    break
         except OSError:
             pass
 
