@@ -33,6 +33,7 @@ log = logging.getLogger("cdnkit.store")
 PASSWORD_ENV = "CDN_ETCD_PASSWORD"
 RPC_TIMEOUT = 5.0
 RETRY_MIN, RETRY_MAX = 0.2, 2.0
+MAX_MESSAGE = 256 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -176,6 +177,9 @@ class EtcdStore:
             tls["cert_chain"] = Path(spec.cert).read_bytes()
             tls["cert_key"] = Path(spec.key).read_bytes()
         self.client = Etcd3Client(list(spec.endpoints), rpc_max_attempts=1, **tls)
+        # One revision of 10,000 customers is several MB; gRPC's default cap is 4 MB.
+        self.client._manager.grpc_options += [("grpc.max_receive_message_length", MAX_MESSAGE),
+                                              ("grpc.max_send_message_length", MAX_MESSAGE)]
         self._refresher: Any = None
         self._watch: _ResumingWatch | None = None
 

@@ -46,6 +46,9 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
         await follower.start()        # the store's customers (or the snapshot's) first
         cfg = state.config
     app = make_app(state)
+    if follower is not None and follower.sealer is not None:
+        from .fleet import SEALER
+        app[SEALER] = follower.sealer
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     listeners = Listeners(state, runner)

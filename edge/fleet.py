@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from cdnkit import snapshot as snapfile
 from cdnkit.check import ConfigError
 from cdnkit.jsondoc import lines
@@ -40,6 +42,7 @@ from .state import EdgeState
 
 log = logging.getLogger("edge.fleet")
 
+SEALER = web.AppKey("sealer", Sealer)
 START_WAIT = 3.0        # how long a starting edge waits for the store before its snapshot
 SECRET_FIELD = "secret_access_key"
 
@@ -101,6 +104,7 @@ class Follower:
         if not isinstance(top, LineDict):
             raise ConfigError([f"{self.local}:1: the edge config must be a mapping"])
         bad: dict[str, list[str]] = {}
+        retiring = _retiring(snap, self.keys.cnames)
         items = LineList()
         items.where, items.item_where = top.where, []
         for name, entry in sorted(snap.under(self.keys.customers).items()):
@@ -109,6 +113,7 @@ class Follower:
                 continue
             try:
                 doc = open_secrets(json.loads(entry.value), key, self.sealer)
+                doc = _with_retiring(doc, retiring.get(name, ()))
             except (ValueError, SealError) as exc:
                 bad[name] = [str(exc) if isinstance(exc, SealError) else f"{key}: not JSON"]
                 continue
@@ -260,6 +265,67 @@ class Follower:
             await self.registration.stop()
         if self.store is not None:
             await self.store.close()
+
+
+async def validate_request(request: Any, state: EdgeState) -> Any:
+    """POST /.edge/validate {"customer": DOC}, with the admin token: `edge validate` for a
+    document (saved or not), from this edge, as the control plane's Validate button."""
+    import hmac
+
+    from aiohttp import web
+
+    from cdnkit import schema
+    from cdnkit.check import Checker
+
+    from .tools import validate
+
+    token = state.config.admin_token
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        raise web.HTTPUnauthorized(text="a valid admin token is needed\n")
+    try:
+        body = await request.json()
+        doc = body["customer"]
+        where = str(body.get("key", ""))
+        sealer = request.app.get(SEALER)
+        doc = open_secrets(doc, where, sealer) if where else doc
+    except (ValueError, KeyError, TypeError, SealError) as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    cfg = state.config
+    ck = Checker("api")
+    found = schema.customer(ck, lines(doc), lines(doc).where, "", schema.Context(
+        cfg.shields, cfg.name, cfg.region, cfg.location, local_refs=False))
+    if ck.problems:
+        return web.json_response({"problems": ck.problems}, status=422)
+    probes = await validate(cfg, found, float(body.get("timeout", 5.0)))
+    return web.json_response({"edge": cfg.name, "path": found.origin.validation_path or "/",
+                              "ok": bool(probes) and all(p.ok for p in probes),
+                              "probes": [{"protocol": p.scheme, "server": p.server.host +
+                                          (f":{p.server.port}" if p.server.port else ""),
+                                          "address": p.address, "status": p.status,
+                                          "ms": round(p.seconds * 1000, 1), "error": p.error}
+                                         for p in probes]})
+
+
+def _retiring(snap: Snapshot, folder: str) -> dict[str, list[str]]:
+    """Edge CNAMEs being retired, by directory: nameservers no longer answer them, and
+    the edges keep serving them until the control plane deletes the index entry."""
+    out: dict[str, list[str]] = {}
+    for name, entry in snap.under(folder).items():
+        try:
+            value = json.loads(entry.value)
+            if value.get("retiring"):
+                out.setdefault(str(value["directory"]), []).append(name)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def _with_retiring(doc: Any, names: Any) -> Any:
+    if not names or not isinstance(doc, dict):
+        return doc
+    have = [str(n).lower().rstrip(".") for n in doc.get("cnames") or ()]
+    return {**doc, "cnames": have + [n for n in names if n not in have]}
 
 
 def _blame(problems: list[str], folder: str) -> dict[str, list[str]]:

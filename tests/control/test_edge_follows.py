@@ -3,52 +3,9 @@ node says which revision it applied, and an edge keeps (and restarts on) its las
 config while etcd is away."""
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 
-from aiohttp import web
-
-from tests.conftest import free_port, serve_app
-from tests.control.fleet import node, put, start_edge, wait_for
-
-
-class Origin:
-    """A real origin on loopback in its own thread: answers "<label> <path>"."""
-
-    def __init__(self, label: str, host: str = "127.0.0.1"):
-        self.label, self.host, self.port = label, host, free_port()
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        async def handle(request: web.Request) -> web.Response:
-            return web.Response(text=f"{self.label} {request.path}",
-                                headers={"Cache-Control": "no-store"})
-
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_get("/{tail:.*}", handle)
-            self.runner, _ = await serve_app(app, self.host, self.port)
-            started.set()
-
-        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(main()),
-                                                       self.loop.run_forever()), daemon=True)
-        self.thread.start()
-        started.wait(10)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def customer(directory: str, origin: str, *cnames: str) -> dict:
-    return {"directory": directory, "cnames": list(cnames),
-            "origin": {"protocol": "http", "http": [origin]}}
+from tests.control.fleet import Origin, customer, node, put, start_edge, wait_for
 
 
 def test_an_edge_serves_what_the_store_holds_and_follows_its_changes(etcd, tmp_path):
