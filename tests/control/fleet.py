@@ -26,10 +26,11 @@ class EdgeProc:
     proc: subprocess.Popen
     log: Path
     cmd: list[str]
+    host: str = "127.0.0.1"
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def get(self, path: str, host: str, timeout: float = 3.0) -> tuple[int, str]:
         request = urllib.request.Request(self.base + path, headers={"Host": host})
@@ -81,7 +82,7 @@ def start_edge(tmp: Path, store: str, name: str, *extra: str, port: int | None =
     cmd = [sys.executable, "-m", "edge.cli", "serve", "-c", str(path), "--workers", "1",
            "--store", store, "--node-id", name, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    edge = EdgeProc(name, port, proc, log, cmd)
+    edge = EdgeProc(name, port, proc, log, cmd, host)
     wait_healthy(edge)
     return edge
 
