@@ -10,6 +10,7 @@
     POST   /api/purge                          {"urls": [...]} | {"prefix": P} | {"customer": D}
     GET    /api/purge/{id}                     per-edge completion
     GET    /api/edges                          every node, its applied revision and lag
+    GET    /api/shields                        the shield POPs customers can choose
     GET    /api/audit                          the latest changes: who, when, what, revisions
 
 Tokens (Bearer): $CDNCTL_TOKEN may write, $CDNCTL_READ_TOKEN may only read; each is
@@ -190,6 +191,11 @@ async def edges(request: web.Request) -> web.Response:
     return web.json_response(await request.app[PLANE].fleet())
 
 
+async def shields(request: web.Request) -> web.Response:
+    view = await request.app[PLANE].view()
+    return web.json_response({"shields": [s.name for s in view.shields]})
+
+
 async def audit(request: web.Request) -> web.Response:
     plane = request.app[PLANE]
     snap = await plane.store.load(plane.keys.audit)
@@ -223,5 +229,6 @@ def make_app(plane: ControlPlane, tokens: dict[str, Caller]) -> web.Application:
     r.add_post("/api/purge", purge)
     r.add_get("/api/purge/{id}", purge_status)
     r.add_get("/api/edges", edges)
+    r.add_get("/api/shields", shields)
     r.add_get("/api/audit", audit)
     return app
