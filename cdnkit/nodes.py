@@ -100,28 +100,37 @@ class Registration:
 
     async def _run(self) -> None:
         renew_every = max(self.ttl / 3, 0.5)
+        renewed = time.monotonic()
         while True:
             try:
                 if not self.lease:
                     grant = await self.store.call(self.store.client.lease.grant(self.ttl))
-                    self.lease, self.written = grant.ID, None
+                    self.lease, self.written, renewed = grant.ID, None, time.monotonic()
                 if self.written != self.record:
-                    record = {**self.record, "at": time.time()}
-                    await self.store.call(self.store.kv.put(self.key, json.dumps(record),
-                                                            lease=self.lease))
-                    self.written = dict(self.record)
+                    # What is written is what was current when the put started: an update
+                    # that lands while it is in flight is written on the next round.
+                    record = dict(self.record)
+                    await self.store.call(self.store.kv.put(
+                        self.key, json.dumps({**record, "at": time.time()}), lease=self.lease))
+                    self.written = record
+                # Renew on time however often the record changes (a put does not renew).
+                if time.monotonic() - renewed >= renew_every:
+                    if not await self._renew():
+                        log.warning("lease of %s was lost; registering again", self.key)
+                        self.lease = 0
+                        continue
+                    renewed = time.monotonic()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), renew_every)
+                    await asyncio.wait_for(self._wake.wait(),
+                                           max(0.0, renew_every - (time.monotonic() - renewed)))
                     self._wake.clear()
-                    continue
                 except asyncio.TimeoutError:
                     pass
-                if not await self._renew():
-                    log.warning("lease of %s was lost; registering again", self.key)
-                    self.lease = 0
             except StoreError as exc:
+                if "lease not found" in str(exc):
+                    self.lease = 0           # expired while we could not reach the store
                 log.debug("cannot register %s yet: %s", self.key, exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
 
     async def _renew(self) -> bool:
         """One keep-alive; False when the lease no longer exists."""
