@@ -30,7 +30,6 @@ from cdnkit.nodes import merge  # noqa: E402
 from cdnkit.store import EtcdStore, parse_store  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.control.fleet import Origin, start_ctl, start_edge, wait_for  # noqa: E402
-from tests.control.test_safe_order import start_gslb  # noqa: E402
 from tests.etcd import Etcd  # noqa: E402
 
 
@@ -165,7 +164,10 @@ def scale(args: argparse.Namespace) -> None:
                                                         f"www.c{i}.com.cdn.example.net"],
                       "origin": {"http": [origin.address], "balancing": "failover"},
                       "cache": {"grace": 60}} for i in range(args.customers)]
-        (folder / "customers.yaml").write_text(yaml.safe_dump({"customers": customers}))
+        if args.yaml:
+            (folder / "customers.yaml").write_text(yaml.safe_dump({"customers": customers}))
+        else:
+            (folder / "customers.json").write_text(json.dumps({"customers": customers}))
         edge = start_edge(tmp, etcd.url, "edge-0")
         base_rss = rss_mb(edge.proc.pid)
         started = time.monotonic()
@@ -183,10 +185,14 @@ def scale(args: argparse.Namespace) -> None:
         edge.restart()
         wait_for(lambda: edge.get("/x", last)[0] == 200, timeout=120, every=0.01)
         load = time.monotonic() - t0
-        print(f"{args.customers} customers: cdnctl apply {applied:.2f} s (one transaction), "
+        inside = [line for line in edge.log.read_text().splitlines()
+                  if f"{args.customers} customers in" in line][-1].rsplit(" in ", 1)[1]
+        print(f"{args.customers} customers ({'YAML' if args.yaml else 'JSON'}): cdnctl apply "
+              f"{applied:.2f} s (one transaction), "
               f"served by the edge {on_edge:.2f} s after the apply started;")
         print(f"  edge RSS {base_rss:.0f} MB empty -> {rss:.0f} MB with them; "
-              f"an edge restart serves them after {load:.2f} s (process start included)")
+              f"an edge restart serves them after {load:.2f} s (process start included; "
+              f"loading and applying them: {inside})")
     finally:
         if edge is not None:
             edge.stop()
@@ -266,6 +272,7 @@ def main() -> None:
     p.add_argument("--nameservers", type=int, default=2)
     p = sub.add_parser("scale")
     p.add_argument("--customers", type=int, default=10000)
+    p.add_argument("--yaml", action="store_true", help="the customers in YAML, not JSON")
     p = sub.add_parser("fanout")
     p.add_argument("--watchers", default="1,50,200")
     p.add_argument("--writes", type=int, default=50)

@@ -17,7 +17,7 @@ from typing import Any
 
 from cdnkit import schema
 from cdnkit.check import Checker, ConfigError
-from cdnkit.jsondoc import plain
+from cdnkit.jsondoc import lines, plain
 from cdnkit.seal import Sealer, SealError, is_sealed
 from cdnkit.shields import parse_shields
 from cdnkit.yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
@@ -67,7 +67,7 @@ def read_dir(path: Path, rules: documents.Rules) -> Desired:
     items.item_where, shields.item_where = [], []
     for file in files:
         try:
-            raw = load_yaml(file)
+            raw = _load(file)
         except YamlError as exc:
             ck.problems.append(str(exc))
             continue
@@ -101,6 +101,18 @@ def read_dir(path: Path, rules: documents.Rules) -> Desired:
     return out
 
 
+def _load(file: Path) -> Any:
+    """A YAML file with its lines, or a JSON file with JSON pointers (`f.json#/customers/3`):
+    JSON is what generated sets of thousands of customers are, and it parses in a tenth of
+    the time."""
+    if file.suffix != ".json":
+        return load_yaml(file)
+    try:
+        return lines(json.loads(file.read_text()), f"{file}#")
+    except ValueError as exc:
+        raise YamlError(f"{file}:0: not JSON ({exc})") from None
+
+
 def _resolve(doc: dict[str, Any], customer: Any) -> dict[str, Any]:
     """The document as it will be stored: local references replaced by what they name."""
     origin = doc.get("origin")
@@ -123,14 +135,14 @@ def diff(desired: Desired, view: View, sealer: Sealer | None, prune: bool = True
         found = view.customers.get(directory)
         if found is None:
             out.creates.append(directory)
-            out.batch.append(Change(directory, doc, expect=0))
+            out.batch.append(Change(directory, doc, expect=0, checked=True))
             continue
         stored, entry = found
         doc = _same_secret(doc, stored, view.keys.customer(directory), sealer)
         fields = documents.changed_fields(stored, doc)
         if fields:
             out.updates[directory] = fields
-            out.batch.append(Change(directory, doc, expect=entry.mod_revision))
+            out.batch.append(Change(directory, doc, expect=entry.mod_revision, checked=True))
     if prune:
         for directory, (_, entry) in sorted(view.customers.items()):
             if directory not in desired.customers:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,7 @@ class Follower:
     def apply(self, snap: Snapshot, save: bool = True) -> bool:
         """Make `snap` the running config; False (and the old one kept) if it cannot be."""
         previous, self.snap = self.snap, snap
+        started = time.monotonic()
         try:
             cfg, rejected = self.build(snap)
         except ConfigError as exc:
@@ -184,7 +186,8 @@ class Follower:
                 log.error("cannot write the snapshot %s: %s", self.path, exc)
         if self.registration is not None:
             self.registration.update(applied=snap.revision, rejected=rejected)
-        log.info("applied store revision %d: %d customers", snap.revision, len(cfg.customers))
+        log.info("applied store revision %d: %d customers in %.3f s", snap.revision,
+                 len(cfg.customers), time.monotonic() - started)
         return True
 
     def _purge(self, old: Snapshot, new: Snapshot, cfg: EdgeConfig) -> None:
