@@ -146,3 +146,15 @@ class Registration:
         finally:
             stream.cancel()
         return False
+
+
+async def stop_following(tasks: list[asyncio.Task], registration: Registration | None,
+                         store: EtcdStore | None) -> None:
+    """End a node's store tasks, remove its record now (not at lease expiry), disconnect."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if registration is not None:
+        await registration.stop()
+    if store is not None:
+        await store.close()

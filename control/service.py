@@ -20,6 +20,7 @@ import aiohttp
 from cdnkit.keys import Keys
 from cdnkit.netblocks import collapse
 from cdnkit.nodes import Node, merge
+from cdnkit.schema import is_ip
 from cdnkit.seal import Sealer
 from cdnkit.store import EtcdStore
 
@@ -174,7 +175,7 @@ class ControlPlane:
         view, nodes = await asyncio.gather(self.view(), self.nodes())
         blocks = [b for n in nodes.values() if n.kind in EDGE_KINDS
                   for b in (n.egress or n.addresses)]
-        blocks += [s.server.host for s in view.shields if _is_ip(s.server.host)]
+        blocks += [s.server.host for s in view.shields if is_ip(s.server.host)]
         return collapse(blocks)
 
     async def validate(self, directory: str, doc: Any | None,
@@ -213,12 +214,3 @@ class ControlPlane:
                         f"{(await r.text()).strip()[:200]}"}
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return {"ok": False, "error": f"the edge did not answer ({exc or type(exc).__name__})"}
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False

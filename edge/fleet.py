@@ -30,7 +30,7 @@ from cdnkit import snapshot as snapfile
 from cdnkit.check import ConfigError
 from cdnkit.jsondoc import lines
 from cdnkit.keys import Keys
-from cdnkit.nodes import Registration
+from cdnkit.nodes import Registration, stop_following
 from cdnkit.seal import Sealer, SealError, is_sealed
 from cdnkit.snapshot import Snapshot
 from cdnkit.store import EtcdStore, StoreError, StoreSpec
@@ -261,13 +261,7 @@ class Follower:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.registration is not None:
-            await self.registration.stop()
-        if self.store is not None:
-            await self.store.close()
+        await stop_following(self._tasks, self.registration, self.store)
 
 
 async def validate_request(request: Any, state: EdgeState) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 
 from cdnkit import snapshot as snapfile
 from cdnkit.keys import Keys
-from cdnkit.nodes import Registration, merge
+from cdnkit.nodes import Registration, merge, stop_following
 from cdnkit.snapshot import Snapshot
 from cdnkit.store import EtcdStore, StoreError, StoreSpec
 
@@ -135,9 +135,4 @@ class Fleet:
         self.registration.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.registration is not None:
-            await self.registration.stop()
-        await self.store.close()
+        await stop_following(self._tasks, self.registration, self.store)

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from tests.conftest import ROOT, free_port, serve_app
+from tests.conftest import ROOT, free_port, serve_app, stop
 from tests.etcd import Etcd
 
 
@@ -41,13 +41,7 @@ class EdgeProc:
             return exc.code, exc.read().decode()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc)
 
     def restart(self) -> None:
         self.stop()
@@ -140,9 +134,7 @@ class Ctl:
             return exc.code, _json(exc.read()), dict(exc.headers)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop(self.proc)
 
 
 def _json(raw: bytes):
