@@ -14,6 +14,7 @@ from typing import Callable
 
 from . import select
 from .dnssec import ZoneSigner
+from .gate import OPEN, Gate, restrict
 from .geo import Decision
 from .health import HealthView
 from .model import Config, Service
@@ -38,18 +39,20 @@ class AnswerTable:
     def __init__(self, config: Config, zones: ZoneIndex, health: HealthView,
                  previous: "AnswerTable | None" = None,
                  signers: dict[str, ZoneSigner] | None = None, presign: bool = True,
-                 processes: int = 1):
+                 processes: int = 1, gate: Gate = OPEN):
         self.config = config
         self.zones = zones
         self.health = health
         self.signers = signers or {}
-        self.builder = ReplyBuilder(zones, self.signers)
+        self.gate = gate
+        self._gated_sites: dict[frozenset[str], dict] = {}
+        self.builder = ReplyBuilder(zones, self.signers, gate)
         self.entries: dict[bytes, Reply | Dynamic] = {}
         self.dynamic: dict[tuple, Reply] = {}
         self._selections: dict[tuple, tuple[select.Selection, bool]] = {}
         self._seen: dict[tuple, tuple[Dynamic, Decision]] = {}
         self._site_nets = any(n.sites for n in config.nets)
-        if previous is not None and previous.config is config:
+        if previous is not None and previous.config is config and previous.gate is gate:
             # Health changed (or a signing period began): rebuild every answer the
             # old table had served, now, so the query path keeps hitting
             # precomputed (and presigned) bytes.
@@ -87,7 +90,7 @@ class AnswerTable:
 
     def service(self, dyn: Dynamic, decision: Decision) -> Reply:
         """The reply for a service name and a client decision; memoised per bucket."""
-        key = (dyn.service.name, dyn.qtype, decision.key, dyn.owner)
+        key = (dyn.service.name, dyn.qtype, decision.key, dyn.owner, dyn.allowed)
         found = self.dynamic.get(key)
         if found is None:
             found = self._build_service(dyn, decision)
@@ -100,21 +103,25 @@ class AnswerTable:
 
     def _build_service(self, dyn: Dynamic, decision: Decision) -> Reply:
         return self.builder.service_reply(dyn, *self._selection(dyn.service, dyn.qtype,
-                                                                decision))
+                                                                decision, dyn.allowed))
 
-    def _selection(self, svc: Service, qtype: int, decision: Decision
-                   ) -> tuple[select.Selection, bool]:
+    def _selection(self, svc: Service, qtype: int, decision: Decision,
+                   allowed: frozenset[str] | None = None) -> tuple[select.Selection, bool]:
         """The selection for a service and client, shared by services that select alike.
 
         Everything selection reads is in the key: the service's settings but not
-        its name, the client's decision bucket and the family. (A filter of edges
-        per customer would add the customer to the key.)
+        its name, the client's decision bucket, the family, and the edges the
+        gate allows for a customer name (gate.py).
         """
         key = (svc.pool, svc.algorithm, svc.answers, svc.ttl, svc.ip_version, svc.all_down,
-               svc.fallback, qtype, decision.key)
+               svc.fallback, qtype, decision.key, allowed)
         found = self._selections.get(key)
         if found is None:
-            ranked = select.rank(svc, self.config.sites, decision)
+            sites = self.config.sites
+            if allowed is not None:
+                sites = self._gated_sites.get(allowed) or self._gated_sites.setdefault(
+                    allowed, restrict(sites, allowed))
+            ranked = select.rank(svc, sites, decision)
             sel = select.select(svc, ranked, 4 if qtype == QTYPE_A else 6, self.health)
             found = (sel, select.depends_on_client(svc, self._site_nets))
             if len(self._selections) >= MEMO_LIMIT:

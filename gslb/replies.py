@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from . import dnssec_denial as denial
 from .dnssec import ZoneSigner
+from .gate import OPEN, Gate
 from .model import Denial, RecordSet, Service, ZoneConfig
 from .records import RRset
 from .select import Selection
@@ -86,6 +87,7 @@ class Dynamic:
     prefix: Variant | None = None       # the CNAME chain that led here, plain ...
     prefix_signed: Variant | None = None    # ... and signed
     proof: Variant | None = None        # NSECs proving wildcard expansions (DO only)
+    allowed: frozenset[str] | None = None   # a customer name: only these edges (gate.py)
 
     @property
     def composed(self) -> bool:
@@ -165,9 +167,10 @@ REFUSED = Reply(RCODE_REFUSED, False, (variant([]),))
 class ReplyBuilder:
     """Builds replies for one ZoneIndex and one set of zone signers."""
 
-    def __init__(self, zones: ZoneIndex, signers: dict[str, ZoneSigner]):
+    def __init__(self, zones: ZoneIndex, signers: dict[str, ZoneSigner], gate: Gate = OPEN):
         self.zones = zones
         self.signers = signers
+        self.gate = gate
         self._owners: dict[str, bytes] = {}      # service name -> wire owner
 
     def signer(self, zone: ZoneConfig | None) -> ZoneSigner | None:
@@ -194,8 +197,13 @@ class ReplyBuilder:
             match = self.zones.lookup(name, qtype)
         zone = match.zone
         assert zone is not None
+        allowed = self.gate.allowed(name)
+        if self.gate.active and match.wildcard and not allowed:
+            return self._nxdomain(sections, zone, name, qname)   # no edge serves it (gate.py)
         if match.kind is Kind.SERVICE and match.service is not None:
-            return self._dynamic(match, qtype, qname, wire_owner, sections)
+            if allowed is not None and not allowed:
+                return self._nodata(sections, match, name, qname, qtype)
+            return self._dynamic(match, qtype, qname, wire_owner, sections, allowed)
         if match.kind is Kind.NXDOMAIN:
             return self._nxdomain(sections, zone, name, qname)
         if match.kind is Kind.ANY:
@@ -309,7 +317,7 @@ class ReplyBuilder:
     # --- services ----------------------------------------------------------------------
 
     def _dynamic(self, match: Match, qtype: int, qname: bytes, wire_owner: bytes,
-                 chain: Sections) -> Dynamic:
+                 chain: Sections, allowed: frozenset[str] | None = None) -> Dynamic:
         assert match.service is not None and match.zone is not None
         prefix = prefix_signed = proof = None
         if chain.answer:
@@ -320,7 +328,7 @@ class ReplyBuilder:
         if expansion.denial:
             proof = variant([], _with_sigs(expansion.denial))
         return Dynamic(match.service, qtype, match.zone, wire_owner, prefix, prefix_signed,
-                       proof)
+                       proof, allowed)
 
     def service_rrset(self, dyn: Dynamic, ttl: int, addrs: tuple[str, ...]) -> RRset:
         owner = self._owners.get(dyn.service.name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import cookies, dnssec
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
+from .gate import OPEN, Gate
 from .geo import Decision, Locator, open_database
 from .health import HealthView
 from .query import Opt, Query, parse_query, salvage, validate_ecs
@@ -93,6 +94,7 @@ class Responder:
                  signatures: Signatures | None = None):
         self.engine = build_engine(config)
         self.health = health or HealthView()
+        self.gate = OPEN
         self.signers = dnssec.signers(config.zones, time.time())
         self.table = AnswerTable(config, self.engine.zones, self.health, signers=self.signers,
                                  presign=not self._adopt(self.signers, signatures))
@@ -135,7 +137,14 @@ class Responder:
         """A new health snapshot: rebuild the answers now, off the query path."""
         self.health = view
         self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table,
-                                 self.signers)
+                                 self.signers, gate=self.gate)
+        self._new_wire_caches()
+
+    def set_gate(self, gate: Gate) -> None:
+        """Which edges may answer each customer name (gate.py): a fresh table, now."""
+        self.gate = gate
+        self.table = AnswerTable(self.engine.config, self.engine.zones, self.health,
+                                 signers=self.signers, gate=gate)
         self._new_wire_caches()
 
     def next_signing_event(self) -> float | None:
@@ -150,7 +159,7 @@ class Responder:
             return False
         self.signers = signers
         self.table = AnswerTable(self.engine.config, self.engine.zones, self.health, self.table,
-                                 signers)
+                                 signers, gate=self.gate)
         self._new_wire_caches()
         return True
 
@@ -167,7 +176,7 @@ class Responder:
         old = self.engine
         signers = dnssec.signers(config.zones, time.time(), self.signers)
         table = AnswerTable(config, engine.zones, self.health, signers=signers,
-                            presign=not self._adopt(signers, signatures))
+                            presign=not self._adopt(signers, signatures), gate=self.gate)
         self.engine, self.table, self.decisions, self.signers = engine, table, {}, signers
         self._new_wire_caches()
         self._server_settings(config)
