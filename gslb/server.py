@@ -153,11 +153,14 @@ class DnsServer:
         if responder.rrl is not None:
             responder.rrl.now = time.monotonic()
         fd, answer, failed = sock.fileno(), responder.answer, self._answer_failed
+        # Response-cache hits are answered inside the helper (ID + cached bytes, the
+        # counter bumped), unless rate limiting must see every response.
+        cache = responder._wire if responder.rrl is None else None
         try:
             # Under load more queries arrive while a batch is answered: read again
             # before going back to epoll, until the socket is empty (bounded).
             for _ in range(DRAIN_ROUNDS):
-                if not _udpbatch.serve(fd, answer, failed):
+                if not _udpbatch.serve(fd, answer, failed, cache, responder.counters):
                     break
         except OSError:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import urllib.request
 from pathlib import Path
 
 import dnslib
@@ -424,3 +425,18 @@ def test_udp_with_and_without_the_recvmmsg_helper(start_server, batch):
             s.close()
     assert [r.header.id for r in replies] == list(range(100))
     assert {str(r.rr[0].rdata) for r in replies} == {"127.0.0.11"}
+    # Repeats are response-cache hits (answered inside the helper): still counted.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        for i in range(50):
+            s.sendto(make_query("cdn.example.net", "TXT", qid=i), ("127.0.0.1", srv.port))
+            assert parse(s.recv(4096)).header.id == i
+    deadline = time.monotonic() + 5
+    counted = 0
+    while time.monotonic() < deadline and counted < 50:
+        time.sleep(0.3)
+        metrics = urllib.request.urlopen(f"{srv.http}/metrics", timeout=5).read().decode()
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("gslb_dns_queries_total") and 'service="zone"' in line
+                      and 'rcode="NOERROR"' in line)
+    assert counted >= 50
