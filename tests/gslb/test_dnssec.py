@@ -327,3 +327,18 @@ def test_a_new_signing_period_resigns_everything_before_queries(tmp_path):
     assert new_sig.expiration == old_sig.expiration + refresh
     assert check_signed(later, dnskeys(r), now=time.time() + refresh) == 2
     assert not r.resign(time.time() + refresh + 1)    # nothing changed since
+
+
+def test_a_single_combined_signing_key(tmp_path):
+    path = make_signed(tmp_path, keys="csk")
+    assert len(list((tmp_path / "keys").glob("*.private"))) == 1
+    r = Responder(load_config(path))
+    keys = dnskeys(r)
+    [csk] = [dns.dnssec.key_id(k) for k in keys]
+    assert {k.flags for k in keys} == {257}
+    for name, qtype, ecs in ((SHOP, "A", "192.0.2.0/24"), (ZONE, "DNSKEY", None),
+                             ("nope.static.cdn.example.net.", "A", None)):
+        msg = answer(r, name, qtype, ecs)
+        assert check_signed(msg, keys) >= 1
+        assert {s.key_tag for x in msg.answer + msg.authority
+                if x.rdtype == dns.rdatatype.RRSIG for s in x} == {csk}
