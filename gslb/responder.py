@@ -70,7 +70,7 @@ def build_engine(config: Config) -> Engine:
     return Engine(config, ZoneIndex(config), Locator(reader, config.nets))
 
 
-Signatures = dict[str, tuple[tuple, dict]]      # zone -> a ZoneSigner's export()
+Signatures = dict[str, tuple[tuple, bytes]]     # zone -> a ZoneSigner's export()
 
 
 def presigned(config: Config, processes: int = 1,

@@ -342,3 +342,23 @@ def test_a_single_combined_signing_key(tmp_path):
         assert check_signed(msg, keys) >= 1
         assert {s.key_tag for x in msg.answer + msg.authority
                 if x.rdtype == dns.rdatatype.RRSIG for s in x} == {csk}
+
+
+def test_workers_adopt_the_supervisors_signatures_and_sign_nothing(tmp_path):
+    from gslb.responder import presigned
+    cfg = signed_dict(tmp_path / "keys")
+    cfg["zones"][ZONE]["records"]["many"] = [
+        {"type": "TXT", "values": [f"v{i}" for i in range(300)]}]   # > 255 rdatas in one set
+    path = write_config(tmp_path, cfg)
+    gslb("dnssec", "init", ZONE, "-c", str(path))
+    config = load_config(path)
+    signatures = presigned(config, processes=2)
+    worker, alone = Responder(config, None, signatures), Responder(config)
+    assert worker.signers[ZONE].signatures == 0 < alone.signers[ZONE].signatures
+    for name, qtype, ecs in ((SHOP, "A", "192.0.2.0/24"), (SHOP, "AAAA", "203.0.113.0/24"),
+                             ("many.cdn.example.net.", "TXT", None), (ZONE, "DNSKEY", None),
+                             ("www.cdn.example.net.", "A", None)):
+        wire = do_query(name, qtype, ecs)
+        assert worker.answer(wire, "10.1.1.1", TCP_LIMIT) == alone.answer(wire, "10.1.1.1",
+                                                                          TCP_LIMIT)
+    assert worker.signers[ZONE].signatures == 0
