@@ -180,9 +180,8 @@ class Supervisor:
                 await self.fleet.start(self)     # the gate first: no ungated answer
             if self.http is not None:
                 runner = await start_dashboard(self, self.http)
-            # Side by side: each spawn waits until its worker has read its hello
-            # (after its imports), so one after the other would add those up.
-            await asyncio.gather(*(self._spawn(index) for index in range(self.n_workers)))
+            for index in range(self.n_workers):
+                await self._spawn(index)
             results = await asyncio.gather(*(w.ready for w in self.workers.values()))
             if not all(results):
                 log.error("a worker could not listen on %s; stopping",
