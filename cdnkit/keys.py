@@ -4,6 +4,7 @@
     {prefix}config/cnames/{name}           edge CNAME -> {"directory": ..., "retiring": bool}
     {prefix}config/shields/{name}          a shield: {name, address, region, lat, lon}
     {prefix}config/purge/{id}              a purge job: {urls | prefix | customer, at, by}
+    {prefix}config/drain/{node}            an edge drained by an operator: {at, by}
     {prefix}config/rev                     touched by every config change: its mod_revision
                                            is the latest config revision
     {prefix}nodes/{id}                     an edge, shield or nameserver, under its lease:
@@ -47,6 +48,10 @@ class Keys:
         return f"{self.config}purge/"
 
     @property
+    def drains(self) -> str:
+        return f"{self.config}drain/"
+
+    @property
     def rev(self) -> str:
         return f"{self.config}rev"
 
@@ -63,6 +68,9 @@ class Keys:
 
     def cname(self, name: str) -> str:
         return self.cnames + name
+
+    def drain(self, node_id: str) -> str:
+        return self.drains + node_id
 
     def node(self, node_id: str) -> str:
         return self.nodes + node_id

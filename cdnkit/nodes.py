@@ -40,6 +40,31 @@ class Node:
     ttl: int = 0                         # nameservers: the longest answer TTL they give
     rejected: Mapping[str, list[str]] = field(default_factory=dict)   # directory -> problems
     record: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # What edges report about themselves (edge/report.py), summed over workers:
+    state: str = ""                      # serving | degraded | draining ("" if unreported)
+    load: Mapping[str, float] = field(default_factory=dict)   # requests/s, bandwidth, ...
+    capacity: Mapping[str, Any] = field(default_factory=dict)
+    idle: bool = False                   # draining and nothing in flight on any worker
+    version: str = ""
+    origins: Mapping[str, Any] = field(default_factory=dict)  # per-origin back-off
+    verdicts: Mapping[str, str] = field(default_factory=dict)  # nameservers: probe verdicts
+
+
+STATES = ("serving", "degraded", "draining")     # worst last: a node is its worst worker
+
+
+def _load(records: list[dict[str, Any]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for record in records:
+        for name, value in (record.get("load") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[name] = total.get(name, 0.0) + float(value)
+    return total
+
+
+def _state(records: list[dict[str, Any]]) -> str:
+    found = [str(r["state"]) for r in records if r.get("state") in STATES]
+    return max(found, key=STATES.index) if found else ""
 
 
 def merge(entries: Mapping[str, Entry]) -> dict[str, Node]:
@@ -60,7 +85,11 @@ def merge(entries: Mapping[str, Entry]) -> dict[str, Node]:
             tuple(first.get("addresses") or ()), tuple(first.get("egress") or ()),
             str(first.get("admin", "")), max(float(r.get("at", 0)) for r in records),
             len(records), int(first.get("ttl", 0)),
-            {k: v for r in records for k, v in (r.get("rejected") or {}).items()}, first)
+            {k: v for r in records for k, v in (r.get("rejected") or {}).items()}, first,
+            _state(records), _load(records), dict(first.get("capacity") or {}),
+            all(bool(r.get("idle")) for r in records), str(first.get("version", "")),
+            {k: v for r in records for k, v in (r.get("origins") or {}).items()},
+            dict(first.get("verdicts") or {}))
     return out
 
 
@@ -72,8 +101,11 @@ class Registration:
     of its TTL, and grants a new lease and writes again when the old one is lost.
     """
 
-    def __init__(self, store: EtcdStore, key: str, ttl: int = LEASE_TTL):
+    def __init__(self, store: EtcdStore, key: str, ttl: int = LEASE_TTL,
+                 renew: float | None = None):
         self.store, self.key, self.ttl = store, key, ttl
+        self.renew = renew or max(ttl / 3, 0.5)
+        self.ok_at = 0.0           # monotonic time of the last call the store answered
         self.record: dict[str, Any] = {}
         self.lease = 0
         self.written: dict[str, Any] | None = None
@@ -99,27 +131,28 @@ class Registration:
                 pass
 
     async def _run(self) -> None:
-        renew_every = max(self.ttl / 3, 0.5)
+        renew_every = self.renew
         renewed = time.monotonic()
         while True:
             try:
                 if not self.lease:
                     grant = await self.store.call(self.store.client.lease.grant(self.ttl))
                     self.lease, self.written, renewed = grant.ID, None, time.monotonic()
+                    self.ok_at = renewed
                 if self.written != self.record:
                     # What is written is what was current when the put started: an update
                     # that lands while it is in flight is written on the next round.
                     record = dict(self.record)
                     await self.store.call(self.store.kv.put(
                         self.key, json.dumps({**record, "at": time.time()}), lease=self.lease))
-                    self.written = record
+                    self.written, self.ok_at = record, time.monotonic()
                 # Renew on time however often the record changes (a put does not renew).
                 if time.monotonic() - renewed >= renew_every:
                     if not await self._renew():
                         log.warning("lease of %s was lost; registering again", self.key)
                         self.lease = 0
                         continue
-                    renewed = time.monotonic()
+                    renewed = self.ok_at = time.monotonic()
                 try:
                     await asyncio.wait_for(self._wake.wait(),
                                            max(0.0, renew_every - (time.monotonic() - renewed)))

@@ -10,6 +10,7 @@ reference. Replies themselves are made by replies.py.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from . import select
@@ -19,7 +20,8 @@ from .geo import Decision
 from .health import HealthView
 from .model import Config, Service
 from .replies import REFUSED, Dynamic, Reply, ReplyBuilder, Variant
-from .select import families
+from .select import Selection, families
+from .shed import STEPS, ClientHealth
 from .wire import QTYPE_A, QTYPE_AAAA, decode_qkey
 from .zone import ZoneIndex
 
@@ -52,20 +54,33 @@ class AnswerTable:
         self._selections: dict[tuple, tuple[select.Selection, bool]] = {}
         self._seen: dict[tuple, tuple[Dynamic, Decision]] = {}
         self._site_nets = any(n.sites for n in config.nets)
+        # Sites with an address that sheds some client networks (shed.py): their
+        # pools get one selection per client bucket.
+        self.shedding = frozenset(health.addresses[ip].site for ip in health.shed
+                                  if ip in health.addresses)
         if previous is not None and previous.config is config and previous.gate is gate:
             # Health changed (or a signing period began): rebuild every answer the
             # old table had served, now, so the query path keeps hitting
-            # precomputed (and presigned) bytes.
-            if previous.signers == self.signers:
+            # precomputed (and presigned) bytes. Pools none of whose sites changed
+            # keep their answers.
+            same_signers = previous.signers == self.signers
+            if same_signers:
                 self.entries = dict(previous.entries)
             else:                   # a new signing period or key state: sign it all again
                 if self.signers and presign:
                     self.presign(processes)
                 for qkey in list(previous.entries)[:MEMO_LIMIT // 10]:
                     self.entries[qkey] = self._resolve_key(qkey)
+            changed = changed_sites(previous.health, health) if same_signers else None
+            if changed is not None:
+                self._selections = {k: v for k, v in previous._selections.items()
+                                    if changed.isdisjoint(k[0])}
             for key, (dyn, decision) in previous._seen.items():
                 self._seen[key] = (dyn, decision)
-                self.dynamic[key] = self._build_service(dyn, decision)
+                if changed is not None and changed.isdisjoint(dyn.service.pool):
+                    self.dynamic[key] = previous.dynamic[key]
+                else:
+                    self.dynamic[key] = self._build_service(dyn, decision)
         elif self.signers and presign:
             self.presign(processes)
 
@@ -99,19 +114,29 @@ class AnswerTable:
                 self._seen.clear()
             self.dynamic[key] = found
             self._seen[key] = (dyn, decision)
+        if type(found) is tuple:        # a pool that sheds: one reply per client bucket
+            return found[decision.bucket]
         return found
 
-    def _build_service(self, dyn: Dynamic, decision: Decision) -> Reply:
-        return self.builder.service_reply(dyn, *self._selection(dyn.service, dyn.qtype,
-                                                                decision, dyn.allowed))
+    def _build_service(self, dyn: Dynamic, decision: Decision) -> Reply | tuple[Reply, ...]:
+        choices = self._selection(dyn.service, dyn.qtype, decision, dyn.allowed)
+        if len(choices) == 1:
+            return self.builder.service_reply(dyn, *choices[0])
+        replies: dict[int, Reply] = {}          # buckets that select alike share a reply
+        for sel, dependent in choices:
+            if id(sel) not in replies:
+                replies[id(sel)] = self.builder.service_reply(dyn, sel, dependent)
+        return tuple(replies[id(sel)] for sel, _ in choices)
 
     def _selection(self, svc: Service, qtype: int, decision: Decision,
-                   allowed: frozenset[str] | None = None) -> tuple[select.Selection, bool]:
+                   allowed: frozenset[str] | None = None
+                   ) -> tuple[tuple[select.Selection, bool], ...]:
         """The selection for a service and client, shared by services that select alike.
 
         Everything selection reads is in the key: the service's settings but not
         its name, the client's decision bucket, the family, and the edges the
-        gate allows for a customer name (gate.py).
+        gate allows for a customer name (gate.py). One (selection, client
+        dependent) pair, or one per shed bucket when a site of the pool sheds.
         """
         key = (svc.pool, svc.algorithm, svc.answers, svc.ttl, svc.ip_version, svc.all_down,
                svc.fallback, qtype, decision.key, allowed)
@@ -122,8 +147,12 @@ class AnswerTable:
                 sites = self._gated_sites.get(allowed) or self._gated_sites.setdefault(
                     allowed, restrict(sites, allowed))
             ranked = select.rank(svc, sites, decision)
-            sel = select.select(svc, ranked, 4 if qtype == QTYPE_A else 6, self.health)
-            found = (sel, select.depends_on_client(svc, self._site_nets))
+            family = 4 if qtype == QTYPE_A else 6
+            plain = select.select(svc, ranked, family, self.health)
+            if self.shedding.isdisjoint(svc.pool):
+                found = ((plain, select.depends_on_client(svc, self._site_nets)),)
+            else:
+                found = shed_selections(svc, ranked, family, self.health, plain)
             if len(self._selections) >= MEMO_LIMIT:
                 self._selections.clear()
             self._selections[key] = found
@@ -175,3 +204,45 @@ class AnswerTable:
         for origin, rrsets in batches.items():
             self.signers[origin].sign_all(rrsets, processes)
         return sum(s.signatures for s in self.signers.values()) - before
+
+
+def changed_sites(old: HealthView, new: HealthView) -> frozenset[str]:
+    """Sites with an address whose usability or shed level differs between two views."""
+    out = set()
+    for ip, entry in new.addresses.items():
+        before = old.addresses.get(ip)
+        if (before is None or before.site != entry.site or old.usable(ip) != new.usable(ip)
+                or old.shed.get(ip, 0) != new.shed.get(ip, 0)):
+            out.add(entry.site)
+    out.update(old.addresses[ip].site for ip in old.addresses.keys() - new.addresses.keys())
+    return frozenset(out)
+
+
+def shed_selections(svc: Service, ranked: tuple[select.Ranked, ...], family: int,
+                    health: HealthView, plain: Selection) -> tuple[tuple[Selection, bool], ...]:
+    """One selection per client bucket, with what sheds that bucket left out.
+
+    A bucket that every usable site sheds is answered as without shedding:
+    load moves clients between sites, it never leaves them without an answer.
+    Buckets that see the same addresses shed share one selection object.
+    """
+    by_shed: dict[frozenset[str], Selection] = {}
+    out = []
+    for client in range(STEPS):
+        view = ClientHealth(health, client)
+        sel = by_shed.get(view._shed)
+        if sel is None:
+            sel = select.select(svc, ranked, family, view)
+            if sel.all_down and not plain.all_down:
+                sel = replace(plain, notes=plain.notes + (
+                    "every usable site sheds this client network: answered as without "
+                    "shedding",))
+            elif sel.variants != plain.variants:
+                why = "; ".join(health.shed_notes.get(site, site) for site in
+                                sorted({health.addresses[ip].site for ip in view._shed}))
+                sel = replace(sel, notes=sel.notes + (
+                    f"shed: this client network (bucket {client}) is sent away from "
+                    f"{plain.site or ', '.join(plain.variants[0])}: {why}",))
+            by_shed[view._shed] = sel
+        out.append((sel, True))
+    return tuple(out)

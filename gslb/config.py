@@ -19,6 +19,7 @@ from cdnkit.check import Checker, ConfigError
 from cdnkit.listen import Listener, listener, split_host_port
 from cdnkit.yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
 
+from . import capacity
 from .dnssec_config import parse_dnssec
 from .model import (
     Address,
@@ -185,7 +186,8 @@ def _sites(ck: Checker, raw: Any, where: Where) -> dict[str, Site]:
     for name, body in block.items():
         what = f"site {name!r}"
         site = ck.mapping(body, block.at(name), what)
-        ck.keys(site, ("city", "lat", "lon", "addresses", "weight", "state", "check"), what)
+        ck.keys(site, ("city", "lat", "lon", "addresses", "weight", "state", "check",
+                       *capacity.SITE_KEYS), what)
         lat = lon = None       # coordinates are needed only by `nearest` pools (checked there)
         if "lat" in site or "lon" in site:
             lat = ck.number(site, "lat", -90, 90, what)
@@ -206,7 +208,8 @@ def _sites(ck: Checker, raw: Any, where: Where) -> dict[str, Site]:
         state = ck.choice(site, "state", AdminState, AdminState.UP, what)
         sites[str(name)] = Site(str(name), lat, lon, tuple(addrs),
                                 ck.text(site, "city", what), weight, state,
-                                ck.text(site, "check", what))
+                                ck.text(site, "check", what),
+                                *capacity.site_capacity(ck, site, what))
     return sites
 
 
@@ -484,14 +487,15 @@ def _check_refs(ck: Checker, top: LineDict, sites: dict[str, Site],
 
 def _health(ck: Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
     block = ck.mapping(raw, where, "health")
-    ck.keys(block, ("state_file", "max_concurrent"), "health")
+    ck.keys(block, ("state_file", "max_concurrent", *capacity.HEALTH_KEYS), "health")
     state = block.get("state_file", "gslb-state.json")
     path = None
     if state:
         path = Path(os.path.expandvars(str(state)))
         path = path if path.is_absolute() else base / path
     return HealthSettings(str(path) if path else None,
-                          ck.integer(block, "max_concurrent", 256, 1, 100_000, "health"))
+                          ck.integer(block, "max_concurrent", 256, 1, 100_000, "health"),
+                          **capacity.fleet_settings(ck, block))
 
 
 def _dashboard(ck: Checker, raw: Any, where: Where) -> DashboardSettings:

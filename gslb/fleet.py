@@ -7,6 +7,11 @@ to every worker; once all of them answer from it, it reports that config revisio
 as applied in its own node record (kind `nameserver`, with the longest TTL it
 gives answers, which the control plane waits out before edges drop a retired name).
 
+It also shares health with the other nameservers and folds in what the edges say
+about themselves (fleethealth.py): its own probe verdicts go into its node record,
+the other nameservers' and the edges' records (lease, load, `draining`) and the
+drains under `config/drain/` come back through the same two watches.
+
 With the store away it keeps answering from what it has; a restart while the store
 is away starts from the snapshot files it wrote (the last state it answered from).
 Before it has any, customer names are answered by no one (the safe side).
@@ -17,20 +22,26 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from cdnkit import snapshot as snapfile
+from cdnkit.drains import drains as drain_records
+from cdnkit.drains import set_drain
 from cdnkit.keys import Keys
 from cdnkit.nodes import Registration, merge, stop_following
 from cdnkit.snapshot import Snapshot
 from cdnkit.store import EtcdStore, StoreError, StoreSpec
 
 from . import gate as gates
+from .fleethealth import FleetHealth
 
 log = logging.getLogger("gslb.fleet")
 
 START_WAIT = 3.0
+RENEW = 1.0             # the node record's lease is renewed every second
+STORE_DOWN_AFTER = 3.0  # no answer from the store for this long: follow our own probes
 
 
 class Fleet:
@@ -45,14 +56,22 @@ class Fleet:
         self.store = EtcdStore(spec)
         self.sup: Any = None
         self.registration: Registration | None = None
+        self.health: FleetHealth | None = None
+        self._gate_inputs: tuple = ()
         self._tasks: list[asyncio.Task] = []
 
     def _prefix(self, part: str) -> str:
         return self.keys.config if part == "config" else self.keys.nodes
 
     async def start(self, sup: Any) -> None:
-        """Load (store, else snapshots), set the supervisor's gate, then follow the store."""
+        """Load (store, else snapshots), set the supervisor's gate and health, then follow."""
         self.sup = sup
+        self.health = health = FleetHealth(self.node_id, sup.config)
+        sup.board.subscribe(health.set_local)
+        sup.board.subscribe(self._local_changed)
+        sup.board.result_listeners.append(health.on_result)
+        health.subscribe(sup.on_view)
+        health.set_local(sup.board.view)
         try:
             async with asyncio.timeout(START_WAIT):
                 await self.store.connect()
@@ -72,11 +91,22 @@ class Fleet:
         sup.on_gate_applied = self._applied
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow(part)) for part in self.snaps]
-        self._tasks.append(loop.create_task(self._register()))
+        self._tasks += [loop.create_task(self._register()), loop.create_task(self._watchdog())]
 
-    def publish(self, save: bool = True) -> None:
-        """Build the gate from what the snapshots hold and give it to the workers."""
+    def publish(self, save: bool = True, force: bool = False) -> None:
+        """Build the gate and the fleet's health from what the snapshots hold, for the
+        workers; `force` rebuilds the gate even if its inputs look unchanged (a reload)."""
         config, nodes = self.snaps["config"], self.snaps["nodes"]
+        merged = merge(nodes.under(self.keys.nodes) if nodes else {})
+        edges = sorted((n.applied, n.addresses) for n in merged.values() if n.kind == "edge")
+        if self.health is not None:
+            self.health.set_nodes(merged, self._drains(config))
+        # Load reports change node records every second; the gate (and the snapshot
+        # files) only when the config, or an edge's applied revision or addresses, do.
+        inputs = (config.revision if config else 0, edges)
+        if inputs == self._gate_inputs and self.sup.gate.active and not force:
+            return
+        self._gate_inputs = inputs
         cnames: dict[str, tuple[bool, int]] = {}
         for name, entry in (config.under(self.keys.cnames) if config else {}).items():
             try:
@@ -84,9 +114,6 @@ class Fleet:
                                 entry.mod_revision)
             except (ValueError, AttributeError):
                 continue
-        edges = [(n.applied, n.addresses) for n in
-                 merge(nodes.under(self.keys.nodes) if nodes else {}).values()
-                 if n.kind == "edge"]
         new = gates.build([z.origin for z in self.sup.config.zones], cnames, edges,
                           config.revision if config else 0)
         old = self.sup.gate
@@ -100,6 +127,28 @@ class Fleet:
                         snapfile.save(self.paths[part], snap)
                     except OSError as exc:
                         log.error("cannot write the snapshot %s: %s", self.paths[part], exc)
+
+    def _drains(self, config: Snapshot | None) -> dict[str, dict[str, Any]]:
+        return drain_records(config.entries, self.keys) if config else {}
+
+    def _local_changed(self, _view: Any) -> None:
+        if self.registration is not None and self.health is not None:
+            self.registration.update(verdicts=self.health.verdicts())
+
+    async def _watchdog(self) -> None:
+        """Whether the store answers (our own record's lease), and the shed levels' clock."""
+        while True:
+            await asyncio.sleep(0.5)
+            reg, health = self.registration, self.health
+            if health is None:
+                continue
+            health.set_store(reg is not None and reg.ok_at > 0
+                             and time.monotonic() - reg.ok_at < STORE_DOWN_AFTER)
+            health.tick()
+
+    async def drain(self, edge: str, who: str, on: bool = True) -> int:
+        """Drain (or undrain) an edge in the store, for every nameserver; the revision."""
+        return await set_drain(self.store, self.keys, edge, who, on)
 
     def _applied(self) -> None:
         if self.registration is not None:
@@ -128,10 +177,12 @@ class Fleet:
         while not self.store.ready:
             await asyncio.sleep(0.2)
         ttl = max((s.ttl for s in self.sup.config.services), default=0)
-        self.registration = Registration(self.store, self.keys.node(self.node_id))
+        self.registration = Registration(self.store, self.keys.node(self.node_id),
+                                         renew=RENEW)
         self.registration.update(id=self.node_id, kind="nameserver", ttl=ttl, pid=os.getpid(),
                                  addresses=sorted({str(l.host) for l in self.sup.listeners}),
-                                 applied=self.sup.gate_applied())
+                                 applied=self.sup.gate_applied(),
+                                 verdicts=self.health.verdicts() if self.health else {})
         self.registration.start()
 
     async def stop(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import maxminddb
 
 from .model import IPNetwork, Location, NetOverride
+from .shed import bucket
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -49,13 +50,16 @@ def open_database(path: str) -> maxminddb.Reader:
 class Decision:
     """Where a client was placed and on which network that holds.
 
-    `sites` is set when an operator `nets` entry names an explicit site order.
+    `sites` is set when an operator `nets` entry names an explicit site order;
+    `bucket` is the network's stable place among the shares busy sites shed
+    (shed.py): every client of one network has the same.
     """
 
     location: Location | None
     network: IPNetwork
     source: str                      # "nets", "geoip" or "none"
     sites: tuple[str, ...] = ()
+    bucket: int = 0
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -136,7 +140,7 @@ class Locator:
         override = self._net_match(addr)
         if override is not None:
             network = self._narrow(addr, override.network)
-            return Decision(override.location, network, "nets", override.sites)
+            return Decision(override.location, network, "nets", override.sites, bucket(network))
         if addr.version == 6 and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         record, plen = None, 0
@@ -146,8 +150,8 @@ class Locator:
         location = _location_from_record(record) if isinstance(record, dict) else None
         if location is None:
             return Decision(None, network, "none" if self.reader is None or record is None
-                            else "geoip")
-        return Decision(location, network, "geoip")
+                            else "geoip", (), bucket(network))
+        return Decision(location, network, "geoip", (), bucket(network))
 
     def close(self) -> None:
         if self.reader is not None:

@@ -62,6 +62,10 @@ class HealthView:
 
     addresses: Mapping[str, AddressHealth] = field(default_factory=dict)
     version: int = 0
+    # Load-aware answers (shed.py, fleethealth.py): per address the shed level,
+    # 0..shed.STEPS, only where it is above 0; and per site or edge why.
+    shed: Mapping[str, int] = field(default_factory=dict)
+    shed_notes: Mapping[str, str] = field(default_factory=dict)
 
     def usable(self, ip: str) -> bool:
         entry = self.addresses.get(ip)

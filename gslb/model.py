@@ -106,6 +106,20 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a site or an edge can serve; each part is optional (None: not limited by it)."""
+
+    requests: float | None = None        # requests per second
+    bandwidth: float | None = None       # bits per second to clients
+    connections: float | None = None     # open client connections
+
+    def parts(self) -> dict[str, float]:
+        """The limits that are set, by the name edges report their load under."""
+        return {k: v for k, v in (("requests", self.requests), ("bandwidth", self.bandwidth),
+                                  ("connections", self.connections)) if v}
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     """An edge site (POP): coordinates and addresses."""
 
@@ -117,6 +131,9 @@ class Site:
     weight: int = 1
     state: AdminState = AdminState.UP
     check: str = ""          # check name applied to every address without its own
+    capacity: Capacity | None = None     # None: the sum of what its edges report, if any
+    shed_low: float = 0.8    # load (fraction of capacity) where clients start moving away
+    shed_high: float = 0.95  # ... and where every new client goes elsewhere
 
     def family(self, version: int) -> tuple[Address, ...]:
         return tuple(a for a in self.addresses if a.version == version)
@@ -268,6 +285,9 @@ class ServerSettings:
 class HealthSettings:
     state_file: str | None = None    # admin overrides, kept across restarts
     max_concurrent: int = 256        # probes in flight at once
+    quorum: int = 0                  # observers that must see an address down; 0 = majority
+    shed_hold: float = 10.0          # seconds a lower load must last before clients come back
+    shed_band: float = 0.05          # ... and how far (fraction of capacity) below the level
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,6 +145,7 @@ class Supervisor:
         self.http = http
         self.ready_line = ready_line
         self.board = HealthBoard(config, state_file=state_file or config.health.state_file)
+        self.view = self.board.view        # what the answers use (the fleet's, with a store)
         self.workers: dict[int, Worker] = {}
         self.retired: dict[tuple[int, str], int] = {}   # counts of workers that are gone
         self.retired_extra: dict[tuple[str, str], int] = {}
@@ -173,11 +174,12 @@ class Supervisor:
         prober = Prober(self.board)
         await prober.start()
         self.prober = prober
-        self.board.subscribe(self._on_view)
         runner = None
         try:
             if self.fleet is not None:
                 await self.fleet.start(self)     # the gate first: no ungated answer
+            else:
+                self.board.subscribe(self.on_view)
             if self.http is not None:
                 runner = await start_dashboard(self, self.http)
             for index in range(self.n_workers):
@@ -218,7 +220,7 @@ class Supervisor:
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
         await send(writer, {"config": self.config, "listeners": self.listeners,
-                            "reuse_port": True, "health": self.board.view, "gate": self.gate,
+                            "reuse_port": True, "health": self.view, "gate": self.gate,
                             "signatures": self.signatures})
         worker.gate_applied = self.gate.revision
         self._spawn_task(self._read_worker(worker))
@@ -274,7 +276,9 @@ class Supervisor:
 
     # --- changes --------------------------------------------------------------------------
 
-    def _on_view(self, view: HealthView) -> None:
+    def on_view(self, view: HealthView) -> None:
+        """A new health view for the answers: every worker rebuilds from it."""
+        self.view = view
         self.rebuilds["health"] += 1
         for worker in list(self.workers.values()):
             self._spawn_task(self._safe_send(worker, {"health": view}))
@@ -304,7 +308,8 @@ class Supervisor:
             await self._safe_send(worker, {"config": config, "signatures": self.signatures})
         self.board.set_config(config)        # publishes a view, sent to every worker
         if self.fleet is not None:
-            self.fleet.publish(save=False)   # the zones may have changed
+            self.fleet.health.set_config(config)
+            self.fleet.publish(save=False, force=True)   # the zones may have changed
         self.prober.retarget(config)
         self.reloads["ok"] += 1
         log.info("config reloaded from %s: %d zones, %d services, %d sites", self.config_path,
