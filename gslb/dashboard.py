@@ -19,9 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cdnkit.listen import Listener
 
-from . import select
+from . import fleetapi, select
 from .geo import Decision
-from .health import HealthBoard, Target, view_to_json
+from .health import HealthBoard, HealthView, Target, view_to_json
 from .model import AdminState, Location
 
 
@@ -61,7 +61,7 @@ class _Collector:
 
     def collect(self):  # noqa: ANN201 - prometheus_client protocol
         sup = self.sup
-        view = sup.board.view
+        view = getattr(sup, "view", None) or sup.board.view
         state = GaugeMetricFamily("gslb_edge_state", "Edge address state (1 for the current one)",
                                   labels=["site", "address", "state"])
         for ip, h in view.addresses.items():
@@ -117,15 +117,17 @@ def _metrics(board: HealthBoard, sup: Supervisor) -> CollectorRegistry:
 
     board.result_listeners.append(observe)
     registry.register(_Collector(sup))
+    registry.register(fleetapi.FleetCollector(sup))
     return registry
 
 
-def health_json(board: HealthBoard) -> dict[str, Any]:
+def health_json(board: HealthBoard, view: HealthView | None = None) -> dict[str, Any]:
+    """The health page's data; `view` is what the answers use (the fleet's, with a store)."""
     config = board.config
     return {
         "generated": time.time(),
         "first_round_done": board.first_round_done,
-        "addresses": view_to_json(board.view),
+        "addresses": view_to_json(view or board.view),
         "sites": {name: {"city": s.city, "lat": s.lat, "lon": s.lon, "state": s.state.value,
                          "check": s.check, "addresses": [a.ip for a in s.addresses]}
                   for name, s in config.sites.items()},
@@ -136,8 +138,8 @@ def health_json(board: HealthBoard) -> dict[str, Any]:
     }
 
 
-def services_json(board: HealthBoard) -> dict[str, Any]:
-    config, view = board.config, board.view
+def services_json(board: HealthBoard, view: HealthView | None = None) -> dict[str, Any]:
+    config, view = board.config, view or board.view
     out = []
     for svc in config.services:
         samples = []
@@ -162,11 +164,13 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def api_health(request: web.Request) -> web.Response:
-    return web.json_response(health_json(request.app[SUPERVISOR].board))
+    sup = request.app[SUPERVISOR]
+    return web.json_response(health_json(sup.board, getattr(sup, "view", None)))
 
 
 async def api_services(request: web.Request) -> web.Response:
-    return web.json_response(services_json(request.app[SUPERVISOR].board))
+    sup = request.app[SUPERVISOR]
+    return web.json_response(services_json(sup.board, getattr(sup, "view", None)))
 
 
 async def api_edges(request: web.Request) -> web.Response:
@@ -193,7 +197,7 @@ async def api_explain(request: web.Request) -> web.Response:
         if ecs:
             ecs = str(ipaddress.ip_network(ecs, strict=False))
         text = explain(sup.board.config, name, qtype, client=client, ecs=ecs,
-                       health=sup.board.view)
+                       health=getattr(sup, "view", None) or sup.board.view)
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
     return web.json_response({"name": name, "type": qtype, "client": client, "ecs": ecs,
@@ -251,6 +255,7 @@ def make_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/api/explain", api_explain)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/admin/{action}", admin)
+    fleetapi.add_routes(app, sup, _authorised)
     return app
 
 

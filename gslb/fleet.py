@@ -30,7 +30,7 @@ from cdnkit import snapshot as snapfile
 from cdnkit.drains import drains as drain_records
 from cdnkit.drains import set_drain
 from cdnkit.keys import Keys
-from cdnkit.nodes import Registration, merge, stop_following
+from cdnkit.nodes import Node, Registration, merge, stop_following
 from cdnkit.snapshot import Snapshot
 from cdnkit.store import EtcdStore, StoreError, StoreSpec
 
@@ -58,6 +58,7 @@ class Fleet:
         self.registration: Registration | None = None
         self.health: FleetHealth | None = None
         self._gate_inputs: tuple = ()
+        self._merged: dict[str, Node] = {}
         self._tasks: list[asyncio.Task] = []
 
     def _prefix(self, part: str) -> str:
@@ -97,7 +98,7 @@ class Fleet:
         """Build the gate and the fleet's health from what the snapshots hold, for the
         workers; `force` rebuilds the gate even if its inputs look unchanged (a reload)."""
         config, nodes = self.snaps["config"], self.snaps["nodes"]
-        merged = merge(nodes.under(self.keys.nodes) if nodes else {})
+        merged = self._merged = merge(nodes.under(self.keys.nodes) if nodes else {})
         edges = sorted((n.applied, n.addresses) for n in merged.values() if n.kind == "edge")
         if self.health is not None:
             self.health.set_nodes(merged, self._drains(config))
@@ -128,6 +129,18 @@ class Fleet:
                     except OSError as exc:
                         log.error("cannot write the snapshot %s: %s", self.paths[part], exc)
 
+    def nodes(self) -> dict[str, Node]:
+        """Every node in the store as last seen, merged over its workers."""
+        return self._merged
+
+    def revision(self) -> int:
+        """The latest config revision in the store as last seen (0 before any)."""
+        config = self.snaps["config"]
+        if config is None:
+            return 0
+        marker = config.entries.get(self.keys.rev)
+        return marker.mod_revision if marker else config.revision
+
     def _drains(self, config: Snapshot | None) -> dict[str, dict[str, Any]]:
         return drain_records(config.entries, self.keys) if config else {}
 
@@ -144,6 +157,8 @@ class Fleet:
                 continue
             health.set_store(reg is not None and reg.ok_at > 0
                              and time.monotonic() - reg.ok_at < STORE_DOWN_AFTER)
+            if reg is not None and time.time() - reg.record.get("beat", 0) >= RENEW:
+                reg.update(beat=round(time.time(), 1))     # "seen" on the fleet views
             health.tick()
 
     async def drain(self, edge: str, who: str, on: bool = True) -> int:

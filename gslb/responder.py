@@ -104,22 +104,23 @@ class Responder:
         self.rrl: RateLimiter | None = None
         self._server_settings(config)
         self._rotor = 0
-        # Queries by (rcode, service): a list slot per pair, so counting a cached
-        # answer is one index increment.
-        self._stat_slots: dict[tuple[int, str], int] = {}
+        # Queries by (rcode, service, site answered from): a list slot per triple,
+        # so counting a cached answer is one index increment.
+        self._stat_slots: dict[tuple[int, str, str], int] = {}
         self.counters: list[int] = []
         self.errors = 0
 
-    def _slot(self, rcode: int, service: str | None) -> int:
-        key = (rcode, service or "")
+    def _slot(self, rcode: int, service: str | None, site: str | None = None) -> int:
+        key = (rcode, service or "", site or "")
         slot = self._stat_slots.get(key)
         if slot is None:
             slot = self._stat_slots[key] = len(self.counters)
             self.counters.append(0)
         return slot
 
-    def query_counts(self) -> dict[tuple[int, str], int]:
-        """Queries answered so far by (rcode, service name or "" for zone data)."""
+    def query_counts(self) -> dict[tuple[int, str, str], int]:
+        """Queries answered so far by (rcode, service name or "" for zone data, the site
+        the answer came from or "")."""
         return {key: self.counters[slot] for key, slot in self._stat_slots.items()}
 
     # --- changes (off the query path) ------------------------------------------------
@@ -367,7 +368,8 @@ class Responder:
         # RRset, or the zone's SOA for every negative answer of that zone.
         identity: object = (rcode, variant.body)
         flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | rcode))
-        slot = self._slot(rcode, reply.service)
+        slot = self._slot(rcode, reply.service,
+                          reply.selection.site if reply.selection is not None else None)
         self.counters[slot] += 1
         if opt is None:
             out = qid + flags + head_counts + question + body

@@ -120,7 +120,7 @@ class Worker:
     writer: asyncio.StreamWriter
     reader: asyncio.StreamReader
     ready: asyncio.Future
-    counts: dict[tuple[int, str], int] = field(default_factory=dict)
+    counts: dict[tuple[int, str, str], int] = field(default_factory=dict)
     errors: int = 0
     extra: dict[str, dict[str, int]] = field(default_factory=dict)   # rrl, tcp counters
     gate_applied: int = 0          # the store revision this worker answers from (gate.py)
@@ -147,7 +147,7 @@ class Supervisor:
         self.board = HealthBoard(config, state_file=state_file or config.health.state_file)
         self.view = self.board.view        # what the answers use (the fleet's, with a store)
         self.workers: dict[int, Worker] = {}
-        self.retired: dict[tuple[int, str], int] = {}   # counts of workers that are gone
+        self.retired: dict[tuple[int, str, str], int] = {}   # counts of workers that are gone
         self.retired_extra: dict[tuple[str, str], int] = {}
         self.rebuilds = {"health": 0, "config": 0}
         self.reloads = {"ok": 0, "rejected": 0}
@@ -335,9 +335,24 @@ class Supervisor:
                     total[(group, key)] = total.get((group, key), 0) + value
         return total
 
-    def query_counts(self) -> dict[tuple[int, str], int]:
+    def _counts(self) -> dict[tuple[int, str, str], int]:
         total = dict(self.retired)
         for worker in self.workers.values():
             for key, value in worker.counts.items():
                 total[key] = total.get(key, 0) + value
+        return total
+
+    def query_counts(self) -> dict[tuple[int, str], int]:
+        """Queries answered by all workers, by (rcode, service or "")."""
+        total: dict[tuple[int, str], int] = {}
+        for (rcode, service, _), value in self._counts().items():
+            total[(rcode, service)] = total.get((rcode, service), 0) + value
+        return total
+
+    def site_counts(self) -> dict[str, int]:
+        """Service answers by the site they sent clients to ("" when none or several)."""
+        total: dict[str, int] = {}
+        for (_, service, site), value in self._counts().items():
+            if service:
+                total[site] = total.get(site, 0) + value
         return total
