@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cdnkit.listen import Listener
+from cdnkit.ports import TCP, own
 
 from . import select
 from .geo import Decision
@@ -255,7 +256,15 @@ def make_app(sup: Supervisor) -> web.Application:
 
 
 async def start_dashboard(sup: Supervisor, listen: Listener) -> web.AppRunner:
-    runner = web.AppRunner(make_app(sup), access_log=None)
+    """Serve the dashboard on `listen`; `cdnkit.ports.AddressInUse` if another has it."""
+    owned = own(listen, TCP)
+    app = make_app(sup)
+
+    async def release(_app: web.Application) -> None:
+        owned.close()          # the claim lives as long as the dashboard
+
+    app.on_cleanup.append(release)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, listen.host, listen.port).start()
+    await web.SockSite(runner, owned.sockets[0]).start()
     return runner

@@ -6,9 +6,10 @@ the question (exactly as received, so 0x20 case survives) are patched around
 a body built when config or health last changed. Everything else goes
 through the strict parser in query.py.
 
-`DnsServer` owns the sockets: UDP through `loop.add_reader` with a drain loop
-(asyncio's datagram transport allocates 256 KiB per packet; see
-anchors/performance.md), TCP through asyncio streams (RFC 7766).
+`DnsServer` serves the sockets the supervisor bound (`bind_sockets`): UDP
+through `loop.add_reader` with a drain loop (asyncio's datagram transport
+allocates 256 KiB per packet; see anchors/performance.md), TCP through
+asyncio streams (RFC 7766).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from cdnkit.listen import Listener
+from cdnkit.ports import TCP, UDP, Owned, own_all
 
 from . import cookies
 from .answers import AnswerTable, Dynamic, Reply
@@ -392,32 +394,22 @@ class Responder:
 
 # --- sockets -----------------------------------------------------------------------------
 
-
-def _bind_udp(listener: Listener, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((listener.host, listener.port))
-    sock.setblocking(False)
-    return sock
+UDP_RCVBUF = 4 << 20
 
 
-def _bind_tcp(listener: Listener, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((listener.host, listener.port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+def bind_sockets(listeners: tuple[Listener, ...], workers: int) -> list[tuple[Owned, Owned]]:
+    """Own UDP and TCP on every listener, one socket of each per worker.
+
+    Called by the supervisor before any worker exists, so a second server on
+    the same address fails here (`cdnkit.ports.AddressInUse`) instead of
+    sharing the port with SO_REUSEPORT.
+    """
+    owned = own_all(listeners, (UDP, TCP), workers)
+    for item in owned:
+        if item.kind == UDP:
+            for sock in item.sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+    return [(owned[i], owned[i + 1]) for i in range(0, len(owned), 2)]
 
 
 def _raise_fd_limit() -> None:
@@ -430,11 +422,11 @@ def _raise_fd_limit() -> None:
 class DnsServer:
     """UDP and TCP listeners around one Responder."""
 
-    def __init__(self, config: Config, listeners: tuple[Listener, ...], reuse_port: bool = False,
+    def __init__(self, config: Config, sockets: list[tuple[socket.socket, socket.socket]],
                  health: HealthView | None = None):
+        """``sockets``: a bound UDP socket and a listening TCP socket per listener."""
         self.responder = Responder(config, health)
-        self.listeners = listeners
-        self.reuse_port = reuse_port
+        self.sockets = sockets
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._conns: dict[asyncio.Task, list] = {}       # task -> [client, last activity]
@@ -444,12 +436,13 @@ class DnsServer:
     async def start(self) -> None:
         _raise_fd_limit()
         loop = asyncio.get_running_loop()
-        for listener in self.listeners:
-            sock = _bind_udp(listener, self.reuse_port)
-            self._udp.append(sock)
-            loop.add_reader(sock.fileno(), self._drain_udp, sock)
-            tcp = _bind_tcp(listener, self.reuse_port)
-            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+        for udp, tcp in self.sockets:
+            udp.setblocking(False)
+            tcp.setblocking(False)
+            self._udp.append(udp)
+            loop.add_reader(udp.fileno(), self._drain_udp, udp)
+            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp,
+                                                        backlog=1024))
 
     def _drain_udp(self, sock: socket.socket) -> None:
         # Several datagrams per wake-up: one readiness callback costs more than a recvfrom.

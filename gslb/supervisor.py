@@ -1,8 +1,11 @@
 """The serving process tree: one supervisor and N DNS workers.
 
 The supervisor owns everything that must exist once: the config (parsed once
-per reload), the health prober and its board, the dashboard. Workers own only
-sockets and a `Responder`. They talk over a socketpair with length-prefixed
+per reload), the health prober and its board, the dashboard, and the listening
+sockets -- bound before any worker starts, one SO_REUSEPORT socket per worker
+and listener, so the kernel spreads the load over the workers but refuses a
+second server (cdnkit.ports). Workers serve the sockets they are handed with a
+`Responder`. They talk over a socketpair with length-prefixed
 pickles (both ends are this program): the supervisor sends the config, every
 health snapshot and every reload; a worker sends "ready" and, each second,
 its query counters. So every worker answers from the same health, and a
@@ -23,6 +26,7 @@ from typing import Any
 
 from cdnkit.check import ConfigError
 from cdnkit.listen import Listener
+from cdnkit.ports import Owned
 
 from .config import load_config
 from .dashboard import start_dashboard
@@ -58,7 +62,9 @@ async def worker_main(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=sock)
     hello = await receive(reader)
     config: Config = hello["config"]
-    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"])
+    # The supervisor bound these (it owns the port); we only serve them.
+    sockets = [(socket.socket(fileno=udp), socket.socket(fileno=tcp)) for udp, tcp in hello["fds"]]
+    server = DnsServer(config, sockets, hello["health"])
     try:
         await server.start()
     except OSError as exc:
@@ -140,6 +146,7 @@ class Supervisor:
         self.reloads = {"ok": 0, "rejected": 0}
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self.owned: list[tuple[Owned, Owned]] = []
 
     def _with_secret(self, config: Config) -> Config:
         if config.server.cookie_secret:
@@ -149,7 +156,20 @@ class Supervisor:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT. Raises OSError (`cdnkit.ports.AddressInUse` among
+        them) when a listener cannot be had; nothing has started then."""
+        from .server import bind_sockets
 
+        # Bound here, once, before any worker exists: only our workers share them.
+        self.owned = bind_sockets(self.listeners, self.n_workers)
+        try:
+            return await self._run()
+        finally:
+            for udp, tcp in self.owned:
+                udp.close()
+                tcp.close()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -190,16 +210,19 @@ class Supervisor:
 
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()
+        # Worker i serves socket i of each listener (its own SO_REUSEPORT share); a
+        # replacement gets the same sockets, with whatever queued while it was gone.
+        fds = [(udp.sockets[index].fileno(), tcp.sockets[index].fileno())
+               for udp, tcp in self.owned]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gslb.cli", "worker", "--control-fd", str(theirs.fileno()),
-            pass_fds=(theirs.fileno(),))
+            pass_fds=(theirs.fileno(), *(fd for pair in fds for fd in pair)))
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         ready = asyncio.get_running_loop().create_future()
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
-        await send(writer, {"config": self.config, "listeners": self.listeners,
-                            "reuse_port": True, "health": self.board.view})
+        await send(writer, {"config": self.config, "fds": fds, "health": self.board.view})
         self._spawn_task(self._read_worker(worker))
         return worker
 

@@ -154,3 +154,33 @@ def test_explain_shows_the_chain(demo_server):
     assert "geoip network 2001:db8:4::/48 -> London" in out
     assert "1. fra (Frankfurt;" in out and "km" in out
     assert "ecs scope: /48" in out and "127.0.0.12" in out
+
+
+def second_server(cfg_path: str, port: int, workers: int, timeout: float = 30) -> \
+        subprocess.CompletedProcess:
+    """`gslb serve` on a port another server has; it must give up on its own."""
+    from tests.conftest import free_port
+
+    return subprocess.run([sys.executable, "-m", "gslb.cli", "serve", "-c", cfg_path,
+                           "--dns", f"127.0.0.1:{port}", "--workers", str(workers),
+                           "--http", f"127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def test_a_second_server_on_the_same_port_is_refused(start_server):
+    """SO_REUSEPORT would let a second server take a share of the queries; only the
+    workers of one server may share its sockets."""
+    for first_workers, second_workers in ((2, 2), (1, 2), (2, 1)):
+        cfg = load_default()
+        srv = start_server(cfg, workers=first_workers)
+        started = time.monotonic()
+        out = second_server(str(srv.config), srv.port, second_workers)
+        assert out.returncode == 1, (first_workers, second_workers, out.stderr)
+        assert time.monotonic() - started < 20
+        lines = [l for l in out.stderr.splitlines() if l.strip()]
+        assert any(f"127.0.0.1:{srv.port} (UDP): address in use" in l for l in lines), lines
+        assert "Traceback" not in out.stderr
+        # The first server still answers every query (none went to the second).
+        for _ in range(30):
+            assert dig_short(srv.port, DEMO_NAME, "+subnet=203.0.113.0/24") == ["127.0.0.13"]
+        stop(srv.proc)
