@@ -6,18 +6,12 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
-
-from aiohttp import web
 
 from cdnkit.listen import Listener, listener_arg
 
 from . import config as edge_config
-from .front import Listeners
-from .proxy import DRAINING, make_app
-from .state import EdgeState
 
 log = logging.getLogger("edge")
 
@@ -30,50 +24,6 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
     if listen:
         cfg = dataclasses.replace(cfg, listen=listen)
     return cfg
-
-
-async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
-                reuse_port: bool = False) -> int:
-    state = EdgeState(cfg)
-    app = make_app(state)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    listeners = Listeners(state, runner)
-    for listener in cfg.listen:
-        await listeners.add(listener.host, listener.port, reuse_port=reuse_port)
-    tls = state.certs.server_context()
-    for listener in cfg.tls_listen:
-        await listeners.add(listener.host, listener.port, ssl=tls, reuse_port=reuse_port)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def reload() -> None:
-        if args.origin:
-            return
-        try:
-            new = _load(args)
-        except edge_config.ConfigError as exc:
-            log.error("reload of %s rejected, keeping the previous config:\n  %s",
-                      args.config, "\n  ".join(exc.problems))
-            return
-        state.apply(new)
-        log.info("reloaded %s: %d customers", args.config, len(new.customers))
-
-    def drain(on: bool) -> None:
-        app[DRAINING] = on
-        log.info("draining: /healthz answers %s", 503 if on else 200)
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: drain(True))
-    loop.add_signal_handler(signal.SIGUSR2, lambda: drain(False))
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    log.info("ready: %d customers on %s", len(cfg.customers),
-             ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
-    await stop.wait()
-    listeners.close()
-    await runner.cleanup()
-    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -128,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="processes sharing the port with SO_REUSEPORT and the disk cache "
                         "(default: one per CPU, as nginx's worker_processes auto)")
+    p.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, how long requests in flight may take before they are "
+                        "cut off (default: %(default)g; an idle edge exits at once)")
     p.set_defaults(func=None)
 
     p = sub.add_parser("validate", help="GET the validation path from every origin server")
@@ -156,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         except edge_config.ConfigError as exc:
             print("\n".join(exc.problems), file=sys.stderr)
             return 1
+    return cmd_serve(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import bind, fork_workers, serve
+
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     try:
@@ -166,42 +125,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     workers = args.workers or os.cpu_count() or 1
+    try:
+        plain, tls = bind(cfg, workers)     # before anything else: one clear line if taken
+    except OSError as exc:          # cdnkit.ports.AddressInUse, CannotListen
+        print(f"edge: cannot listen on {exc}", file=sys.stderr)
+        return 1
+
+    def reload() -> edge_config.EdgeConfig | None:
+        if args.origin:
+            return None
+        try:
+            return _load(args)
+        except edge_config.ConfigError as exc:
+            log.error("reload of %s rejected, keeping the previous config:\n  %s",
+                      args.config, "\n  ".join(exc.problems))
+            return None
+
+    def run(index: int) -> int:
+        return asyncio.run(serve(cfg, [o.sockets[index] for o in plain],
+                                 [o.sockets[index] for o in tls], reload, args.drain_timeout))
+
     if workers == 1:
-        return asyncio.run(serve(args, cfg))
-    return _fork_workers(args, cfg, workers)
-
-
-def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers: int) -> int:
-    """N processes sharing the listeners with SO_REUSEPORT; signals are relayed to them.
-
-    Forked before any event loop exists, so each child starts clean.
-    """
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(asyncio.run(serve(args, cfg, reuse_port=True)))
-        children.append(pid)
-
-    def relay(sig: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, sig)
-            except ProcessLookupError:
-                pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, relay)
-    status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                status = status or os.waitstatus_to_exitcode(code)
-                break
-            except InterruptedError:
-                continue
-    return status
+        return run(0)
+    return fork_workers(run, workers, plain + tls)
 
 
 if __name__ == "__main__":

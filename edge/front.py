@@ -13,11 +13,15 @@ change the answer sends the request the long way.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from email.utils import formatdate
 from typing import Callable
 
 from aiohttp import web
+
+from cdnkit.listen import Listener
+from cdnkit.ports import TCP, Owned, own
 
 from .cache import Stored
 from .cached import cache_key
@@ -231,20 +235,32 @@ class Listeners:
         self.runner = runner
         self.servers: list[asyncio.Server] = []
         self.conns: set[Front] = set()
+        self._owned: list[Owned] = []
 
-    async def add(self, host: str, port: int, ssl=None, reuse_port: bool = False) -> None:
+    async def add(self, host: str, port: int, ssl=None) -> None:
+        """Own HOST:PORT (refused with `cdnkit.ports.AddressInUse` if another has it)
+        and serve it."""
+        owned = own(Listener(host, port), TCP)
+        self._owned.append(owned)
+        await self.serve(owned.sockets[0], ssl)
+
+    async def serve(self, sock: socket.socket, ssl=None) -> None:
+        """Serve an already bound, listening socket (`edge serve` binds them all first)."""
         server = self.runner.server
         assert server is not None, "runner.setup() first"
         scheme = "https" if ssl is not None else "http"
         self.servers.append(await asyncio.get_running_loop().create_server(
-            lambda: Front(self.hits, server, scheme, self.conns), host, port, ssl=ssl,
-            reuse_port=reuse_port, backlog=1024))
+            lambda: Front(self.hits, server, scheme, self.conns), sock=sock, ssl=ssl,
+            backlog=1024))
 
     def close(self) -> None:
         """Stop accepting and close the connections still on the shortcut (aiohttp's own
         are closed by the runner's cleanup)."""
         for server in self.servers:
             server.close()
+        for owned in self._owned:
+            owned.close()
+        self._owned.clear()
         for conn in list(self.conns):
             if conn.transport is not None:
                 conn.transport.close()

@@ -1,0 +1,180 @@
+"""`edge serve`'s process life: own the ports, fork the workers, serve, drain, exit.
+
+The first process binds every listening socket before anything else exists
+(cdnkit.ports): a second edge on the same address fails there with one line
+and exit 1, with no session or worker to clean up. With several workers each
+gets its own SO_REUSEPORT socket per listener, so the kernel spreads
+connections over them, and nobody else can join the group.
+
+On SIGTERM/SIGINT a worker stops accepting, closes idle connections at once
+and gives the requests still in flight up to the drain bound
+(`--drain-timeout`, 5 s by default), saying what it waits for; an idle edge
+exits at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Callable
+
+from aiohttp import web
+
+from cdnkit.ports import TCP, Owned, own_all
+
+from .config import ConfigError, EdgeConfig
+from .front import Listeners
+from .proxy import DRAINING, make_app
+from .state import EdgeState
+
+log = logging.getLogger("edge")
+
+DRAIN_TIMEOUT = 5.0
+CUT_OFF = 0.5          # after the drain bound: how long aiohttp waits before cancelling
+IN_FLIGHT = web.AppKey("in_flight", dict)
+
+
+def bind(cfg: EdgeConfig, workers: int) -> tuple[list[Owned], list[Owned]]:
+    """(plain, TLS) listeners of `cfg`, one socket per worker each; AddressInUse or
+    CannotListen (both OSError) when one cannot be had."""
+    plain = own_all(cfg.listen, (TCP,), workers)
+    try:
+        tls = own_all(cfg.tls_listen, (TCP,), workers)
+    except OSError:
+        for owned in plain:
+            owned.close()
+        raise
+    return plain, tls
+
+
+@web.middleware
+async def _track(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Requests in flight (for the drain log); the hit shortcut never comes here."""
+    in_flight = request.app[IN_FLIGHT]
+    in_flight[id(request)] = (request, time.monotonic())
+    try:
+        return await handler(request)
+    finally:
+        del in_flight[id(request)]
+
+
+def _describe(in_flight: dict[int, tuple[web.Request, float]]) -> str:
+    now = time.monotonic()
+    shown = [f"{r.method} {r.host}{r.path} ({now - t:.1f} s)"
+             for r, t in sorted(in_flight.values(), key=lambda item: item[1])[:5]]
+    more = len(in_flight) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.socket],
+                reload: Callable[[], EdgeConfig | None], drain_timeout: float = DRAIN_TIMEOUT) -> int:
+    """Serve `cfg` on already bound sockets until SIGTERM/SIGINT, then drain and return 0.
+
+    ``reload`` returns the new config on SIGHUP (None to keep the current one).
+    """
+    state = EdgeState(cfg)
+    app = make_app(state)
+    app[IN_FLIGHT] = {}
+    app.middlewares.append(_track)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CUT_OFF)
+    await runner.setup()
+    listeners = Listeners(state, runner)
+    for sock in plain:
+        await listeners.serve(sock)
+    context = state.certs.server_context()
+    for sock in tls:
+        await listeners.serve(sock, ssl=context)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_hup() -> None:
+        new = reload()
+        if new is not None:
+            state.apply(new)
+            log.info("reloaded %s: %d customers", new.source, len(new.customers))
+
+    def drain(on: bool) -> None:
+        app[DRAINING] = on
+        log.info("draining: /healthz answers %s", 503 if on else 200)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: drain(True))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: drain(False))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    log.info("ready: %d customers on %s", len(cfg.customers),
+             ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
+    await stop.wait()
+    await _drain(runner, listeners, app[IN_FLIGHT], drain_timeout)
+    return 0
+
+
+async def _drain(runner: web.AppRunner, listeners: Listeners,
+                 in_flight: dict[int, tuple[web.Request, float]], bound: float) -> None:
+    """Stop accepting, close idle connections, give requests in flight up to `bound` s."""
+    started = time.monotonic()
+    listeners.close()
+    assert runner.server is not None
+    runner.server.pre_shutdown()      # keep-alive connections close after their request
+    if in_flight:
+        log.info("stopping: waiting up to %g s for %d request(s) in flight: %s",
+                 bound, len(in_flight), _describe(in_flight))
+    while in_flight and time.monotonic() - started < bound:
+        await asyncio.sleep(0.05)
+    cut = len(in_flight)
+    if cut:
+        log.warning("stopping: %d request(s) still in flight after %g s are cut off: %s",
+                    cut, bound, _describe(in_flight))
+    await runner.cleanup()            # shutdown_timeout is short: the waiting was above
+    log.info("stopped in %.1f s", time.monotonic() - started)
+
+
+def fork_workers(run: Callable[[int], int], workers: int, owned: list[Owned]) -> int:
+    """N processes, worker i on socket i of every listener; signals are relayed to them.
+
+    Forked before any event loop exists, so each child starts clean. The parent
+    keeps only the claims: a worker that dies takes its sockets with it, and the
+    kernel sends new connections to the others.
+    """
+    children = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            for item in owned:
+                for i, sock in enumerate(item.sockets):
+                    if i != index:
+                        sock.close()
+            code = 1
+            try:
+                code = run(index)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for item in owned:
+        item.close_sockets()
+
+    def relay(sig: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, relay)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                status = status or os.waitstatus_to_exitcode(code)
+                break
+            except InterruptedError:
+                continue
+    return status
+
+
+__all__ = ["ConfigError", "DRAIN_TIMEOUT", "bind", "fork_workers", "serve"]
