@@ -92,7 +92,7 @@ def _claim(listener: Listener, kind: str) -> socket.socket:
     except OSError as exc:
         claim.close()
         if exc.errno == errno.EADDRINUSE:
-            raise AddressInUse(listener, kind, "another server of this machine has it") from None
+            raise AddressInUse(listener, kind, "another gslb or edge server holds it") from None
         raise CannotListen(listener, kind, exc) from None
     claim.set_inheritable(False)
     return claim

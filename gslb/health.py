@@ -29,6 +29,7 @@ from .model import AdminState, CheckKind, CheckSpec, Config
 log = logging.getLogger("gslb.health")
 
 HISTORY = 200
+PUBLISH_DELAY = 0.05
 BODY_LIMIT = 65536
 
 
@@ -142,6 +143,7 @@ class HealthBoard:
         self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
         self.change_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._version = 0
+        self._pending: asyncio.TimerHandle | None = None
         self.view = HealthView()
         self._load_overrides()
         self._sync_targets()
@@ -224,7 +226,22 @@ class HealthBoard:
         if first and not self._first_round:
             self._publish()          # the first round just completed: one rebuild for all
         elif new is not old and not self._first_round:
+            self._publish_soon()
+
+    def _publish_soon(self) -> None:
+        """Publish within PUBLISH_DELAY, once for every change until then.
+
+        Each publication makes every worker rebuild its answer tables; a storm of
+        flapping checks must not turn into a rebuild per result. Without a running
+        loop (tools, tests) it publishes at once.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self._publish()
+            return
+        if self._pending is None:
+            self._pending = loop.call_later(PUBLISH_DELAY, self._publish)
 
     # --- admin overrides ----------------------------------------------------------------
 
@@ -317,19 +334,23 @@ class HealthBoard:
         return probe.state, probe.reason, ""
 
     def _publish(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()       # this publication covers the pending one
+            self._pending = None
         self._version += 1
         before = self.view.addresses
         self.view = self._compute()
-        now = self._clock()
-        for ip, entry in self.view.addresses.items():
-            old = before.get(ip)
-            if old is not None and old.state is not entry.state:
-                change = Change(now, entry.site, ip, old.state, entry.state, entry.reason)
-                self.history.append(change)
-                self.change_counts[(ip, entry.state.value)] += 1
-                level = logging.WARNING if entry.state is State.DOWN else logging.INFO
-                log.log(level, "%s (site %s): %s -> %s: %s", ip, entry.site, old.state.value,
-                        entry.state.value, entry.reason)
+        changes = sorted((Change(entry.since, entry.site, ip, old.state, entry.state,
+                                 entry.reason)
+                          for ip, entry in self.view.addresses.items()
+                          if (old := before.get(ip)) is not None and old.state is not entry.state),
+                         key=lambda c: c.at)      # one publication may carry several
+        for change in changes:
+            self.history.append(change)
+            self.change_counts[(change.ip, change.new.value)] += 1
+            level = logging.WARNING if change.new is State.DOWN else logging.INFO
+            log.log(level, "%s (site %s): %s -> %s: %s", change.ip, change.site,
+                    change.old.value, change.new.value, change.reason)
         for callback in list(self._subscribers):
             callback(self.view)
 
