@@ -201,8 +201,13 @@ SWEEP_INTERVAL = 10.0
 
 
 async def _sweep_forever(disk: DiskStore) -> None:
-    """Keep the disk tier under its cap: every few seconds, sooner after many writes."""
+    """Keep the disk tier under its cap: every few seconds, sooner after many writes.
+
+    A sweep that fails is one log line, repeated only when the reason changes; a
+    cache directory that vanished (removed by hand) is made again, empty.
+    """
     waited = 0.0
+    trouble = ""
     while True:
         await asyncio.sleep(0.5)
         waited += 0.5
@@ -212,8 +217,35 @@ async def _sweep_forever(disk: DiskStore) -> None:
         disk.written_since_sweep = 0
         try:
             disk.forget(await asyncio.to_thread(disk.sweep))
-        except OSError:
-            log.exception("disk cache sweep failed")
+        except OSError as exc:
+            why = _remake(disk)
+            if why == "":
+                trouble = ""          # made again: the next sweep will tell
+                continue
+            why = why or f"{exc.strerror or exc}: {exc.filename or disk.root}"
+            if why != trouble:
+                log.warning("disk cache %s: sweep failed: %s (logged again when this changes)",
+                            disk.root, why)
+                trouble = why
+            continue
+        if trouble:
+            log.info("disk cache %s: sweeping works again", disk.root)
+            trouble = ""
+
+
+def _remake(disk: DiskStore) -> str | None:
+    """Make a vanished cache directory again: None when it was there, "" when it was made
+    again, else why it cannot be."""
+    objects, tmp = disk.root / "objects", disk.root / "tmp"
+    if objects.is_dir() and tmp.is_dir():
+        return None
+    try:
+        objects.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(exist_ok=True)
+    except OSError as exc:
+        return f"the directory is gone and cannot be made again ({exc.strerror or exc})"
+    log.warning("disk cache %s had vanished: made it again (what it held is gone)", disk.root)
+    return ""
 
 
 RANK_INTERVAL = 60.0

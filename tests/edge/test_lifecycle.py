@@ -190,3 +190,61 @@ async def test_requests_in_flight_get_the_drain_bound_and_no_more(tmp_path):
     assert "waiting up to 1.5 s for 1 request(s) in flight: GET www.test.com/hang" in text
     assert "1 request(s) still in flight after 1.5 s are cut off" in text
     assert "Traceback" not in text
+
+
+async def test_a_vanished_cache_directory_is_one_line_and_made_again(tmp_path, monkeypatch,
+                                                                      caplog):
+    """The demo removed its edges' cache directories on exit; an edge left running logged
+    a traceback every 10 s. Now: made again, or one line until the reason changes."""
+    import logging
+    import shutil
+
+    from edge import proxy
+    from edge.disk import DiskStore
+
+    monkeypatch.setattr(proxy, "SWEEP_INTERVAL", 0.5)
+    root = tmp_path / "cache"
+    disk = DiskStore(root, 1 << 20)
+    sweeps = {"n": 0}
+    real_sweep = disk.sweep
+
+    def counted() -> list[str]:
+        sweeps["n"] += 1
+        return real_sweep()
+
+    disk.sweep = counted
+
+    async def after_sweeps(n: int) -> None:
+        target = sweeps["n"] + n
+        for _ in range(400):
+            if sweeps["n"] >= target:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the sweeper stopped")
+
+    caplog.set_level(logging.INFO, "edge.proxy")
+    task = asyncio.ensure_future(proxy._sweep_forever(disk))
+    try:
+        await after_sweeps(1)
+        shutil.rmtree(root)                       # removed by hand
+        await after_sweeps(3)
+        assert (root / "objects").is_dir() and (root / "tmp").is_dir()
+        shutil.rmtree(root)
+        root.write_text("not a directory")        # cannot be made again
+        await after_sweeps(4)
+        root.unlink()
+        await after_sweeps(3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        disk.close()
+    records = [r for r in caplog.records if r.name == "edge.proxy"]
+    assert all(r.exc_info is None for r in records), "no tracebacks"
+    lines = [r.getMessage() for r in records]
+    assert lines == [
+        f"disk cache {root} had vanished: made it again (what it held is gone)",
+        f"disk cache {root}: sweep failed: the directory is gone and cannot be made again "
+        "(Not a directory) (logged again when this changes)",
+        f"disk cache {root} had vanished: made it again (what it held is gone)",
+    ], lines
+    assert (root / "objects").is_dir()
