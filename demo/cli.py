@@ -27,7 +27,7 @@ from gslb.config import DEFAULT_CONFIG, load_config
 from gslb.model import Config
 
 from .cdn import Plan, children
-from .procs import Child, pid_of, start, stop, stop_all
+from .procs import Child, busy, pid_of, start, stop, stop_all
 
 TRIES = (
     ("192.0.2.0/24", "a client in New York"),
@@ -59,6 +59,10 @@ class Demo:
         self.children = children(plan, work)
         self.expected: dict[str, bool] = {}     # name -> should be running
         self.server: socket.socket | None = None
+
+    def taken(self) -> list[tuple[str, list[str]]]:
+        """(part, its addresses already held by another process), for every part."""
+        return [(c.name, found) for c in self.children if (found := busy(c.binds, c.udp))]
 
     def find(self, name: str) -> Child | None:
         by_name = {c.name: c for c in self.children}
@@ -220,6 +224,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="gslb-demo-"))   # configs, caches, logs, state
     demo = Demo(_plan(args, config), work, args.control)
+    taken = demo.taken()
+    if taken:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"demo: cannot start: the addresses of {len(taken)} part(s) are in use (another "
+              f"demo? `{program()} demo status` lists a running one):", file=sys.stderr)
+        for name, addresses in taken:
+            print(f"  {name:<11} {', '.join(addresses)}", file=sys.stderr)
+        return 1
     stopping: list[bool] = []
 
     def on_signal(signum: int, frame: object) -> None:
