@@ -22,7 +22,7 @@ from cdnkit.ports import TCP, own
 
 from . import select
 from .geo import Decision
-from .health import HealthBoard, Target, view_to_json
+from .health import HealthBoard, Target, site_summary, view_to_json
 from .model import AdminState, Location
 
 
@@ -108,13 +108,15 @@ def _metrics(board: HealthBoard, sup: Supervisor) -> CollectorRegistry:
     registry = CollectorRegistry()
     results = Counter("gslb_check_results", "Health check results", ["site", "address", "result"],
                       registry=registry)
-    latency = Histogram("gslb_check_latency_seconds", "Health check latency", ["address"],
+    latency = Histogram("gslb_check_latency_seconds", "Latency of successful health checks",
+                        ["address"],
                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                         registry=registry)
 
     def observe(target: Target, ok: bool, seconds: float) -> None:
         results.labels(target.site, target.ip, "ok" if ok else "fail").inc()
-        latency.labels(target.ip).observe(seconds)
+        if ok:          # a failure's time is its timeout or a refusal: not a latency
+            latency.labels(target.ip).observe(seconds)
 
     board.result_listeners.append(observe)
     registry.register(_Collector(sup))
@@ -123,12 +125,16 @@ def _metrics(board: HealthBoard, sup: Supervisor) -> CollectorRegistry:
 
 def health_json(board: HealthBoard) -> dict[str, Any]:
     config = board.config
+    view = board.current()
     return {
         "generated": time.time(),
+        "config": config.source,
         "first_round_done": board.first_round_done,
-        "addresses": view_to_json(board.view),
+        "admin": {"enabled": bool(config.dashboard.token)},
+        "addresses": view_to_json(view),
         "sites": {name: {"city": s.city, "lat": s.lat, "lon": s.lon, "state": s.state.value,
-                         "check": s.check, "addresses": [a.ip for a in s.addresses]}
+                         "check": s.check, "addresses": [a.ip for a in s.addresses],
+                         "overall": site_summary(view, [a.ip for a in s.addresses])}
                   for name, s in config.sites.items()},
         "overrides": board.overrides(),
         "history": [{"at": c.at, "site": c.site, "address": c.ip, "from": c.old.value,

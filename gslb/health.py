@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import errno
 import json
 import logging
 import os
 import random
+import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -30,6 +32,7 @@ log = logging.getLogger("gslb.health")
 
 HISTORY = 200
 PUBLISH_DELAY = 0.05
+CLEARED = ("override cleared;", "config state removed;")
 BODY_LIMIT = 65536
 
 
@@ -53,8 +56,9 @@ class AddressHealth:
     check: str = ""                  # check name, "" when unchecked
     last_ok: bool | None = None
     last_detail: str = ""
-    last_latency_ms: float | None = None
+    last_latency_ms: float | None = None     # None when the last check failed
     last_checked: float | None = None
+    probed: str = ""                         # where the checks go when not the address itself
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class HealthBoard:
         self.change_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._version = 0
         self._pending: asyncio.TimerHandle | None = None
+        self._deciders: dict[str, str] = {}       # per address: who decided its state
         self.view = HealthView()
         self._load_overrides()
         self._sync_targets()
@@ -194,7 +199,8 @@ class HealthBoard:
             return
         now = self._clock()
         probe.last_ok, probe.last_detail = ok, detail
-        probe.last_latency_ms, probe.last_checked = latency * 1000, now
+        # A failed check's time is its timeout or how fast it was refused: not a latency.
+        probe.last_latency_ms, probe.last_checked = (latency * 1000 if ok else None), now
         for listener in self.result_listeners:
             listener(target, ok, latency)
         spec = target.spec
@@ -295,43 +301,95 @@ class HealthBoard:
         old = self.view.addresses
         gated = bool(self._first_round)
         out: dict[str, AddressHealth] = {}
+        deciders: dict[str, str] = {}
         for site in self._config.sites.values():
             for addr in site.addresses:
                 probe = self._probes.get(addr.ip)
-                state, reason, forced = self._effective(site.name, site.state, addr.ip,
-                                                        addr.state, probe, gated)
-                previous = old.get(addr.ip)
-                since = previous.since if previous and previous.state is state else now
-                if probe is not None and not forced and probe.state is state:
-                    since = probe.since or since
+                state, reason, forced, decider = self._effective(
+                    site.name, site.state, addr.ip, addr.state, probe, gated)
+                since, reason = self._since_and_reason(
+                    old.get(addr.ip), self._deciders.get(addr.ip), state, reason, decider,
+                    probe, now)
+                deciders[addr.ip] = decider
                 out[addr.ip] = AddressHealth(
                     site.name, state, reason, since,
                     probe.state if probe else State.UNKNOWN, forced,
                     addr.check or site.check if probe else "",
                     probe.last_ok if probe else None, probe.last_detail if probe else "",
                     probe.last_latency_ms if probe else None,
-                    probe.last_checked if probe else None)
+                    probe.last_checked if probe else None,
+                    _probe_text(addr.probe_host, addr.probe_port) if probe else "")
+        self._deciders = deciders
         return HealthView(out, self._version)
 
+    @staticmethod
+    def _since_and_reason(previous: AddressHealth | None, decided_by: str | None, state: State,
+                          reason: str, decider: str, probe: _Probe | None,
+                          now: float) -> tuple[float, str]:
+        """When the address entered `state`, and why, as the dashboard shows them.
+
+        The time changes only with the state. When an override (or a config state)
+        gives way to the checks, the checks' last word may be old ("first check: ..."
+        an hour ago): the reason says the override was cleared, and stays so until
+        the checks themselves change the state.
+        """
+        by_checks = decider == "probe" and probe is not None
+        if previous is not None and previous.state is state:
+            since = previous.since
+        elif by_checks and probe.since and decided_by in (None, "probe", "gated"):
+            since = probe.since          # the checks changed it (published a moment later)
+        else:
+            since = now
+        if not by_checks or decided_by is None or decided_by == "gated":
+            return since, reason
+        if decided_by != "probe":
+            what = "override cleared" if decided_by.endswith("override") else \
+                "config state removed"
+            return since, (f"{what}; the checks say {state.value} "
+                           f"(last check: {probe.last_detail})")
+        if previous is not None and previous.reason.startswith(CLEARED) \
+                and probe.since <= previous.since:
+            return since, previous.reason
+        return since, reason
+
+    def current(self) -> HealthView:
+        """The published view with every address's latest check result, for display.
+
+        Results that change no state are not published (that would rebuild the
+        answers for nothing); this shows them anyway.
+        """
+        addresses = {}
+        for ip, entry in self.view.addresses.items():
+            probe = self._probes.get(ip)
+            if probe is not None:
+                entry = replace(entry, last_ok=probe.last_ok, last_detail=probe.last_detail,
+                                last_latency_ms=probe.last_latency_ms,
+                                last_checked=probe.last_checked)
+            addresses[ip] = entry
+        return HealthView(addresses, self.view.version)
+
     def _effective(self, site: str, site_state: AdminState, ip: str, addr_state: AdminState,
-                   probe: _Probe | None, gated: bool) -> tuple[State, str, str]:
-        # The most specific statement wins: runtime address override, runtime
-        # site override, the config's address and site states, then the checks.
+                   probe: _Probe | None, gated: bool) -> tuple[State, str, str, str]:
+        """(state, reason, forced, who decided): the most specific statement wins --
+        runtime address override, runtime site override, the config's address and
+        site states, then the checks."""
         if ip in self._addr_override:
             s = self._addr_override[ip]
-            return _ADMIN[s], f"forced {s.value} by an operator (address)", "address"
+            return (_ADMIN[s], f"forced {s.value} by an operator (address)", "address",
+                    "address-override")
         if site in self._site_override:
             s = self._site_override[site]
-            return _ADMIN[s], f"forced {s.value} by an operator (site {site})", "site"
+            return (_ADMIN[s], f"forced {s.value} by an operator (site {site})", "site",
+                    "site-override")
         if addr_state is not AdminState.UP:
-            return _ADMIN[addr_state], f"{addr_state.value} in config (address)", ""
+            return _ADMIN[addr_state], f"{addr_state.value} in config (address)", "", "config"
         if site_state is not AdminState.UP:
-            return _ADMIN[site_state], f"{site_state.value} in config (site)", ""
+            return _ADMIN[site_state], f"{site_state.value} in config (site)", "", "config"
         if probe is None:
-            return State.UNKNOWN, "no health check configured", ""
+            return State.UNKNOWN, "no health check configured", "", "unchecked"
         if gated or probe.state is State.UNKNOWN:
-            return State.UNKNOWN, "first round of checks not complete", ""
-        return probe.state, probe.reason, ""
+            return State.UNKNOWN, "first round of checks not complete", "", "gated"
+        return probe.state, probe.reason, "", "probe"
 
     def _publish(self) -> None:
         if self._pending is not None:
@@ -362,26 +420,53 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _probe_text(host: str, port: int) -> str:
+    """An address's `probe:` as written (HOST, HOST:PORT, [V6]:PORT); "" without one."""
+    if not host:
+        return f":{port}" if port else ""
+    return f"{_host_for_url(host)}:{port}" if port else host
+
+
+_OS_REASONS = {errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset",
+               errno.EPIPE: "connection closed by the edge", errno.ETIMEDOUT: "timed out",
+               errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
+               errno.EADDRNOTAVAIL: "address not available here",
+               errno.EACCES: "not permitted", errno.EPERM: "not permitted"}
+
+
+def _os_reason(exc: OSError | None) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "DNS lookup failed"
+    code = getattr(exc, "errno", None)
+    return _OS_REASONS.get(code, f"connect failed ({errno.errorcode.get(code, 'unknown')})"
+                           if code else "connect failed")
+
+
 def _describe_error(exc: BaseException) -> str:
+    """A short, stable reason for a failed check: the dashboard, the API and the logs show
+    it, and alerts may match on it, so it carries no library wording or addresses."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate rejected: {exc.certificate_error}"
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return f"TLS error: {exc}"
+        error = exc.certificate_error
+        why = getattr(error, "verify_message", "") or getattr(error, "reason", "") or "invalid"
+        return f"TLS certificate rejected: {why}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS lookup failed: {exc.os_error}"
+        return "DNS lookup failed"
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return "TLS handshake failed"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connect failed: {exc.os_error.strerror or exc.os_error}"
+        return _os_reason(exc.os_error)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
+        return "connection closed by the edge"
     if isinstance(exc, aiohttp.ClientResponseError):
-        return f"bad HTTP response: {exc.message}"
+        return "bad HTTP response"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "bad HTTP body"
     if isinstance(exc, OSError):
-        return f"connect failed: {exc.strerror or exc}"
-    return f"{type(exc).__name__}: {exc}"
+        return _os_reason(exc)
+    log.debug("check failed with an unexpected error: %r", exc)
+    return "check failed (unexpected error; see the debug log)"
 
 
 class Prober:
@@ -490,6 +575,35 @@ def view_to_json(view: HealthView) -> dict:
     return {ip: {"site": h.site, "state": h.state.value, "reason": h.reason, "since": h.since,
                  "probe": h.probe.value, "forced": h.forced, "check": h.check,
                  "last_ok": h.last_ok, "last_detail": h.last_detail,
-                 "last_latency_ms": h.last_latency_ms, "last_checked": h.last_checked}
+                 "last_latency_ms": h.last_latency_ms, "last_checked": h.last_checked,
+                 "probed": h.probed}
             for ip, h in view.addresses.items()}
+
+
+def view_from_json(data: Mapping[str, Mapping]) -> HealthView:
+    """The inverse of `view_to_json` (what `gslb explain` reads from a running server)."""
+    return HealthView({ip: AddressHealth(
+        str(h["site"]), State(h["state"]), str(h.get("reason", "")), float(h.get("since") or 0),
+        State(h.get("probe", "unknown")), str(h.get("forced", "")), str(h.get("check", "")),
+        h.get("last_ok"), str(h.get("last_detail", "")), h.get("last_latency_ms"),
+        h.get("last_checked"), str(h.get("probed", "")))
+        for ip, h in data.items()})
+
+
+def site_summary(view: HealthView, ips: list[str]) -> dict:
+    """A site's overall state from its addresses': up, down, drain, degraded (some usable,
+    some not) or unknown (usable but not checked yet); with the usable count."""
+    states = [view.state(ip) for ip in ips]
+    usable = sum(1 for s in states if s in (State.UP, State.UNKNOWN))
+    if states and all(s is State.UP for s in states):
+        overall = "up"
+    elif usable == len(states):
+        overall = "unknown"
+    elif usable:
+        overall = "degraded"
+    elif all(s is State.DRAIN for s in states):
+        overall = "drain"
+    else:
+        overall = "down"
+    return {"state": overall, "usable": usable, "addresses": len(states)}
 
