@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cdnkit.logs import setup
+
     from .serving import bind, fork_workers, serve
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    setup(logging.INFO)
     try:
         cfg = _load(args)
     except edge_config.ConfigError as exc:

@@ -20,8 +20,9 @@ log = logging.getLogger("gslb")
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    from cdnkit.logs import setup
+
+    setup(logging.DEBUG if verbose else logging.INFO)
 
 
 def _load_or_exit(path: str) -> Config:

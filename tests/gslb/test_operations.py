@@ -184,3 +184,17 @@ def test_a_second_server_on_the_same_port_is_refused(start_server):
         for _ in range(30):
             assert dig_short(srv.port, DEMO_NAME, "+subnet=203.0.113.0/24") == ["127.0.0.13"]
         stop(srv.proc)
+
+
+def test_logs_are_in_utc_whatever_the_local_zone(start_server):
+    """The dashboard shows UTC; so do the logs, even on a machine set to another zone."""
+    from datetime import datetime, timezone
+
+    srv = start_server(load_default(), env={"TZ": "Asia/Tokyo"})        # UTC+9
+    deadline = time.monotonic() + 10
+    while "ready:" not in srv.logtext() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(l for l in srv.logtext().splitlines() if "ready:" in l)
+    stamp = datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 120, line
