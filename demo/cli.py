@@ -165,7 +165,8 @@ def banner(demo: Demo) -> str:
         lines.append(f"  dig {at} {name} A +subnet={subnet} +norec    # {who}")
     lines += [f"  dig {at} {name} AAAA +norec",
               f"  dig {at} {config.zones[0].origin} SOA +norec",
-              f"  {program()} explain{_config_option(plan)} {name} --ecs 198.51.100.0/24"]
+              f"  {program()} explain{_config_option(plan)}{_server_option(plan)} {name} "
+              "--ecs 198.51.100.0/24"]
     if plan.http is not None:
         lines += [f"  open http://{plan.http}/            # health dashboard",
                   f"  curl -s http://{plan.http}/metrics | grep gslb_"]
@@ -190,6 +191,13 @@ def banner(demo: Demo) -> str:
                   f"  {program()} demo{control} status"]
     lines += ["", "Stop with Ctrl-C."]
     return "\n".join(lines)
+
+
+def _server_option(plan: Plan) -> str:
+    """`explain` finds the server at the config's dashboard listener; say where it is not."""
+    if plan.http is None or plan.http == plan.config.dashboard.listen:
+        return ""
+    return f" --server http://{plan.http}"
 
 
 def _config_option(plan: Plan) -> str:

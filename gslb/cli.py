@@ -118,14 +118,27 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from .explain import NoServer, default_server, explain, server_health
 
     config = _load_or_exit(args.config)
+    health, source = None, "health: none (--no-server); every address counts as not yet checked"
+    if not args.no_server:
+        url = args.server or default_server(config)
+        try:
+            health, source = server_health(url, args.config)
+        except NoServer as exc:
+            if args.server:                 # asked for: an error, not a silent fallback
+                print(f"explain: {exc}", file=sys.stderr)
+                return 1
+            source = (f"health: none: {exc}; every address counts as not yet checked "
+                      "(--server URL names the server's dashboard)")
     try:
-        text = explain(config, args.name, args.type, client=args.client, ecs=args.ecs)
+        text = explain(config, args.name, args.type, client=args.client, ecs=args.ecs,
+                       health=health)
     except ValueError as exc:
         print(f"explain: {exc}", file=sys.stderr)
         return 2
+    print(source)
     print(text)
     return 0
 
@@ -199,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--client", type=_client_arg, help="resolver/client address")
     who.add_argument("--ecs", type=_ecs_arg, help="EDNS Client Subnet, e.g. 192.0.2.0/24")
     p.add_argument("--type", default="A", choices=["A", "AAAA"], type=str.upper)
+    server = p.add_mutually_exclusive_group()
+    server.add_argument("--server", metavar="URL",
+                        help="read the health from this running server's dashboard, e.g. "
+                             "http://127.0.0.1:8080 (default: the config's dashboard.listen, "
+                             "if a server answers there)")
+    server.add_argument("--no-server", action="store_true",
+                        help="do not ask a running server: every address counts as not yet "
+                             "checked")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("reload", help="make a running server re-read its config (SIGHUP)")

@@ -128,7 +128,7 @@ def health_json(board: HealthBoard) -> dict[str, Any]:
     view = board.current()
     return {
         "generated": time.time(),
-        "config": config.source,
+        "config": str(Path(config.source).resolve()),
         "first_round_done": board.first_round_done,
         "admin": {"enabled": bool(config.dashboard.token)},
         "addresses": view_to_json(view),

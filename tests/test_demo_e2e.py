@@ -133,6 +133,12 @@ def test_the_demo_end_to_end(tmp_path):
         # The health checks must see the edges up before DNS answers with them.
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 15), text
         assert dig(digs[NEW_YORK]) == ["127.0.0.11"]
+        # The printed explain line explains with the running demo's health.
+        words = shlex.split(next(l for l in banner if " explain " in l))
+        out = subprocess.run([sys.executable, "-m", "gslb.cli", *words[1:]], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60).stdout
+        assert out.startswith(f"health: from the running server at http://127.0.0.1:{http}")
+        assert "127.0.0.12 up" in out and "A 127.0.0.12" in out, out
 
         curl_line = next(l for l in banner if l.strip().startswith("curl -s -o /dev/null"))
         edge_ip, edge_port = re.search(r"www\.test\.com:(\d+):([\d.]+)", curl_line).group(2, 1)

@@ -142,7 +142,8 @@ def test_explain_agrees_with_the_server(demo_server):
              ("--ecs", "2001:db8:7::/48", "A"), ("--ecs", "233.252.0.0/24", "A"),
              ("--client", "127.0.0.1", "A")]
     for flag, who, qtype in cases:
-        got = explain_answer(str(demo_server.config), DEMO_NAME, flag, who, "--type", qtype)
+        got = explain_answer(str(demo_server.config), DEMO_NAME, flag, who, "--type", qtype,
+                             "--server", demo_server.http)
         subnet = [f"+subnet={who}"] if flag == "--ecs" else []
         assert got == dig_short(demo_server.port, DEMO_NAME, qtype, *subnet), (who, qtype)
 
@@ -198,3 +199,45 @@ def test_logs_are_in_utc_whatever_the_local_zone(start_server):
     stamp = datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=timezone.utc)
     assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 120, line
+
+
+def run_explain(config: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gslb.cli", "explain", "-c", config, DEMO_NAME,
+                           *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_explain_reads_the_running_servers_health(start_server, edges):
+    """With the Frankfurt edge dead, the server answers Frankfurt's clients from New York;
+    `explain` used to call every address unknown and explain a Frankfurt answer."""
+    from tests.conftest import free_port
+    from tests.gslb.test_health_live import wait_all_up, wait_for
+
+    cfg = edges.config()
+    cfg["dashboard"] = {"listen": f"127.0.0.1:{free_port()}"}
+    srv = start_server(cfg)
+    wait_all_up(srv)
+    edges.kill("fra")
+    wait_for(srv, "127.0.0.11", 5)
+    # Found through the --http listener it was started with...
+    out = run_explain(str(srv.config), "--ecs", "198.51.100.0/24", "--server", srv.http)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == f"health: from the running server at {srv.http}"
+    assert "127.0.0.12 down" in out.stdout and "127.0.0.11 up" in out.stdout
+    assert explain_answer(str(srv.config), DEMO_NAME, "--ecs", "198.51.100.0/24",
+                          "--server", srv.http) \
+        == dig_short(srv.port, DEMO_NAME, "+subnet=198.51.100.0/24") == ["127.0.0.11"]
+    # ... and without --server through the config's dashboard listener, where nothing
+    # listens here (the test's server was told --http): said so, and counted as unknown.
+    out = run_explain(str(srv.config), "--ecs", "198.51.100.0/24")
+    first = out.stdout.splitlines()[0]
+    assert first.startswith(f"health: none: no server answers at http://{cfg['dashboard']['listen']}")
+    assert "127.0.0.12 unknown" in out.stdout
+    # A server given explicitly that does not answer is an error, not a silent fallback.
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = run_explain(str(srv.config), "--server", dead)
+    assert out.returncode == 1 and out.stderr.startswith(f"explain: no server answers at {dead}")
+    # A server that runs another config is not taken for ours.
+    other = srv.config.parent / "other.yaml"
+    other.write_text(srv.config.read_text())
+    out = run_explain(str(other), "--server", srv.http)
+    assert out.returncode == 0 and "runs another config" in out.stdout.splitlines()[0]
