@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cdnkit.check import ConfigError
+from cdnkit.check import ConfigError, describe
 from cdnkit.listen import listener_arg
 from gslb.config import DEFAULT_CONFIG, load_config
 from gslb.model import Config
@@ -226,9 +226,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(describe(exc.problems, args.config), file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="gslb-demo-"))   # configs, caches, logs, state
     demo = Demo(_plan(args, config), work, args.control)

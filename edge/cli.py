@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from cdnkit.check import describe
 from cdnkit.listen import Listener, listener_arg
 
 from . import config as edge_config
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         except edge_config.ConfigError as exc:
-            print("\n".join(exc.problems), file=sys.stderr)
+            print(describe(exc.problems, args.config), file=sys.stderr)
             return 1
     return cmd_serve(args)
 
@@ -121,9 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args)
     except edge_config.ConfigError as exc:
-        print(f"{len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(describe(exc.problems, args.config), file=sys.stderr)
         return 1
     workers = args.workers or os.cpu_count() or 1
     try:

@@ -19,7 +19,7 @@ from cdnkit.check import Checker, ConfigError
 from cdnkit.listen import Listener, parse_listener, split_host_port
 from cdnkit.schema import MAX_CUSTOMERS, Context, is_ip, size
 from cdnkit.shields import parse_shields
-from cdnkit.yamlsrc import Where, YamlError, load_yaml
+from cdnkit.yamlsrc import ConfigFileError, Where, YamlError, read_config
 
 from .model import (
     Balancing,
@@ -160,10 +160,8 @@ def build(raw: Any, source: str, base: Path | None = None, *,
 def load(path: str | os.PathLike[str]) -> EdgeConfig:
     source = str(path)
     try:
-        raw = load_yaml(Path(path))
-    except FileNotFoundError:
-        raise ConfigError([f"{source}:0: file not found"]) from None
-    except YamlError as exc:
+        raw = read_config(path)
+    except (ConfigFileError, YamlError) as exc:
         raise ConfigError([str(exc)]) from None
     return build(raw, source, Path(path).resolve().parent)
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cdnkit.check import ConfigError
+from cdnkit.check import ConfigError, describe
 from cdnkit.listen import listener_arg
 
 from .config import DEFAULT_CONFIG, load_config
@@ -29,10 +29,7 @@ def _load_or_exit(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}:",
-              file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(describe(exc.problems, path), file=sys.stderr)
         sys.exit(1)
 
 

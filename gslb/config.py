@@ -14,9 +14,9 @@ from typing import Any
 
 import dnslib
 
-from cdnkit.check import Checker, ConfigError
+from cdnkit.check import Checker, ConfigError, suggest
 from cdnkit.listen import Listener, listener, split_host_port
-from cdnkit.yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
+from cdnkit.yamlsrc import ConfigFileError, LineDict, LineList, Where, YamlError, read_config
 
 from .model import (
     Address,
@@ -237,7 +237,7 @@ def _nets(ck: Checker, raw: Any, where: Where, sites: dict[str, Site]) -> list[N
         names = []
         for value, sw in ck.items(entry["sites"], entry.at("sites"), f"{what} sites"):
             if value not in sites:
-                ck.add(sw, f"{what}: unknown site {value!r}")
+                ck.add(sw, f"{what}: unknown site {value!r}{suggest(value, sites)}")
             else:
                 names.append(str(value))
         if names:
@@ -376,7 +376,7 @@ def _services(ck: Checker, raw: Any, where: Where, sites: dict[str, Site],
         pool: list[str] = []
         for value, pw in ck.items(svc.get("pool"), svc.at("pool"), f"{what} pool"):
             if value not in sites:
-                ck.add(pw, f"{what}: unknown site {value!r} in pool")
+                ck.add(pw, f"{what}: unknown site {value!r} in pool{suggest(value, sites)}")
             elif value in pool:
                 ck.add(pw, f"{what}: site {value!r} is in the pool twice")
             else:
@@ -470,8 +470,8 @@ def _check_refs(ck: Checker, top: LineDict, sites: dict[str, Site],
         where = raw_sites.at(site.name) if isinstance(raw_sites, LineDict) else top.where
         for name in {site.check} | {a.check for a in site.addresses}:
             if name and name not in checks:
-                ck.add(where, f"site {site.name!r}: unknown check {name!r} "
-                       f"(defined: {', '.join(checks) or 'none'})")
+                ck.add(where, f"site {site.name!r}: unknown check {name!r}"
+                       f"{suggest(name, checks)} (defined: {', '.join(checks) or 'none'})")
 
 
 def _health(ck: Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
@@ -519,12 +519,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
     source = str(path)
     try:
-        raw = load_yaml(path)
-    except FileNotFoundError:
-        raise ConfigError([f"{source}:0: file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{source}:0: cannot read ({exc})"]) from None
-    except YamlError as exc:
+        raw = read_config(path)
+    except (ConfigFileError, YamlError) as exc:
         raise ConfigError([str(exc)]) from None
     return build_config(raw, source, path.resolve().parent)
 
