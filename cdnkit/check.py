@@ -123,8 +123,9 @@ class Checker:
               numbers: bool = False) -> list[tuple[str, Where]]:
         """`items` whose every item must be a string: (text, where) pairs, bad ones left out."""
         out = []
+        each = f"{what}: each item" if isinstance(value, LineList) else what
         for item, at in self.items(value, where, what):
-            text = self.word(item, at, what, numbers)
+            text = self.word(item, at, each, numbers)
             if text is not None:
                 out.append((text, at))
         return out
