@@ -1,4 +1,4 @@
-"""`edge serve`: the edge proxy."""
+"""`edge serve | validate | purge | whitelist`: the edge proxy and its tools."""
 from __future__ import annotations
 
 import argparse
@@ -68,15 +68,30 @@ def cmd_whitelist(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the edge proxy")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
-    p.add_argument("--listen", action="append", type=listener_arg, metavar="ADDR:PORT")
-    p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
-    p.add_argument("--host", help="quick mode: Host header to send to the origin")
-    p.add_argument("--workers", type=int, default=0,
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge", description="The CDN edge proxy: routes by edge CNAME or CDN URL, pulls "
+        "from the customer's origin, caches (RFC 9111). Docs: docs/edge.md.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG), metavar="FILE",
+                       help="edge config (default: data/edge.yaml)")
+
+    p = sub.add_parser("serve", help="run the edge proxy",
+                       description="Serve the config's customers. SIGHUP reloads, SIGUSR1/2 "
+                                   "drain/undrain /healthz, SIGTERM stops after the drain bound.")
+    with_config(p)
+    p.add_argument("--listen", action="append", type=listener_arg, metavar="ADDR:PORT",
+                   help="listen here instead of the config's listen; repeatable "
+                        "(default: the config's, 127.0.0.1:8081)")
+    p.add_argument("--origin", metavar="URL",
+                   help="quick mode: proxy every Host to this origin URL, no config "
+                        "(default: off)")
+    p.add_argument("--host", metavar="HOST",
+                   help="quick mode: Host header to send to the origin (default: the "
+                        "client's)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="processes sharing the port with SO_REUSEPORT and the disk cache "
                         "(default: one per CPU, as nginx's worker_processes auto)")
     p.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
@@ -84,26 +99,39 @@ def main(argv: list[str] | None = None) -> int:
                         "cut off (default: %(default)g; an idle edge exits at once)")
     p.set_defaults(func=None)
 
-    p = sub.add_parser("validate", help="GET the validation path from every origin server")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p = sub.add_parser("validate", help="GET the validation path from every origin server",
+                       description="Fetch the customer's validation path from each origin "
+                                   "server; exit 1 unless every one returns 200.")
+    with_config(p)
     p.add_argument("name", help="customer directory name or edge CNAME")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="per request (default: %(default)g)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("purge", help="remove cached objects in every worker")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p = sub.add_parser("purge", help="remove cached objects in every worker",
+                       description="Append a ban to the config's state_dir; every worker "
+                                   "applies it within a second.")
+    with_config(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--url", help="one URL, e.g. http://www.test.com/a.mp4")
-    what.add_argument("--prefix", help="every URL under this one")
-    what.add_argument("--customer", help="everything of this directory name (a ban)")
+    what.add_argument("--prefix", metavar="URL", help="every URL under this one")
+    what.add_argument("--customer", metavar="DIRECTORY",
+                      help="everything of this directory name (a ban)")
     p.set_defaults(func=cmd_purge)
 
-    p = sub.add_parser("whitelist", help="print the source blocks origins must allow")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
-    p.add_argument("--gslb", help="also every edge address of this gslb config")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("whitelist", help="print the source blocks origins must allow",
+                       description="The egress blocks of the config and, with --gslb, every "
+                                   "edge address of a gslb config, collapsed.")
+    with_config(p)
+    p.add_argument("--gslb", metavar="FILE",
+                   help="also every edge address of this gslb config (default: none)")
+    p.add_argument("--json", action="store_true", help="JSON instead of text (default: text)")
     p.set_defaults(func=cmd_whitelist)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.func is not None:
         try:
             return args.func(args)
