@@ -442,7 +442,7 @@ def _os_reason(exc: OSError | None) -> str:
                            if code else "connect failed")
 
 
-def _describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """A short, stable reason for a failed check: the dashboard, the API and the logs show
     it, and alerts may match on it, so it carries no library wording or addresses."""
     if isinstance(exc, asyncio.TimeoutError):
@@ -543,7 +543,7 @@ class Prober:
             except asyncio.TimeoutError:
                 return False, f"timed out after {spec.timeout:g} s"
             except Exception as exc:  # every failure is a result, never a crash
-                return False, _describe_error(exc)
+                return False, describe_error(exc)
 
     async def _probe(self, target: Target) -> tuple[bool, str]:
         spec = target.spec

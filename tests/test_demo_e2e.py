@@ -168,7 +168,7 @@ def test_the_demo_end_to_end(tmp_path):
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.11"], 15)
         moved_after = time.monotonic() - killed
         assert moved_after < 2 * 3 + 3          # interval x fall, plus a check's timeout
-        assert "error" in edge_view(http)["edge-fra"]          # the dashboard sees it gone
+        assert edge_view(http)["edge-fra"]["error"] == "connection refused"   # seen gone
 
         # Bring it back with the printed command: the demo starts it as its own child.
         words = shlex.split(next(l for l in banner if "start edge-fra" in l).split("#")[0])
