@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from .health import describe_error
+from .probe import describe_error
 
 HIT_RESULTS = frozenset({"HIT", "STALE", "REVALIDATED"})
 SCRAPE_TIMEOUT = 1.5

@@ -30,8 +30,9 @@ from cdnkit.ports import Owned
 
 from .config import load_config
 from .dashboard import start_dashboard
-from .health import HealthBoard, HealthView, Prober
+from .health import HealthBoard, HealthView
 from .model import Config
+from .probe import Prober
 
 log = logging.getLogger("gslb.supervisor")
 

@@ -16,8 +16,9 @@ from aiohttp import web
 
 from cdnkit.yamlsrc import load_yaml_text
 from gslb.config import build_config
-from gslb.health import PUBLISH_DELAY, HealthBoard, Prober, State, Target, targets
+from gslb.health import PUBLISH_DELAY, HealthBoard, State, Target, targets
 from gslb.model import AdminState, CheckKind, CheckSpec
+from gslb.probe import Prober
 from tests.conftest import DATA, free_port, load_default, serve_app
 
 
