@@ -35,9 +35,13 @@ def curl(edge_ip: str, port: str, path: str) -> dict[str, str]:
     return headers
 
 
+def api(http: int, what: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/{what}", timeout=10) as r:
+        return json.load(r)
+
+
 def edge_view(http: int) -> dict[str, dict]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/edges", timeout=10) as r:
-        return {e["name"]: e for e in json.load(r)["edges"]}
+    return {e["name"]: e for e in api(http, "edges")["edges"]}
 
 
 def dashboard_edge_rows(http: int) -> dict[str, list[str]]:
@@ -134,6 +138,7 @@ def test_the_demo_end_to_end(tmp_path):
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 15), text
         assert dig(digs[NEW_YORK]) == ["127.0.0.11"]
         # The printed explain line explains with the running demo's health.
+        assert wait_for(lambda: api(http, "health")["first_round_done"], 15)
         words = shlex.split(next(l for l in banner if " explain " in l))
         out = subprocess.run([sys.executable, "-m", "gslb.cli", *words[1:]], cwd=ROOT,
                              capture_output=True, text=True, timeout=60).stdout
