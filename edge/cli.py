@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cdnkit.check import describe
 from cdnkit.listen import Listener, listener_arg
+from cdnkit.store import store_arg
 
 from . import config as edge_config
 
@@ -19,12 +20,22 @@ log = logging.getLogger("edge")
 
 def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
     listen = tuple(args.listen or ())
+    if getattr(args, "store", None) is not None and args.store.kind == "file":
+        args.config = args.store.path          # file:PATH is the YAML file, as -c
     if args.origin:
         return edge_config.quick(args.origin, args.host, listen or (Listener("127.0.0.1", 8081),))
     cfg = edge_config.load(args.config)
     if listen:
         cfg = dataclasses.replace(cfg, listen=listen)
     return cfg
+
+
+def _fleet_options(args: argparse.Namespace, cfg: edge_config.EdgeConfig, worker: int):
+    from .fleet import FleetOptions
+
+    return FleetOptions(args.store, args.node_id or cfg.name, args.kind, args.site,
+                        tuple(args.address or ()), args.key_file or "", args.snapshot or "",
+                        worker)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -97,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM, how long requests in flight may take before they are "
                         "cut off (default: %(default)g; an idle edge exits at once)")
+    fleet = p.add_argument_group("fleet (customers from the store; docs/control.md)")
+    fleet.add_argument("--store", type=store_arg, metavar="STORE",
+                       help="file:PATH (the -c file, the default) or etcd://HOST:PORT[,...]")
+    fleet.add_argument("--node-id", help="this edge in the fleet (default: the config's name)")
+    fleet.add_argument("--kind", choices=["edge", "shield"], default="edge",
+                       help="what this node is to the fleet (default: %(default)s)")
+    fleet.add_argument("--site", default="",
+                       help="the gslb site this edge belongs to (default: none)")
+    fleet.add_argument("--address", action="append", metavar="IP",
+                       help="an address DNS answers for this edge (repeatable; default: "
+                            "the listen addresses)")
+    fleet.add_argument("--key-file", metavar="FILE",
+                       help="opens the bucket secrets sealed in the store (default: none)")
+    fleet.add_argument("--snapshot", metavar="FILE",
+                       help="where the last applied store config is kept "
+                            "(default: STATE_DIR/store-NODE.json)")
     p.set_defaults(func=None)
 
     p = sub.add_parser("validate", help="GET the validation path from every origin server",
@@ -169,9 +196,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       args.config, "\n  ".join(exc.problems))
             return None
 
+    def follower(index: int):
+        """Worker `index`'s store follower, made around its EdgeState (None: no store)."""
+        if args.store is None or args.store.kind != "etcd":
+            return None
+        from .fleet import Follower
+
+        return lambda state: Follower(state, Path(args.config), _fleet_options(args, cfg, index),
+                                      tuple(args.listen or ()))
+
     def run(index: int) -> int:
         return asyncio.run(serve(cfg, [o.sockets[index] for o in plain],
-                                 [o.sockets[index] for o in tls], reload, args.drain_timeout))
+                                 [o.sockets[index] for o in tls], reload, args.drain_timeout,
+                                 follower(index)))
 
     if workers == 1:
         return run(0)

@@ -37,6 +37,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if customer is None:
         if request.path == PURGE_PATH and request.method == "POST":
             return await _purge(request, state)      # only where no customer routes
+        if request.path == VALIDATE_PATH and request.method == "POST":
+            from .fleet import validate_request  # the control plane's Validate button
+            return await validate_request(request, state)
         raise web.HTTPNotFound(text="no such CDN host or directory\n")
     passed = [e.split(";", 1)[0].strip() for v in request.headers.getall("CDN-Loop", [])
               for e in v.split(",")]
@@ -160,6 +163,7 @@ async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocket
 
 
 PURGE_PATH = "/.edge/purge"
+VALIDATE_PATH = "/.edge/validate"
 BAN_POLL = 0.2
 
 

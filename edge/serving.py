@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -70,13 +70,23 @@ def _describe(in_flight: dict[int, tuple[web.Request, float]]) -> str:
 
 
 async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.socket],
-                reload: Callable[[], EdgeConfig | None], drain_timeout: float = DRAIN_TIMEOUT) -> int:
+                reload: Callable[[], EdgeConfig | None], drain_timeout: float = DRAIN_TIMEOUT,
+                follower: Callable[[EdgeState], Any] | None = None) -> int:
     """Serve `cfg` on already bound sockets until SIGTERM/SIGINT, then drain and return 0.
 
     ``reload`` returns the new config on SIGHUP (None to keep the current one).
+    ``follower`` makes the store follower (edge/fleet.py) of a fleet edge: its
+    customers are the store's, and SIGHUP re-reads only the local part.
     """
     state = EdgeState(cfg)
+    fleet = follower(state) if follower is not None else None
+    if fleet is not None:
+        await fleet.start()          # the store's customers (or the snapshot's) first
+        cfg = state.config
     app = make_app(state)
+    if fleet is not None and fleet.sealer is not None:
+        from .fleet import SEALER
+        app[SEALER] = fleet.sealer
     app[IN_FLIGHT] = {}
     app.middlewares.append(_track)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=CUT_OFF)
@@ -91,6 +101,10 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     stop = asyncio.Event()
 
     def on_hup() -> None:
+        if fleet is not None:        # the local part of the config; customers stay
+            if fleet.snap is not None:
+                fleet.apply(fleet.snap, save=False)
+            return
         new = reload()
         if new is not None:
             state.apply(new)
@@ -108,6 +122,8 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     log.info("ready: %d customers on %s", len(cfg.customers),
              ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
     await stop.wait()
+    if fleet is not None:
+        await fleet.stop()
     await _drain(runner, listeners, app[IN_FLIGHT], drain_timeout)
     return 0
 

@@ -30,6 +30,7 @@ from cdnkit.ports import Owned
 
 from .config import load_config
 from .dashboard import start_dashboard
+from .gate import OPEN, Gate
 from .health import HealthBoard, HealthView
 from .model import Config
 from .probe import Prober
@@ -66,6 +67,8 @@ async def worker_main(fd: int) -> int:
     # The supervisor bound these (it owns the port); we only serve them.
     sockets = [(socket.socket(fileno=udp), socket.socket(fileno=tcp)) for udp, tcp in hello["fds"]]
     server = DnsServer(config, sockets, hello["health"])
+    if hello.get("gate") is not None:
+        server.responder.set_gate(hello["gate"])
     try:
         await server.start()
     except OSError as exc:
@@ -96,6 +99,9 @@ async def worker_main(fd: int) -> int:
             if "config" in message:
                 server.apply_config(message["config"])
                 log.info("worker %d: applied new config", os.getpid())
+            if "gate" in message:
+                server.responder.set_gate(message["gate"])
+                await send(writer, {"gate_applied": message["gate"].revision})
 
     tasks = [loop.create_task(report()), loop.create_task(listen()),
              loop.create_task(stop.wait())]
@@ -122,6 +128,7 @@ class Worker:
     counts: dict[tuple[int, str], int] = field(default_factory=dict)
     errors: int = 0
     extra: dict[str, dict[str, int]] = field(default_factory=dict)   # rrl, tcp counters
+    gate_applied: int = 0          # the store revision this worker answers from (gate.py)
 
 
 class Supervisor:
@@ -148,6 +155,9 @@ class Supervisor:
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self.owned: list[tuple[Owned, Owned]] = []
+        self.gate = OPEN                   # the store's customer names (gslb/fleet.py)
+        self.on_gate_applied: Any = None
+        self.fleet: Any = None             # a gslb.fleet.Fleet with --store etcd://
 
     def _with_secret(self, config: Config) -> Config:
         if config.server.cookie_secret:
@@ -182,6 +192,8 @@ class Supervisor:
         self.board.subscribe(self._on_view)
         runner = None
         try:
+            if self.fleet is not None:
+                await self.fleet.start(self)     # the gate first: no ungated answer
             if self.http is not None:
                 runner = await start_dashboard(self, self.http)
             for index in range(self.n_workers):
@@ -197,6 +209,8 @@ class Supervisor:
             return 0
         finally:
             self._stopping = True
+            if self.fleet is not None:
+                await self.fleet.stop()
             await self._stop_workers()
             await prober.stop()
             if runner is not None:
@@ -223,7 +237,9 @@ class Supervisor:
         ready = asyncio.get_running_loop().create_future()
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
-        await send(writer, {"config": self.config, "fds": fds, "health": self.board.view})
+        await send(writer, {"config": self.config, "fds": fds, "health": self.board.view,
+                            "gate": self.gate})
+        worker.gate_applied = self.gate.revision
         self._spawn_task(self._read_worker(worker))
         return worker
 
@@ -237,6 +253,10 @@ class Supervisor:
                     log.error("worker %d: %s", worker.proc.pid, message["bind_error"])
                     if not worker.ready.done():
                         worker.ready.set_result(False)
+                elif "gate_applied" in message:
+                    worker.gate_applied = message["gate_applied"]
+                    if self.on_gate_applied is not None:
+                        self.on_gate_applied()
                 elif "counts" in message:
                     worker.counts, worker.errors = message["counts"], message["errors"]
                     worker.extra = {"rrl": message.get("rrl", {}), "tcp": message.get("tcp", {})}
@@ -300,11 +320,23 @@ class Supervisor:
         for worker in list(self.workers.values()):
             await self._safe_send(worker, {"config": config})
         self.board.set_config(config)        # publishes a view, sent to every worker
+        if self.fleet is not None:
+            self.fleet.publish(save=False)   # the zones may have changed
         self.prober.retarget(config)
         self.reloads["ok"] += 1
         log.info("config reloaded from %s: %d zones, %d services, %d sites", self.config_path,
                  len(config.zones), len(config.services), len(config.sites))
         return True
+
+    def set_gate(self, gate: Gate) -> None:
+        """Hand every worker a new gate; each says when it answers from it."""
+        self.gate = gate
+        for worker in list(self.workers.values()):
+            self._spawn_task(self._safe_send(worker, {"gate": gate}))
+
+    def gate_applied(self) -> int:
+        """The store revision every worker answers from (0 before they all do)."""
+        return min((w.gate_applied for w in self.workers.values()), default=0)
 
     def extra_counts(self) -> dict[tuple[str, str], int]:
         """RRL and TCP counters of all workers, by (group, name)."""
