@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncIterator
 
 import aiohttp
 import yaml
@@ -64,6 +67,32 @@ async def wait_serving(proc: subprocess.Popen, port: int, log: Path, workers: in
     raise AssertionError(f"edge did not start: {log.read_text()}")
 
 
+@dataclass
+class Running:
+    """An `edge serve` process of a test, its port, log, config and origin."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+    config: Path
+    hanging: asyncio.Event          # set when the origin's /hang was asked
+
+
+@contextlib.asynccontextmanager
+async def running_edge(tmp_path: Path, *args: str, workers: int = 2) -> AsyncIterator[Running]:
+    """A test origin and `edge serve --workers N ARGS` in front of it, both stopped after."""
+    origin, origin_port, hanging = await start_origin()
+    port, log = free_port(), tmp_path / f"edge-{free_port()}.log"
+    config = edge_config(tmp_path, origin_port, port)
+    proc = start_edge(config, log, "--workers", str(workers), *args)
+    try:
+        await wait_serving(proc, port, log, workers=workers)
+        yield Running(proc, port, log, config, hanging)
+    finally:
+        stop(proc)
+        await origin.cleanup()
+
+
 async def get(port: int, path: str, **kw) -> tuple[int, str]:
     async with aiohttp.ClientSession() as client:
         async with client.get(f"http://127.0.0.1:{port}{path}",
@@ -74,12 +103,8 @@ async def get(port: int, path: str, **kw) -> tuple[int, str]:
 async def test_a_second_edge_on_the_same_address_is_refused(tmp_path):
     """With SO_REUSEPORT a second edge used to share the port silently (or crash with a
     traceback and an "Unclosed client session" warning): now one line and exit 1."""
-    origin, origin_port, _ = await start_origin()
-    port = free_port()
-    config = edge_config(tmp_path, origin_port, port)
-    first = start_edge(config, tmp_path / "first.log", "--workers", "2")
-    try:
-        await wait_serving(first, port, tmp_path / "first.log", workers=2)
+    async with running_edge(tmp_path) as first:
+        port, config = first.port, first.config
         for workers in ("1", "2"):
             started = time.monotonic()
             second = await asyncio.to_thread(
@@ -92,9 +117,6 @@ async def test_a_second_edge_on_the_same_address_is_refused(tmp_path):
             assert lines == [f"edge: cannot listen on 127.0.0.1:{port} (TCP): address in use"
                              + lines[0].split("address in use", 1)[1]], lines
         assert await get(port, "/x") == (200, "ok")            # the first one is untouched
-    finally:
-        stop(first)
-        await origin.cleanup()
 
 
 def listening_pids(port: int) -> list[int]:
@@ -110,15 +132,11 @@ def accepting_pids(port: int) -> set[int]:
 
 
 async def test_workers_each_own_a_share_of_the_port(tmp_path):
-    origin, origin_port, _ = await start_origin()
-    port = free_port()
-    config = edge_config(tmp_path, origin_port, port)
-    proc = start_edge(config, tmp_path / "edge.log", "--workers", "2")
-    try:
-        await wait_serving(proc, port, tmp_path / "edge.log", workers=2)
+    async with running_edge(tmp_path) as edge:
+        port = edge.port
         pids = listening_pids(port)
         # One listening socket per worker, each held by that worker alone.
-        assert len(pids) == 2 and len(set(pids)) == 2 and proc.pid not in pids, pids
+        assert len(pids) == 2 and len(set(pids)) == 2 and edge.proc.pid not in pids, pids
         # Connections from many source ports are spread over both.
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as client:
@@ -135,18 +153,11 @@ async def test_workers_each_own_a_share_of_the_port(tmp_path):
                 writer.close()
             for r in responses:
                 r.release()
-    finally:
-        stop(proc)
-        await origin.cleanup()
 
 
 async def test_an_idle_edge_exits_at_once(tmp_path):
-    origin, origin_port, _ = await start_origin()
-    port = free_port()
-    log = tmp_path / "edge.log"
-    proc = start_edge(edge_config(tmp_path, origin_port, port), log, "--workers", "2")
-    try:
-        await wait_serving(proc, port, log, workers=2)
+    async with running_edge(tmp_path) as edge:
+        port, proc, log = edge.port, edge.proc, edge.log
         assert await get(port, "/a") == (200, "ok")
         # An idle keep-alive connection (handed to aiohttp by a miss) must not hold us up.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -157,9 +168,6 @@ async def test_an_idle_edge_exits_at_once(tmp_path):
         code = await asyncio.to_thread(proc.wait, 30)
         took = time.monotonic() - started
         writer.close()
-    finally:
-        stop(proc)
-        await origin.cleanup()
     assert code == 0 and took < 3, (took, log.read_text())
     assert "stopped in" in log.read_text()
 
@@ -167,24 +175,16 @@ async def test_an_idle_edge_exits_at_once(tmp_path):
 async def test_requests_in_flight_get_the_drain_bound_and_no_more(tmp_path):
     """A pull hanging at the origin used to keep the edge for aiohttp's 60 s after
     SIGTERM; it gets `--drain-timeout` seconds, and the log says what is waited for."""
-    origin, origin_port, hanging = await start_origin()
-    port = free_port()
-    log = tmp_path / "edge.log"
-    proc = start_edge(edge_config(tmp_path, origin_port, port), log, "--workers", "1",
-                      "--drain-timeout", "1.5")
-    try:
-        await wait_serving(proc, port, log)
+    async with running_edge(tmp_path, "--drain-timeout", "1.5", workers=1) as edge:
+        port, proc, log = edge.port, edge.proc, edge.log
         pending = asyncio.ensure_future(get(port, "/hang", timeout=aiohttp.ClientTimeout(60)))
-        await asyncio.wait_for(hanging.wait(), 10)
+        await asyncio.wait_for(edge.hanging.wait(), 10)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 60)
         took = time.monotonic() - started
         pending.cancel()
         await asyncio.gather(pending, return_exceptions=True)
-    finally:
-        stop(proc)
-        await origin.cleanup()
     text = log.read_text()
     assert code == 0 and 1.4 < took < 1.5 + 3, (took, text)
     assert "waiting up to 1.5 s for 1 request(s) in flight: GET www.test.com/hang" in text
