@@ -39,6 +39,7 @@ from .responder import presigned
 log = logging.getLogger("gslb.supervisor")
 
 EXIT_BIND_FAILED = 3
+MAX_EARLY_DEATHS = 3        # a worker slot whose workers die this often before ready stops us
 STATS_INTERVAL = 1.0
 _LEN = struct.Struct("!I")
 
@@ -159,6 +160,8 @@ class Supervisor:
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self.owned: list[tuple[Owned, Owned]] = []
+        self._slots: dict[int, asyncio.Future] = {}     # worker index -> ready at start
+        self._early_deaths: dict[int, int] = {}
         self.gate = OPEN                   # the store's customer names (gslb/fleet.py)
         self.on_gate_applied: Any = None
         self.fleet: Any = None             # a gslb.fleet.Fleet with --store etcd://
@@ -200,12 +203,15 @@ class Supervisor:
                 await self.fleet.start(self)     # the gate first: no ungated answer
             if self.http is not None:
                 runner = await start_dashboard(self, self.http)
-            for index in range(self.n_workers):
-                await self._spawn(index)
-            results = await asyncio.gather(*(w.ready for w in self.workers.values()))
-            if not all(results):
-                log.error("a worker could not listen on %s; stopping",
-                          ", ".join(map(str, self.listeners)))
+            loop = asyncio.get_running_loop()
+            self._slots = {index: loop.create_future() for index in range(self.n_workers)}
+            # Side by side: a big hello (10k signed services) takes a while to read,
+            # and one worker after the other would add up their start-ups.
+            await asyncio.gather(*(self._spawn(index) for index in range(self.n_workers)))
+            # Each slot is ready once one of its workers is (one that dies first is
+            # replaced, as later on); a slot whose workers keep dying stops us.
+            if not all(await asyncio.gather(*self._slots.values())):
+                log.error("workers could not start (see above); stopping")
                 return 1
             if self.ready_line:
                 log.info("%s", self.ready_line)
@@ -241,8 +247,11 @@ class Supervisor:
         ready = asyncio.get_running_loop().create_future()
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
-        await send(writer, {"config": self.config, "fds": fds, "health": self.board.view,
-                            "gate": self.gate, "signatures": self.signatures})
+        try:
+            await send(writer, {"config": self.config, "fds": fds, "health": self.board.view,
+                                "gate": self.gate, "signatures": self.signatures})
+        except (ConnectionError, OSError):
+            pass         # it died at once: _read_worker sees it go and replaces it
         worker.gate_applied = self.gate.revision
         self._spawn_task(self._read_worker(worker))
         return worker
@@ -253,10 +262,12 @@ class Supervisor:
                 message = await receive(worker.reader)
                 if "ready" in message and not worker.ready.done():
                     worker.ready.set_result(True)
+                    self._slot_ready(worker.index, True)
                 elif "bind_error" in message:
                     log.error("worker %d: %s", worker.proc.pid, message["bind_error"])
                     if not worker.ready.done():
                         worker.ready.set_result(False)
+                    self._slot_ready(worker.index, False)
                 elif "gate_applied" in message:
                     worker.gate_applied = message["gate_applied"]
                     if self.on_gate_applied is not None:
@@ -267,8 +278,16 @@ class Supervisor:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         code = await worker.proc.wait()
-        if not worker.ready.done():
+        early = not worker.ready.done()
+        if early:
             worker.ready.set_result(False)
+            self._early_deaths[worker.index] = self._early_deaths.get(worker.index, 0) + 1
+            if self._early_deaths[worker.index] >= MAX_EARLY_DEATHS:
+                log.error("worker %d exited with %s before it was ready, the %d. time in a "
+                          "row; not starting another", worker.proc.pid, code,
+                          MAX_EARLY_DEATHS)
+                self._slot_ready(worker.index, False)
+                code = EXIT_BIND_FAILED          # do not replace it
         self.workers.pop(worker.proc.pid, None)
         for key, value in worker.counts.items():
             self.retired[key] = self.retired.get(key, 0) + value
@@ -282,6 +301,13 @@ class Supervisor:
         await asyncio.sleep(0.5)   # do not spin on a worker that dies at once
         if not self._stopping:
             await self._spawn(worker.index)
+
+    def _slot_ready(self, index: int, ok: bool) -> None:
+        slot = self._slots.get(index)
+        if slot is not None and not slot.done():
+            slot.set_result(ok)
+        if ok:
+            self._early_deaths.pop(index, None)
 
     async def _stop_workers(self) -> None:
         for worker in list(self.workers.values()):

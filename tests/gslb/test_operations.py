@@ -241,3 +241,31 @@ def test_explain_reads_the_running_servers_health(start_server, edges):
     other.write_text(srv.config.read_text())
     out = run_explain(str(other), "--server", srv.http)
     assert out.returncode == 0 and "runs another config" in out.stdout.splitlines()[0]
+
+
+def test_a_worker_killed_before_it_is_ready_is_replaced(tmp_path):
+    """A worker that dies during start-up used to stop the whole server ('could not
+    listen'); the supervisor bound the sockets itself, so it starts another."""
+    from tests.conftest import free_port, wait_ready, write_config
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "serve", "-c",
+                             str(write_config(tmp_path, load_default())), "--dns",
+                             f"127.0.0.1:{port}", "--workers", "2", "--http",
+                             f"127.0.0.1:{free_port()}"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while not children_of(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        victim = children_of(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)                 # long before it could be ready
+        wait_ready(port, proc, log)
+        deadline = time.monotonic() + 20
+        while "ready:" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ready:" in log.read_text() and proc.poll() is None, log.read_text()
+        assert len(children_of(proc.pid)) == 2 and victim not in children_of(proc.pid)
+    finally:
+        stop(proc)
