@@ -24,6 +24,7 @@ from .fill import COALESCE_TIMEOUT, FillJob, fill_or_follow
 from .freshness import http_date, request_wants_fresh
 from .model import Customer, EdgeConfig
 from .origin import OriginPool
+from .route import keys_host
 from .state import EdgeState
 from .upstream import CHUNK, pull, relay, via_header
 
@@ -34,12 +35,15 @@ def cache_eligible(request: web.Request, customer: Customer) -> bool:
 
 
 def cache_key(scheme: str, customer: Customer, path: str,
-              request_headers: "Mapping[str, str]") -> str:
-    """scheme + customer + path (+ query, + chosen request headers), per the customer's rules."""
+              request_headers: "Mapping[str, str]", host: str) -> str:
+    """scheme + customer + path (+ query, + the origin's Host when it can vary, + chosen
+    request headers), per the customer's rules."""
     rules = customer.cache
     if rules.ignore_query:
         path = path.split("?", 1)[0]
     key = f"{scheme}://{customer.directory}{path}"
+    if keys_host(customer):
+        key += f"\x00host={host.lower()}"
     for name in rules.key_headers:
         key += f"\x00{name}={request_headers.get(name, '')}"
     return key
@@ -49,7 +53,7 @@ async def cached(request: web.Request, state: EdgeState, customer: Customer,
                   pool: OriginPool, scheme: str, host: str, path: str,
                   headers: list[tuple[str, str]]) -> web.StreamResponse:
     cache = state.cache
-    primary = cache_key(request.scheme, customer, path, request.headers)
+    primary = cache_key(request.scheme, customer, path, request.headers, host)
     key = cache.key_for(primary, request.headers)
     async with _opened(cache, key) as (stored, body):
         return await _lookup_done(request, state, customer, pool, scheme, host, path, headers,

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from .cache import Stored
 from .cached import cache_key
-from .route import host_name
+from .forward import HOP_BY_HOP
+from .route import BadPath, origin_host, route
 from .state import EdgeState
-from .upstream import HOP_BY_HOP
 
 MAX_HEAD = 16 * 1024          # a longer request head goes to aiohttp (which limits it itself)
 FAST_MAX_BODY = 1024 * 1024   # larger hits are streamed by aiohttp with flow control
@@ -61,7 +61,7 @@ class Hits:
                 return None        # obs-fold or a malformed field: aiohttp answers 400
             name = name.lower()
             if name == b"host":
-                host = value.strip().lower()
+                host = value.strip()
             elif name in LONG_WAY:
                 if name != b"connection" or value.strip().lower() != b"keep-alive":
                     return None
@@ -72,16 +72,18 @@ class Hits:
             self._config = config
         if host is None:
             return None
-        customer = config.by_cname.get(host_name(host.decode("latin-1")))
+        host_text = host.decode("latin-1")
+        try:
+            customer, path = route(config, host_text, target.decode("latin-1"))
+        except BadPath:
+            return None                     # the long way answers 400
         if customer is None:
-            if config.source != "--origin":
-                return None
-            customer = config.customers[0]
+            return None
         rules = customer.cache
         if not rules.enabled or rules.key_headers or target in OWN_PATHS:
             return None
         cache = state.cache
-        key = cache_key(scheme, customer, target.decode("latin-1"), NO_HEADERS)
+        key = cache_key(scheme, customer, path, NO_HEADERS, origin_host(customer, host_text))
         stored = cache.memory.get(key)
         if stored is None or key in cache.vary_keys:
             return None

@@ -19,11 +19,12 @@ from prometheus_client import generate_latest
 
 from .cached import cache_eligible, cached
 from .disk import DiskStore
+from .forward import to_origin, trusted
 from .model import Customer, Protocol, Server
 from .origin import OriginPool
-from .route import route
+from .route import BadPath, origin_host, route, split_target
 from .state import EdgeState
-from .upstream import MAX_TIERS, SAFE_METHODS, describe, end_to_end, pull, relay, via_header
+from .upstream import MAX_TIERS, SAFE_METHODS, describe, pull, relay, via_header
 
 log = logging.getLogger("edge.proxy")
 
@@ -33,11 +34,17 @@ STATE = web.AppKey("state", EdgeState)
 async def proxy(request: web.Request) -> web.StreamResponse:
     state: EdgeState = request.app[STATE]
     config = state.config
-    customer, path = route(config, request)
+    client_host = request.headers.get("Host", "")
+    try:
+        customer, path = route(config, client_host, request.raw_path)
+    except BadPath:
+        raise web.HTTPBadRequest(text="bad request\n") from None
     if customer is None:
         if request.path == PURGE_PATH and request.method == "POST":
             return await _purge(request, state)      # only where no customer routes
         raise web.HTTPNotFound(text="no such CDN host or directory\n")
+    if not request.raw_path.startswith("/"):
+        client_host = split_target(client_host, request.raw_path)[0]
     passed = [e.split(";", 1)[0].strip() for v in request.headers.getall("CDN-Loop", [])
               for e in v.split(",")]
     if config.name in passed or len(passed) > MAX_TIERS:
@@ -51,15 +58,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     edge_scheme = request.scheme
     scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
     pool = state.pool_for(customer, edge_scheme)
-    host = origin.host_header or request.host
-    headers = end_to_end(request.headers)
-    headers = [(k, v) for k, v in headers
-               if k.lower() not in ("host", "via", "x-forwarded-for", "cdn-loop")]
+    host = origin_host(customer, client_host)
     peer = request.remote or ""
-    forwarded = request.headers.get("X-Forwarded-For")
+    headers = to_origin(request.headers.items(), peer=peer, scheme=edge_scheme,
+                        host=client_host, keyed=customer.cache.key_headers,
+                        trust=trusted(peer, config.trusted_proxies))
     headers += [("Host", host), ("Via", via_header(request.headers.get("Via"), request, config.via)),
-                ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
-                ("X-Forwarded-Proto", edge_scheme),
                 ("CDN-Loop", ", ".join(passed + [config.name]))]
     if _wants_websocket(request):
         upgraded = await _websocket(request, state, customer, scheme, pool, host, path, headers)
@@ -76,13 +80,6 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         state.metrics.requests.labels(customer.directory, "502").inc()
         raise web.HTTPBadGateway(text="no origin server answered\n")
     return await relay(request, resp, customer, state, config)
-
-
-
-
-
-
-
 
 
 def _wants_websocket(request: web.Request) -> bool:

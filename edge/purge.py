@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .model import EdgeConfig
+from .route import BadPath, canonical
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ def ban_for(config: EdgeConfig, url: str | None = None, prefix: str | None = Non
             path = "/" + rest
     if found is None:
         raise ValueError(f"{target!r} is not a URL of any customer")
+    try:
+        path = canonical(found, path)          # the key a request for it is stored under
+    except BadPath:
+        raise ValueError(f"{target!r} climbs out of the customer's root") from None
     return Ban(found.directory, path, url is None)
 
 

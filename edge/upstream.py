@@ -16,25 +16,17 @@ from aiohttp import web
 from yarl import URL
 
 from .bucket import CLIENT_TEXT, Bucket, error_code
+from .forward import end_to_end
 from .model import Customer, EdgeConfig, Origin, Server
 from .origin import OriginPool
 from .resolve import ResolveError
+from .route import host_name
 from .state import EdgeState
 
 log = logging.getLogger("edge.upstream")
 
 CHUNK = 64 * 1024
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def end_to_end(headers: "aiohttp.typedefs.LooseHeaders") -> list[tuple[str, str]]:
-    """Headers minus hop-by-hop ones, including those the Connection header names."""
-    named = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
-    drop = HOP_BY_HOP | named
-    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
 def describe(exc: BaseException) -> str:
@@ -125,8 +117,12 @@ async def through_shields(state: EdgeState, customer: Customer, method: str, pat
     it asked the origin for us.
     """
     pool, label = state.shield_pool, customer.directory
-    # The shield routes by edge CNAME, as any edge does.
-    sent = [(k, v) for k, v in headers if k.lower() != "host"] + [("Host", customer.cnames[0])]
+    # The shield routes by edge CNAME, as any edge does: the one the origin would see
+    # (so it keys and asks as we would), else the first.
+    host = next((v for k, v in headers if k.lower() == "host"), "")
+    if host_name(host) not in customer.cnames:
+        host = customer.cnames[0]
+    sent = [(k, v) for k, v in headers if k.lower() != "host"] + [("Host", host)]
     now = time.monotonic()
     for shield in customer.shields:
         if pool.state[shield.server].until > now:
