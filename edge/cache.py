@@ -140,6 +140,11 @@ class Fill:
     revalidated: bool = False
     from_cache: bool = False     # the object is in the cache now: waiters are served from it
     leader_headers: object = None   # the first client's request headers (for Vary)
+    interim: object = None       # where 1xx responses go: the first client's reply
+    fwd: str = "uri-miss"        # why the request went forward (Cache-Status)
+    failed_status: int = 502     # what a failed fill answers (504 when the origin timed out)
+    stored: bool = False         # its response is being stored
+    policy: Policy | None = None
     spilled: bool = False        # past `keep` bytes: `chunks` dropped, reads come from the file
     _file: int = -1              # read fd on the part file the body is also written to
     _file_offset: int = 0        # where the body starts in that file
@@ -188,8 +193,11 @@ class Fill:
         self.done = True
         self._wake()
 
-    def fail(self) -> None:
-        self.failed = True
+    def header(self, name: str) -> str | None:
+        return header(self.headers, name)
+
+    def fail(self, status: int = 502) -> None:
+        self.failed, self.failed_status = True, status
         if not self.headers_ready.done():
             self.headers_ready.set_result(False)
         self._wake()
@@ -239,6 +247,7 @@ class Cache:
         self.verified: set[tuple[int, int]] = set()     # on-disk bodies whose CRC we checked
         self._pass: dict[str, float] = {}
         self._vary: dict[str, tuple[str, ...]] = {}     # primary key -> varied header names
+        self._invalid: dict[str, float] = {}            # url id -> when it was invalidated
 
     @property
     def vary_keys(self) -> dict[str, tuple[str, ...]]:
@@ -345,6 +354,22 @@ class Cache:
                     gone.add(key)
                     self.disk.delete(key)
         return len(gone)
+
+    def invalidate(self, url: str, keys: list[str], when: float) -> None:
+        """A successful unsafe request made `url` obsolete (RFC 9111 4.4): its `keys` go,
+        and no variant of it stored before `when` is used again."""
+        if len(self._invalid) > 100_000:
+            self._invalid.clear()
+        self._invalid[url] = max(when, self._invalid.get(url, 0.0))
+        for key in keys:
+            self.forget(key)
+            self._vary.pop(key, None)
+            if self.disk is not None:
+                self.disk.delete(key)
+
+    def invalidated_since(self, url: str, stored_at: float) -> bool:
+        when = self._invalid.get(url)
+        return when is not None and stored_at <= when
 
     def passing(self, key: str, now: float | None = None) -> bool:
         until = self._pass.get(key)

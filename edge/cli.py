@@ -10,13 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from cdnkit.listen import Listener, listener_arg
 
 from . import config as edge_config
 from .front import Listeners
-from .proxy import DRAINING, make_app
+from .proxy import EdgeApp
 from .state import EdgeState
 
 log = logging.getLogger("edge")
@@ -35,10 +33,9 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
 async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
                 reuse_port: bool = False) -> int:
     state = EdgeState(cfg)
-    app = make_app(state)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    listeners = Listeners(state, runner)
+    app = EdgeApp(state)
+    await app.start()
+    listeners = Listeners(state, app.handle)
     for listener in cfg.listen:
         await listeners.add(listener.host, listener.port, reuse_port=reuse_port)
     tls = state.certs.server_context()
@@ -60,7 +57,7 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
         log.info("reloaded %s: %d customers", args.config, len(new.customers))
 
     def drain(on: bool) -> None:
-        app[DRAINING] = on
+        app.draining = on
         log.info("draining: /healthz answers %s", 503 if on else 200)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -72,7 +69,8 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
              ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
     await stop.wait()
     listeners.close()
-    await runner.cleanup()
+    await listeners.wait_closed()
+    await app.stop()
     return 0
 
 

@@ -13,15 +13,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-import aiohttp
-
 from .cache import Fill, Stored
+from .client import OriginError
 from .disk import DiskStore, PartWriter, digest, part_meta
+from .forward import end_to_end
 from .freshness import Policy, initial_age, request_wants_fresh, response_policy
 from .model import Customer
 from .origin import OriginPool
 from .state import EdgeState
-from .upstream import CHUNK, end_to_end, pull
+from .upstream import Unreachable, pull
 
 COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by then goes itself
 
@@ -45,6 +45,7 @@ class FillJob:
 
 
 FOLLOW_POLL = 0.005     # seconds between looks at another worker's growing part file
+READ_CHUNK = 64 * 1024
 
 
 async def fill_or_follow(job: FillJob, fill: Fill) -> None:
@@ -109,12 +110,12 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
         fill.start(meta.status, meta.reason, list(meta.headers), length, True, meta.initial_age)
         fill.spill_to(os.dup(f.fileno()), f.tell(), job.state.cache.promote_bytes)
         while fill.received < length:
-            chunk = f.read(CHUNK)
+            chunk = f.read(READ_CHUNK)
             if chunk:
                 fill.append(chunk)
                 continue
             if not disk.locked_elsewhere(name):
-                chunk = f.read(CHUNK)       # written just before the lock was let go?
+                chunk = f.read(READ_CHUNK)       # written just before the lock was let go?
                 if not chunk:
                     fill.fail()             # the other worker's fetch failed mid-body
                     return True
@@ -154,10 +155,14 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
     handed_over = False
     sent = time.time()
     try:
-        resp = await pull(state, customer, job.pool, job.scheme, job.host, "GET", path, headers,
-                          None, True)
-        if resp is None or (resp.status >= 500 and stale is not None):
-            fill.fail()          # with a stale copy, an origin error may be answered from it
+        try:
+            resp = await pull(state, customer, job.pool, job.scheme, job.host, "GET", path,
+                              headers, None, True, fill.interim)
+        except Unreachable as exc:
+            fill.fail(exc.status)
+            return
+        if resp.status >= 500 and stale is not None:
+            fill.fail(resp.status)   # with a stale copy, an origin error may be answered from it
             return
         now = time.time()
         age = initial_age(resp.headers, now, sent)
@@ -195,6 +200,7 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             handed_over = True
             fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, False, age)
             return
+        fill.policy, fill.stored = policy, True
         fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, True, age)
         stored = Stored(resp.status, resp.reason or "", tuple(fill.headers), (), length or 0,
                         now, age, policy)
@@ -206,7 +212,7 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                               cache.promote_bytes)
         size = 0
         from_origin = state.metrics.from_origin.labels(label)
-        async for chunk in resp.content.iter_chunked(CHUNK):
+        async for chunk in resp.chunks():
             size += len(chunk)
             from_origin.inc(len(chunk))
             if part is not None:
@@ -215,7 +221,7 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                     raise OSError("cache file write failed with the body only there")
             fill.append(chunk)
         if size != length:
-            raise aiohttp.ClientPayloadError("origin closed early")
+            raise OriginError("origin closed early")
         on_disk = part is not None and part.commit()
         part = None
         fill.finish()
@@ -223,7 +229,7 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             cache.put_variant(primary, request_headers,
                               replace(stored, chunks=tuple(fill.chunks)),
                               fill.key if on_disk else None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (OriginError, OSError):
         state.metrics.origin_errors.labels(label, "?", "truncated").inc()
         fill.fail()            # nothing is stored: an origin failure never corrupts the cache
     except asyncio.CancelledError:

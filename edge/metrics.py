@@ -22,6 +22,10 @@ class Metrics:
                                      ["customer", "server", "reason"], registry=r)
         self.cache = Counter("edge_cache_requests", "Requests by cache result",
                              ["customer", "result"], registry=r)
+        self.bad_requests = Counter("edge_bad_requests", "Malformed requests refused with 400 "
+                                    "(framing: smuggling shapes such as Content-Length with "
+                                    "Transfer-Encoding; too_large; syntax)", ["reason"],
+                                    registry=r)
         self.shield = Counter("edge_shield_requests", "Misses sent to a shield, by outcome "
                               "(ok, failed, skipped while backing off, origin = none left)",
                               ["customer", "shield", "result"], registry=r)

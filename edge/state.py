@@ -4,10 +4,10 @@ validated config in at once."""
 from __future__ import annotations
 
 import logging
-
-import aiohttp
+from pathlib import Path
 
 from .cache import Cache
+from .client import Pool
 from .disk import DiskStore
 from .metrics import Metrics
 from .model import Balancing, Customer, EdgeConfig, Origin
@@ -26,7 +26,8 @@ class EdgeState:
 
     def __init__(self, config: EdgeConfig):
         self.metrics = Metrics()
-        self.session: aiohttp.ClientSession | None = None
+        self.client = Pool(config.origin_ca_file)
+        self.config: EdgeConfig | None = None
         self.resolver = Resolver(list(config.nameservers) or None)
         self.certs = CertStore(config.certificates)
         disk = None
@@ -56,8 +57,19 @@ class EdgeState:
         shields = OriginPool(SHIELD_BACKOFF, tuple(s.server for s in config.shields))
         shields.state.update({k: v for k, v in self.shield_pool.state.items()
                               if k in shields.state})
+        if self.config is not None and (
+                self.config.origin_ca_file != config.origin_ca_file):
+            self.client.close()
+            self.client = Pool(config.origin_ca_file)    # new trust for new connections
         self.config, self.pools, self.shield_pool = config, pools, shields
         self.certs.load(config.certificates)       # new handshakes use the new files
+
+    def tell_workers_invalidated(self, url: str, keys: list[str], when: float) -> None:
+        """Pass an invalidation (RFC 9111 4.4) to the other workers through the bans file."""
+        if self.config.state_dir:
+            from .purge import Invalidation, append
+            append(Path(self.config.state_dir) / "bans.jsonl",
+                   Invalidation(url, tuple(keys), when))
 
     def pool_for(self, customer: Customer, edge_scheme: str) -> OriginPool:
         # The seed's HTTP/HTTPS edge protocols: requests arriving over HTTPS use the

@@ -438,7 +438,7 @@ async def test_range_on_a_miss_is_answered_while_the_object_is_fetched():
             assert h["X-Cache"] == "HIT" and len(body) == 5010 and origin.hits["/m"] == 1
 
 
-async def test_range_for_an_object_too_big_to_cache_is_fetched_as_a_range():
+async def test_a_range_of_an_object_too_big_to_cache_costs_one_origin_request():
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append(request.headers.get("Range"))
         rng = request.headers.get("Range")
@@ -458,8 +458,11 @@ async def test_range_for_an_object_too_big_to_cache_is_fetched_as_a_range():
     try:
         async with Edge(config) as edge:
             status, body, h = await ranged(edge, "/huge", "bytes=100-199")
-            assert (status, len(body)) == (206, 100)           # the origin cut the range
-            assert seen[-1] == "bytes=100-199" and seen[0] is None   # fill asked whole, then range
+            assert (status, len(body), h["Content-Range"]) == (206, 100, "bytes 100-199/10000")
+            assert seen == [None]        # one origin request: the range was cut from it
+            status, body, h = await ranged(edge, "/huge", "bytes=300-399")
+            assert (status, len(body)) == (206, 100)
+            assert seen == [None, "bytes=300-399"]     # known too big now: asked as a range
     finally:
         await runner.cleanup()
 

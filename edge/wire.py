@@ -1,0 +1,71 @@
+"""HTTP/1.1 on the wire, shared by the edge's server side (server.py) and its origin
+client (client.py): status lines, header blocks, the Date header, field checks.
+
+The edge speaks HTTP/1.1 itself on asyncio protocols, with httptools (the
+llhttp parser Node.js uses) reading both requests and responses: aiohttp's
+client and server cost ~200 us of CPU per proxied request, this ~40.
+"""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+REASONS = {s.value: s.phrase for s in HTTPStatus}
+REASONS.update({103: "Early Hints", 425: "Too Early", 499: "Client Closed Request"})
+# RFC 9110 6.4.1: no content, whatever the headers say.
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def reason(status: int, given: str = "") -> str:
+    """The reason phrase to send: the origin's own if it is printable, else the standard one."""
+    if given and given.isprintable() and "\r" not in given and "\n" not in given:
+        return given
+    return REASONS.get(status, "Unknown")
+
+
+def bad_field(text: str) -> bool:
+    """Whether a header name or value would break the message (CR, LF or NUL in it)."""
+    return "\r" in text or "\n" in text or "\x00" in text
+
+
+def head(status: int, phrase: str, headers: "list[tuple[str, str]] | tuple") -> bytes:
+    """A response status line and header block, blank line included."""
+    lines = [f"HTTP/1.1 {status} {phrase}"]
+    lines += [f"{k}: {v}" for k, v in headers if not bad_field(k) and not bad_field(v)]
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1", "replace")
+
+
+def request_head(method: str, target: str, headers: "list[tuple[str, str]]") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{k}: {v}" for k, v in headers if not bad_field(k) and not bad_field(v)]
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1", "replace")
+
+
+class _Clock:
+    """The Date header value, formatted once per second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.second, self.text = second, formatdate(second, usegmt=True)
+        return self.text
+
+
+DATE = _Clock()
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
