@@ -184,8 +184,10 @@ def _sites(ck: Checker, raw: Any, where: Where) -> dict[str, Site]:
         what = f"site {name!r}"
         site = ck.mapping(body, block.at(name), what)
         ck.keys(site, ("city", "lat", "lon", "addresses", "weight", "state", "check"), what)
-        lat = ck.number(site, "lat", -90, 90, what)
-        lon = ck.number(site, "lon", -180, 180, what)
+        lat = lon = None       # coordinates are needed only by `nearest` pools (checked there)
+        if "lat" in site or "lon" in site:
+            lat = ck.number(site, "lat", -90, 90, what)
+            lon = ck.number(site, "lon", -180, 180, what)
         addrs: list[Address] = []
         for value, w in ck.items(site.get("addresses"), site.at("addresses"), f"{what} addresses"):
             addr = _address(ck, value, w, f"{what} address")
@@ -200,7 +202,7 @@ def _sites(ck: Checker, raw: Any, where: Where) -> dict[str, Site]:
             ck.add(site.where, f"{what} needs addresses: [IPv4 and/or IPv6 addresses]")
         weight = ck.integer(site, "weight", 1, 0, 1000, what)
         state = ck.choice(site, "state", AdminState, AdminState.UP, what)
-        sites[str(name)] = Site(str(name), lat or 0.0, lon or 0.0, tuple(addrs),
+        sites[str(name)] = Site(str(name), lat, lon, tuple(addrs),
                                 ck.text(site, "city", what), weight, state,
                                 ck.text(site, "check", what))
     return sites
@@ -397,6 +399,10 @@ def _services(ck: Checker, raw: Any, where: Where, sites: dict[str, Site],
             if pool and not any(sites[s].family(family) for s in pool):
                 ck.add(svc.at("pool"), f"{what}: ip_version {ip_version.value} needs IPv{family} "
                        "addresses but no site in the pool has any")
+        if algorithm is Algorithm.NEAREST:
+            for name_ in (s for s in pool if sites[s].lat is None or sites[s].lon is None):
+                ck.add(svc.at("pool"), f"{what}: algorithm nearest needs coordinates (lat: and "
+                       f"lon:) for site {name_!r}; failover and weighted pools do not")
         if algorithm is Algorithm.WEIGHTED and pool and not any(sites[s].weight for s in pool):
             ck.add(svc.at("pool"), f"{what}: weighted pool where every site has weight 0")
         out.append(Service(name, tuple(pool), algorithm, answers, ttl, ip_version, all_down,

@@ -110,8 +110,8 @@ class Site:
     """An edge site (POP): coordinates and addresses."""
 
     name: str
-    lat: float
-    lon: float
+    lat: float | None            # None: no coordinates (failover / weighted pools only)
+    lon: float | None
     addresses: tuple[Address, ...]
     city: str = ""
     weight: int = 1
@@ -172,6 +172,57 @@ class Soa:
     ttl: int = 3600
 
 
+class Denial(enum.Enum):
+    """How a signed zone proves that a name or type does not exist (no zone walking)."""
+
+    COMPACT = "compact"          # RFC 9824: NODATA with an NSEC at the name (NXNAME)
+    WHITE_LIES = "white_lies"    # RFC 4470: minimally covering NSECs around the name
+
+
+@dataclass(frozen=True, slots=True)
+class DnssecKey:
+    """One DNSSEC key of a zone, as its BIND-style key files describe it.
+
+    Times are Unix seconds (None: since ever / never), with BIND's meaning:
+    published in the DNSKEY RRset from `publish` until `delete`; signing
+    from `activate` until `inactive`.
+    """
+
+    zone: str
+    flags: int                       # 257 = KSK (or CSK), 256 = ZSK
+    algorithm: int                   # 13 ECDSAP256SHA256, 15 ED25519
+    tag: int
+    public: bytes                    # the DNSKEY public key field
+    private: bytes = field(repr=False)   # raw private key; never printed or logged
+    path: str = ""                   # the .private file it came from
+    publish: int | None = None
+    activate: int | None = None
+    inactive: int | None = None
+    delete: int | None = None
+
+    def published(self, now: float) -> bool:
+        return ((self.publish is None or self.publish <= now)
+                and (self.delete is None or now < self.delete))
+
+    def signing(self, now: float) -> bool:
+        return (self.published(now) and (self.activate is None or self.activate <= now)
+                and (self.inactive is None or now < self.inactive))
+
+
+@dataclass(frozen=True, slots=True)
+class DnssecSettings:
+    """A zone's `dnssec:` block with its keys loaded."""
+
+    key_directory: str
+    algorithm: int = 13
+    csk: bool = False                # one combined signing key instead of KSK + ZSK
+    validity: int = 14 * 86400       # signatures are valid this long ...
+    refresh: int = 3 * 86400         # ... and re-made after this long (validity - refresh left)
+    denial: Denial = Denial.COMPACT
+    dnskey_ttl: int = 3600
+    keys: tuple[DnssecKey, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneConfig:
     origin: str              # absolute, lower case
@@ -179,6 +230,7 @@ class ZoneConfig:
     ns: tuple[str, ...]
     ttl: int
     records: tuple[RecordSet, ...] = ()
+    dnssec: DnssecSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

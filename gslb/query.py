@@ -120,19 +120,28 @@ def _parse_opt(data: bytes, i: int, rdlen: int, klass: int, ttl: bytes) -> Opt:
     return Opt(max(512, klass), bool(ttl[2] & 0x80), ecs, ttl[1], cookie, nsid)
 
 
-def parse_query(data: bytes) -> Query:
-    """Parse a whole query strictly. Header must be at least 12 bytes (caller checks)."""
-    qdcount, ancount, nscount, arcount = (int.from_bytes(data[k:k + 2], "big")
-                                          for k in (4, 6, 8, 10))
-    opcode = (data[2] >> 3) & 0x0F
-    if qdcount != 1:
-        raise FormError(f"{qdcount} questions")
+def _question_end(data: bytes) -> int:
     qend = skip_name(data, 12, allow_pointers=False) + 4
     if qend > len(data):
         raise FormError("truncated question")
+    return qend
+
+
+def parse_query(data: bytes) -> Query:
+    """Parse a whole query strictly. Header must be at least 12 bytes (caller checks).
+
+    A query without a question (QDCOUNT 0) parses, with an empty `question`
+    and qtype -1: that is how a client asks for a server cookie (RFC 7873 5.4).
+    """
+    qdcount, ancount, nscount, arcount = (int.from_bytes(data[k:k + 2], "big")
+                                          for k in (4, 6, 8, 10))
+    opcode = (data[2] >> 3) & 0x0F
+    if qdcount > 1:
+        raise FormError(f"{qdcount} questions")
+    qend = _question_end(data) if qdcount else 12
     question = data[12:qend]
-    qtype = int.from_bytes(data[qend - 4:qend - 2], "big")
-    qclass = int.from_bytes(data[qend - 2:qend], "big")
+    qtype = int.from_bytes(data[qend - 4:qend - 2], "big") if qdcount else -1
+    qclass = int.from_bytes(data[qend - 2:qend], "big") if qdcount else -1
     i = qend
     opt = None
     for section, count in ((1, ancount), (2, nscount), (3, arcount)):
@@ -162,3 +171,30 @@ def parse_query(data: bytes) -> Query:
     if qtype == QTYPE_OPT:
         raise FormError("OPT is not a question type")
     return Query(data[:2], data[2:4], opcode, question, qtype, qclass, opt)
+
+
+def salvage(data: bytes) -> tuple[bytes, Opt | None]:
+    """The question and OPT of a query that failed strict parsing, where they parse.
+
+    An error response carries both when it can (RFC 6891 7: a FORMERR to an
+    EDNS query has an OPT too); anything unreadable is simply left out.
+    """
+    question, opt = b"", None
+    try:
+        i = 12
+        if int.from_bytes(data[4:6], "big") == 1:
+            i = _question_end(data)
+            question = data[12:i]
+        for _ in range(sum(int.from_bytes(data[k:k + 2], "big") for k in (6, 8, 10))):
+            owner = i
+            i = skip_name(data, i)
+            if i + 10 > len(data):
+                break
+            rdlen = int.from_bytes(data[i + 8:i + 10], "big")
+            if data[i:i + 2] == b"\x00\x29" and data[owner] == 0 and opt is None:
+                klass = int.from_bytes(data[i + 2:i + 4], "big")
+                opt = Opt(max(512, klass), bool(data[i + 6] & 0x80), None, data[i + 5])
+            i += 10 + rdlen
+    except FormError:
+        pass
+    return question, opt

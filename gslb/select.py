@@ -45,7 +45,8 @@ def rank(service: Service, sites: Mapping[str, Site], decision: Decision) -> tup
         pool = first + [s for s in pool if s not in first]
         dist = [None] * len(pool)
     elif loc is not None and loc.has_coords:
-        dist = [great_circle_km(loc.lat, loc.lon, s.lat, s.lon) for s in pool]
+        dist = [great_circle_km(loc.lat, loc.lon, s.lat, s.lon)
+                if s.lat is not None and s.lon is not None else None for s in pool]
         if service.algorithm is Algorithm.NEAREST:
             order = sorted(range(len(pool)), key=lambda i: dist[i])  # stable: ties keep pool order
             pool, dist = [pool[i] for i in order], [dist[i] for i in order]

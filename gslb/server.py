@@ -29,7 +29,7 @@ from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
 from .geo import Decision, Locator, open_database
 from .health import HealthView
-from .query import Opt, Query, parse_query, validate_ecs
+from .query import Opt, Query, parse_query, salvage, validate_ecs
 from .rrl import DROP, RateLimiter
 from .wire import (
     CLASS_IN,
@@ -272,7 +272,7 @@ class Responder:
             out, kind, slot, identity = self._respond(data[:2], data[2], data[3], data[12:qend],
                                                       opt, client, limit)
         except FormError:
-            return self._error(data[:2], data[2], RCODE_FORMERR, b"", None)
+            return self._error(data[:2], data[2], RCODE_FORMERR, data[12:qend], opt)
         entry = (out[2:], slot, identity, qend - 12)
         if kind and limit == UDP_PLAIN_LIMIT:
             if len(self._wire) + len(self._wire_by_client) >= WIRE_CACHE_LIMIT:
@@ -370,14 +370,17 @@ class Responder:
         qid, f1 = data[:2], data[2]
         try:
             q: Query = parse_query(data)
-        except FormError:
-            return self._error(qid, f1, RCODE_FORMERR, b"", None)
-        except (IndexError, ValueError):
-            return self._error(qid, f1, RCODE_FORMERR, b"", None)
+        except (FormError, IndexError, ValueError):
+            question, opt = salvage(data)
+            # RFC 8906 3.1.4: an opcode we do not implement is NOTIMP, whatever follows.
+            rcode = RCODE_NOTIMP if (f1 >> 3) & 0x0F else RCODE_FORMERR
+            return self._error(qid, f1, rcode, question, opt)
         if q.opcode != 0:
             return self._error(qid, f1, RCODE_NOTIMP, q.question, q.opt)
         if q.opt is not None and q.opt.version != 0:
             return self._error(qid, f1, RCODE_BADVERS, q.question, q.opt)
+        if not q.question:
+            return self._no_question(qid, f1, q.opt, client)
         if q.qclass != CLASS_IN or q.qtype in (QTYPE_AXFR, QTYPE_IXFR):
             return self._error(qid, f1, RCODE_REFUSED, q.question, q.opt)
         if 128 <= q.qtype <= 254 or q.qtype == 0:
@@ -386,8 +389,21 @@ class Responder:
             out, _, slot, identity = self._respond(qid, f1, data[3], q.question, q.opt, client,
                                                    limit)
         except FormError:
-            return self._error(qid, f1, RCODE_FORMERR, b"", None)
+            return self._error(qid, f1, RCODE_FORMERR, q.question, q.opt)
         return out[2:], slot, identity, len(q.question)
+
+    def _no_question(self, qid: bytes, f1: int, opt: Opt | None, client: str) -> Entry:
+        """QDCOUNT 0: only a request for a server cookie is answered (RFC 7873 5.4)."""
+        if opt is None or opt.cookie is None or not self.cookie_secret:
+            return self._error(qid, f1, RCODE_FORMERR, b"", opt)
+        client_cookie, _ = cookies.split(opt.cookie)        # validated by the parser
+        option = cookies.option(client_cookie, cookies.server_cookie(
+            self.cookie_secret, client_cookie, client, int(time.time())))
+        slot = self._slot(0, None)
+        self.counters[slot] += 1
+        out = (bytes((0x80 | (f1 & 0x01), 0)) + counts(0, 0, 0, 1)
+               + self._opt_rr(opt.do, None, 0, 0, option))
+        return out, slot, (0, b"cookie"), 0
 
 
 # --- sockets -----------------------------------------------------------------------------

@@ -4,11 +4,26 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from pathlib import Path
 
 import dnslib
 import pytest
+import yaml
 
-from tests.conftest import DEMO_NAME, load_default, make_query, parse, recv_framed, tcp_exchange
+from cdnkit.check import ConfigError
+from cdnkit.yamlsrc import load_yaml_text
+from gslb.config import build_config
+from gslb.server import UDP_PLAIN_LIMIT, Responder
+from tests.conftest import (
+    DATA,
+    DEMO_NAME,
+    ecs_scope,
+    load_default,
+    make_query,
+    parse,
+    recv_framed,
+    tcp_exchange,
+)
 
 
 def flags_of(text: str) -> set[str]:
@@ -198,3 +213,186 @@ def test_raw_header_is_well_formed(demo_server, qtype):
     qid, flags, qd, an, ns, ar = struct.unpack("!HHHHHH", out[:12])
     assert qid == 0xBEEF and flags & 0x8000 and flags & 0x0400 and not flags & 0x0080
     assert (qd, an, ns, ar) == (1, 1, 0, 1)
+
+
+# --- protocol corners (issue 17) -----------------------------------------------------------
+
+
+def local(cfg: dict | None = None) -> Responder:
+    """An in-process responder on a config dict (the same code the server runs)."""
+    cfg = dict(cfg if cfg is not None else load_default())
+    cfg["geoip"] = {"database": str(DATA / "demo-city.mmdb")}
+    raw = load_yaml_text(yaml.safe_dump(cfg, sort_keys=False), "test.yaml")
+    return Responder(build_config(raw, "test.yaml", Path(".")))
+
+
+def opt_of(resp: dnslib.DNSRecord) -> dnslib.RR | None:
+    return next((r for r in resp.ar if r.rtype == dnslib.QTYPE.OPT), None)
+
+
+def test_header_only_unknown_opcode_is_notimp():
+    # opcode 15, no question at all (RFC 8906 3.1.4: check the opcode first)
+    wire = struct.pack("!HHHHHH", 0x4242, 15 << 11, 0, 0, 0, 0)
+    out = local().answer(wire, "192.0.2.1", UDP_PLAIN_LIMIT)
+    assert out is not None and out[:2] == b"\x42\x42"
+    assert out[3] & 0x0F == 4 and (out[2] >> 3) & 0x0F == 15
+    with_opt = struct.pack("!HHHHHH", 7, 15 << 11, 0, 0, 0, 1) + b"\x00\x00\x29\x04\xd0" + bytes(6)
+    resp = parse(local().answer(with_opt, "192.0.2.1", UDP_PLAIN_LIMIT))
+    assert resp.header.rcode == 4 and opt_of(resp) is not None
+
+
+def test_cookie_only_query_gets_our_server_cookie():
+    # RFC 7873 5.4: a client may ask for a server cookie with no question at all.
+    client_cookie = bytes(range(8))
+    option = struct.pack("!HH", 10, 8) + client_cookie
+    wire = (struct.pack("!HHHHHH", 0x1234, 0, 0, 0, 0, 1)
+            + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00" + struct.pack("!H", len(option)) + option)
+    out = local().answer(wire, "192.0.2.1", UDP_PLAIN_LIMIT)
+    resp = parse(out)
+    assert resp.header.rcode == 0 and not resp.questions and not resp.rr
+    opt = opt_of(resp)
+    cookies = [bytes(o.data) for o in opt.rdata if o.code == 10]
+    assert len(cookies) == 1 and cookies[0][:8] == client_cookie and len(cookies[0]) == 24
+
+
+@pytest.mark.parametrize("case", ["bad-ecs", "bad-cookie", "trailing", "notimp", "refused"])
+def test_error_responses_carry_opt_and_question(case):
+    wire = make_query("www.cdn.example.net", "A")
+    if case == "bad-ecs":            # family 3 does not exist: FORMERR (RFC 7871 7.1.1)
+        option = struct.pack("!HHHBB", 8, 5, 3, 8, 0) + b"\x01"
+        wire = wire[:-2] + struct.pack("!H", len(option)) + option
+    elif case == "bad-cookie":       # a 5-byte cookie is malformed (RFC 7873 5.2.2)
+        option = struct.pack("!HH", 10, 5) + b"abcde"
+        wire = wire[:-2] + struct.pack("!H", len(option)) + option
+    elif case == "trailing":
+        wire = wire + b"junk"
+    elif case == "notimp":
+        wire = wire[:2] + bytes([(wire[2] & 0x87) | (4 << 3)]) + wire[3:]   # NOTIFY
+    elif case == "refused":
+        wire = wire.replace(b"\x00\x01\x00\x01\x00\x00\x29", b"\x00\x01\x00\x03\x00\x00\x29")
+    out = local().answer(wire, "192.0.2.1", UDP_PLAIN_LIMIT)
+    resp = parse(out)
+    expected = {"notimp": 4, "refused": 5}.get(case, 1)
+    assert resp.header.rcode == expected
+    assert opt_of(resp) is not None, "RFC 6891 7: an error to an EDNS query carries OPT"
+    assert [str(q.qname) for q in resp.questions] == ["www.cdn.example.net."]
+
+
+# --- in-zone CNAME chasing (RFC 1034 4.3.2 step 3a) ----------------------------------------
+
+
+def chase_config() -> dict:
+    cfg = load_default()
+    cfg["nets"] = {}
+    records = cfg["zones"]["cdn.example.net."]["records"]
+    records["static"] = [{"type": "A", "value": "192.0.2.80"}, {"type": "TXT", "value": "s"}]
+    records["to-static"] = [{"type": "CNAME", "value": "static.cdn.example.net."}]
+    records["to-service"] = [{"type": "CNAME", "value": "edge.shop.com.cdn.example.net."}]
+    records["hop1"] = [{"type": "CNAME", "value": "hop2.cdn.example.net."}]
+    records["hop2"] = [{"type": "CNAME", "value": "to-static.cdn.example.net."}]
+    records["loop-a"] = [{"type": "CNAME", "value": "loop-b.cdn.example.net."}]
+    records["loop-b"] = [{"type": "CNAME", "value": "loop-a.cdn.example.net."}]
+    records["to-outside"] = [{"type": "CNAME", "value": "www.example.org."}]
+    records["sub"] = [{"type": "TXT", "value": "no wildcard below sub"}]
+    records["to-missing"] = [{"type": "CNAME", "value": "gone.sub.cdn.example.net."}]
+    return cfg
+
+
+def chain(resp: dnslib.DNSRecord) -> list[tuple[str, str, str]]:
+    return [(str(r.rname), dnslib.QTYPE[r.rtype], str(r.rdata)) for r in resp.rr]
+
+
+def ask_local(r: Responder, name: str, qtype: str = "A", ecs: str | None = None) -> dnslib.DNSRecord:
+    return parse(r.answer(make_query(name, qtype, ecs), "10.9.9.9", UDP_PLAIN_LIMIT))
+
+
+def test_cname_to_static_name_is_followed():
+    r = local(chase_config())
+    resp = ask_local(r, "to-static.cdn.example.net")
+    assert chain(resp) == [("to-static.cdn.example.net.", "CNAME", "static.cdn.example.net."),
+                           ("static.cdn.example.net.", "A", "192.0.2.80")]
+    assert resp.header.aa and resp.header.rcode == 0
+
+
+def test_cname_to_service_is_followed_with_the_clients_answer():
+    r = local(chase_config())
+    for ecs, site in (("192.0.2.0/24", "127.0.0.11"), ("203.0.113.0/24", "127.0.0.13")):
+        resp = ask_local(r, "to-service.cdn.example.net", "A", ecs)
+        assert chain(resp) == [
+            ("to-service.cdn.example.net.", "CNAME", "edge.shop.com.cdn.example.net."),
+            ("edge.shop.com.cdn.example.net.", "A", site)]
+        assert ecs_scope(resp) == 24
+
+
+def test_cname_chain_is_followed_and_loops_are_bounded():
+    r = local(chase_config())
+    resp = ask_local(r, "hop1.cdn.example.net", "TXT")
+    assert [c[0] for c in chain(resp)] == ["hop1.cdn.example.net.", "hop2.cdn.example.net.",
+                                           "to-static.cdn.example.net.", "static.cdn.example.net."]
+    assert chain(resp)[-1][1] == "TXT"
+    loop = ask_local(r, "loop-a.cdn.example.net")
+    assert loop.header.rcode == 0
+    assert [c[0] for c in chain(loop)] == ["loop-a.cdn.example.net.", "loop-b.cdn.example.net."]
+
+
+def test_cname_target_nodata_and_nxdomain_carry_soa():
+    r = local(chase_config())
+    nodata = ask_local(r, "to-static.cdn.example.net", "MX")
+    assert nodata.header.rcode == 0 and len(nodata.rr) == 1
+    assert [dnslib.QTYPE[a.rtype] for a in nodata.auth] == ["SOA"]
+    nx = ask_local(r, "to-missing.cdn.example.net")
+    assert nx.header.rcode == dnslib.RCODE.NXDOMAIN   # RFC 6604: the rcode of the last name
+    assert chain(nx) == [("to-missing.cdn.example.net.", "CNAME", "gone.sub.cdn.example.net.")]
+    assert [dnslib.QTYPE[a.rtype] for a in nx.auth] == ["SOA"]
+
+
+def test_cname_leaving_our_zones_is_answered_alone():
+    resp = ask_local(local(chase_config()), "to-outside.cdn.example.net")
+    assert chain(resp) == [("to-outside.cdn.example.net.", "CNAME", "www.example.org.")]
+    assert not resp.auth and resp.header.rcode == 0
+
+
+def test_cname_chase_live_with_dig(start_server):
+    srv = start_server(chase_config())
+    out = srv.dig("hop1.cdn.example.net", "A", "+subnet=203.0.113.0/24")
+    assert "static.cdn.example.net. 3600 IN\tA\t192.0.2.80" in out.replace("\t\t", "\t") or \
+        "192.0.2.80" in out
+    assert out.count("CNAME") == 3
+
+
+# --- services next to static records, services without coordinates -----------------------
+
+
+def test_service_name_also_carries_static_records_of_other_types():
+    cfg = load_default()
+    records = cfg["zones"]["cdn.example.net."]["records"]
+    records["www"] = [{"type": "TXT", "value": "v=spf1 -all"},
+                      {"type": "CAA", "value": '0 issue "letsencrypt.org"'}]
+    records["*"] = [{"type": "TXT", "value": "wildcard txt"}]
+    cfg["services"]["www.cdn.example.net."] = {"pool": ["nyc", "fra", "sin"]}
+    r = local(cfg)
+    assert [str(x.rdata) for x in ask_local(r, "www.cdn.example.net", "TXT").rr] == \
+        ['"v=spf1 -all"']
+    assert len(ask_local(r, "www.cdn.example.net", "CAA").rr) == 1
+    assert dnslib.QTYPE[ask_local(r, "www.cdn.example.net", "A").rr[0].rtype] == "A"
+    assert [str(x.rdata) for x in ask_local(r, "x.shop.com.cdn.example.net", "TXT").rr] == \
+        ['"wildcard txt"']
+    assert dnslib.QTYPE[ask_local(r, "x.shop.com.cdn.example.net", "AAAA").rr[0].rtype] == "AAAA"
+
+
+def test_failover_and_weighted_services_need_no_coordinates():
+    cfg = load_default()
+    cfg["nets"] = {}
+    for site in cfg["sites"].values():
+        site.pop("lat")
+        site.pop("lon")
+    cfg["services"] = {"*.cdn.example.net.": {"pool": ["fra", "nyc", "sin"],
+                                              "algorithm": "failover"},
+                       "w.cdn.example.net.": {"pool": ["sin"], "algorithm": "weighted"}}
+    r = local(cfg)
+    assert [str(x.rdata) for x in ask_local(r, "a.b.cdn.example.net", "A").rr] == ["127.0.0.12"]
+    assert [str(x.rdata) for x in ask_local(r, "w.cdn.example.net", "A").rr] == ["127.0.0.13"]
+    cfg["services"]["n.cdn.example.net."] = {"pool": ["fra", "nyc"], "algorithm": "nearest"}
+    with pytest.raises(ConfigError) as err:
+        local(cfg)
+    assert any("nearest" in p and "lat" in p for p in err.value.problems)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cdnkit.check import Checker
-from cdnkit.listen import split_host_port
-from cdnkit.yamlsrc import LineDict, Where
-
-from .model import Server, Shield
+from .check import Checker
+from .customer import Server, Shield
+from .listen import split_host_port
+from .yamlsrc import LineDict, Where
 
 BLANK, BYPASS = "blank", "bypass"
 
