@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 from .wire import NO_BODY_STATUSES, request_head
 
 POOL_IDLE = 30.0           # a pooled connection unused this long is closed
+TICK = 0.25                # how often timeouts and idle connections are looked at
 POOL_MAX_IDLE = 64         # idle connections kept per server
 READ_HIGH = 256 * 1024     # response bytes buffered above this: stop reading the origin
 REPLAY_MAX = 1024 * 1024   # request body bytes kept for a replay on a fresh connection
@@ -85,8 +86,8 @@ class Response:
     @property
     def headers(self) -> CIMultiDict:
         if self._headers is None:
-            self._headers = CIMultiDict((n.decode("latin-1"), v.decode("latin-1"))
-                                        for n, v in self.raw_headers)
+            self._headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
+                                         for n, v in self.raw_headers])
         return self._headers
 
     def _feed(self, data: bytes) -> None:
@@ -193,8 +194,7 @@ class Upstream(asyncio.Protocol):
         self._drain: asyncio.Future | None = None
         self._pipe: Callable[[bytes], None] | None = None
         self._held_bytes = b""
-        self._idle: asyncio.TimerHandle | None = None
-        self._dog: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0           # in the pool since (loop time); 0 = in use
         self._timeout = 10.0
         self._last = 0.0
 
@@ -206,7 +206,7 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.pool.forget(self)
-        self._stop_dog()
+        self.exchange_over()
         if self._pipe is not None:
             self._pipe(b"")
             return
@@ -261,9 +261,6 @@ class Upstream(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         if self.transport is not None:
             self.transport.close()
 
@@ -277,12 +274,11 @@ class Upstream(asyncio.Protocol):
         self.response, self._headers = None, []
         self._method, self._interim, self.got_bytes = method, interim, False
         self._head = head = loop.create_future()
-        self._timeout, self._last = timeout, loop.time()
-        self._dog = loop.call_later(timeout, self._watch)
-        upload = None
         if self.transport is None or self.transport.is_closing():
-            self._stop_dog()
             raise Disconnected("the pooled connection was closed", nothing_received=True)
+        self._timeout, self._last = timeout, loop.time()
+        self.pool.watch(self)
+        upload = None
         data = request_head(method, target, headers)
         if isinstance(body, bytes):
             data += body
@@ -294,7 +290,7 @@ class Upstream(asyncio.Protocol):
         except BaseException:
             if upload is not None:
                 upload.cancel()
-            self._stop_dog()
+            self.exchange_over()
             raise
         response.upload = upload
         return response
@@ -316,13 +312,15 @@ class Upstream(asyncio.Protocol):
                 self.transport.abort()        # the client went: the origin must not see a
                                               # body that looks complete
 
-    def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = loop.time() - self._last
-        if self.held or idle < self._timeout:
-            self._dog = loop.call_later(max(0.05, self._timeout - idle), self._watch)
+    def check(self, now: float) -> None:
+        """Called by the pool's ticker while an exchange is on: time it out if it is idle
+        (not when our own reader is holding the origin back)."""
+        if self.held:
+            self._last = now
             return
-        self._dog = None
+        if now - self._last < self._timeout:
+            return
+        self.exchange_over()
         exc = OriginTimeout(f"no byte from the origin for {self._timeout:g} s")
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)
@@ -331,13 +329,8 @@ class Upstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _stop_dog(self) -> None:
-        if self._dog is not None:
-            self._dog.cancel()
-            self._dog = None
-
     def exchange_over(self) -> None:
-        self._stop_dog()
+        self.pool.unwatch(self)
 
     # --- parser callbacks ---------------------------------------------------------------
 
@@ -417,7 +410,7 @@ class Upstream(asyncio.Protocol):
 
     def become_pipe(self, sink: Callable[[bytes], None]) -> asyncio.Transport:
         assert self.transport is not None
-        self._stop_dog()
+        self.exchange_over()
         self._pipe = sink
         held, self._held_bytes = self._held_bytes, b""
         if held:       # after the caller has joined both ends
@@ -463,7 +456,31 @@ class Pool:
         self.tls = _context(ca_file, True)
         self.tls_unnamed = _context(ca_file, False)
         self._idle: dict[tuple, list[Upstream]] = {}
+        self._busy: set[Upstream] = set()     # exchanges whose timeout the ticker watches
+        self._ticker: asyncio.TimerHandle | None = None
         self.retried = 0              # requests replayed after the keep-alive race
+
+    # One ticker for every timeout and idle connection: a timer per request costs more
+    # than the request (heap work on every call_later and cancel).
+    def watch(self, conn: Upstream) -> None:
+        self._busy.add(conn)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def unwatch(self, conn: Upstream) -> None:
+        self._busy.discard(conn)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._busy):
+            conn.check(now)
+        for idle in self._idle.values():
+            for conn in [c for c in idle if now - c.idle_since > POOL_IDLE]:
+                idle.remove(conn)
+                conn.close()
+        self._ticker = (loop.call_later(TICK, self._tick)
+                        if self._busy or any(self._idle.values()) else None)
 
     def put(self, conn: Upstream) -> None:
         if conn.transport is None or conn.transport.is_closing():
@@ -474,8 +491,10 @@ class Pool:
             return
         conn.parser = None
         conn.response = None
+        conn.idle_since = asyncio.get_running_loop().time()
         idle.append(conn)
-        conn._idle = asyncio.get_running_loop().call_later(POOL_IDLE, conn.close)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def forget(self, conn: Upstream) -> None:
         idle = self._idle.get(conn.key)
@@ -486,9 +505,6 @@ class Pool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if conn._idle is not None:
-                conn._idle.cancel()
-                conn._idle = None
             if conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
@@ -539,6 +555,9 @@ class Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
 
 def _payload(body: Upload | None):

@@ -15,8 +15,8 @@ answer for everyone (cache poisoning). So:
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
-from typing import Iterable
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -29,16 +29,24 @@ OVERRIDES = frozenset({"x-original-url", "x-rewrite-url", "x-forwarded-scheme",
                        "x-forwarded-ssl", "x-host", "x-original-host", "front-end-https"})
 OWN = frozenset({"host", "via", "cdn-loop"})
 
-def end_to_end(headers: Iterable[tuple[str, str]],
-               connection: Iterable[str] = ()) -> list[tuple[str, str]]:
+def connection_names(headers) -> frozenset[str]:
+    """The header names a message's Connection header lists (RFC 9110 7.6.1)."""
+    if hasattr(headers, "getall"):
+        values = headers.getall("Connection", ())
+    else:
+        values = [v for k, v in headers if k.lower() == "connection"]
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(","))
+
+
+def end_to_end(headers) -> list[tuple[str, str]]:
     """Headers (pairs, or a multidict) minus hop-by-hop ones, including those the
     Connection header names."""
-    pairs = list(headers.items() if hasattr(headers, "items") else headers)
-    named = {t.strip().lower() for k, v in pairs if k.lower() == "connection"
-             for t in v.split(",")}
-    named.update(c.lower() for c in connection)
-    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    return [(k, v) for k, v in pairs if k.lower() not in drop]
+    named = connection_names(headers)
+    pairs = headers.items() if hasattr(headers, "items") else headers
+    return [(k, v) for k, v in pairs if (lower := k.lower()) not in HOP_BY_HOP
+            and lower not in named]
 
 
 def trusted(peer: str, networks: tuple) -> bool:
@@ -57,29 +65,34 @@ def _node(peer: str) -> str:
     return f'"[{peer}]"' if ":" in peer else peer or "unknown"
 
 
+@functools.lru_cache(maxsize=4096)
 def _quoted(value: str) -> str:
     token = value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value)
     return value if token else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def to_origin(headers: Iterable[tuple[str, str]], *, peer: str, scheme: str, host: str,
-              keyed: tuple[str, ...], trust: bool) -> list[tuple[str, str]]:
-    """The client's end-to-end headers fit to forward, with the edge's forwarding headers.
+SPECIAL = HOP_BY_HOP | FORWARDING | OVERRIDES | OWN
 
-    `host` is the Host the client sent (X-Forwarded-Host); the caller adds Host,
-    Via and CDN-Loop.
-    """
+
+def to_origin(headers, *, peer: str, scheme: str, host: str, keyed: tuple[str, ...],
+              trust: bool) -> list[tuple[str, str]]:
+    """The client's end-to-end headers fit to forward (a multidict in), with the edge's
+    forwarding headers. `host` is the Host the client sent (X-Forwarded-Host); the
+    caller adds Host, Via and CDN-Loop."""
+    named = connection_names(headers)
     kept = []
     chain: dict[str, list[str]] = {}
-    for name, value in end_to_end(headers):
+    for name, value in headers.items():
         lower = name.lower()
-        if lower in FORWARDING:
+        if lower not in SPECIAL and lower not in named:
+            kept.append((name, value))            # the common case: one set lookup
+        elif lower in named or lower in HOP_BY_HOP or lower in OWN:
+            continue
+        elif lower in FORWARDING:
             if trust:
                 chain.setdefault(lower, []).append(value)
-            continue
-        if lower in OWN or (lower in OVERRIDES and lower not in keyed):
-            continue
-        kept.append((name, value))
+        elif lower in keyed:
+            kept.append((name, value))            # an override the customer keys on
     mine = f"for={_node(peer)};host={_quoted(host)};proto={scheme}"
     xff = ", ".join(chain.get("x-forwarded-for", []) + [peer])
     kept += [("Forwarded", ", ".join(chain.get("forwarded", []) + [mine])),

@@ -18,7 +18,7 @@ from email.utils import formatdate
 
 from .cache import Stored
 from .cached import cache_key
-from .headers import to_client
+from .headers import sf_name, to_client
 from .route import BadPath, origin_host, route
 from .server import Connection, Handler
 from .state import EdgeState
@@ -104,7 +104,7 @@ class Hits:
         headers = hit_headers(stored, customer, config.via)
         lines = [f"HTTP/1.1 {stored.status} {stored.reason or 'OK'}"]
         lines += [f"{k}: {v}" for k, v in headers]
-        lines += [f"Content-Length: {stored.size}", f"Cache-Status: {cache_name(config)}"]
+        lines += [f"Content-Length: {stored.size}", f"Cache-Status: {sf_name(config.name)}"]
         try:
             prefix = "\r\n".join(lines).encode("latin-1")
         except UnicodeEncodeError:
@@ -125,15 +125,10 @@ def hit_headers(stored: Stored, customer, via_name: str) -> list[tuple[str, str]
     """A fresh hit's headers but Age, Cache-Status and framing (the shortcut's and the
     long way's alike)."""
     headers = to_client(stored.headers, version="1.1", via_name=via_name,
-                        alt_svc=customer.alt_svc, drop=customer.cache.targeted)
+                        alt_svc=customer.alt_svc, drop=customer.cache.targeted, checked=True)
     if not any(k.lower() == "date" for k, _ in headers):
         headers.append(("Date", formatdate(stored.stored_at, usegmt=True)))
     return headers + [("X-Cache", "HIT"), ("Accept-Ranges", "bytes")]
-
-
-def cache_name(config) -> str:
-    from .headers import _token
-    return _token(config.name)
 
 
 class Listeners:

@@ -7,11 +7,12 @@ cache fields (`CDN-Cache-Control`, RFC 9213) are not passed on.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import functools
 
-from .forward import end_to_end
+from .forward import HOP_BY_HOP, connection_names
 
-OWN = frozenset({"content-length", "age", "via", "x-cache"})
+# Written by the edge itself, never copied from upstream or from the stored headers.
+SPECIAL = HOP_BY_HOP | {"content-length", "age", "via", "x-cache", "cache-status"}
 
 
 def via(incoming: str | None, version: str, name: str) -> str:
@@ -20,7 +21,8 @@ def via(incoming: str | None, version: str, name: str) -> str:
     return f"{incoming}, {mine}" if incoming else mine
 
 
-def _token(name: str) -> str:
+@functools.lru_cache(maxsize=64)
+def sf_name(name: str) -> str:
     """A cache name as an RFC 8941 token when it is one, else a string."""
     ok = name[:1].isalpha() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~:/" for c in name)
     return name if ok else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -30,7 +32,7 @@ def cache_status(name: str, *, hit: bool = False, fwd: str = "", fwd_status: int
                  ttl: float | None = None, stored: bool = False, collapsed: bool = False,
                  detail: str = "") -> str:
     """This edge's Cache-Status entry (RFC 9211 2)."""
-    parts = [_token(name)]
+    parts = [sf_name(name)]
     if hit:
         parts.append("hit")
     if fwd:
@@ -48,29 +50,29 @@ def cache_status(name: str, *, hit: bool = False, fwd: str = "", fwd_status: int
     return "; ".join(parts)
 
 
-def to_client(headers: Iterable[tuple[str, str]], *, version: str, via_name: str,
-              alt_svc: str = "", drop: frozenset[str] = frozenset(),
-              status_entry: str = "") -> list[tuple[str, str]]:
+def to_client(headers, *, version: str, via_name: str, alt_svc: str = "",
+              drop: "frozenset[str] | tuple[str, ...]" = (), status_entry: str = "",
+              checked: bool = False) -> list[tuple[str, str]]:
     """End-to-end headers for the client, Via extended and our Cache-Status appended to
-    the upstream ones (each tier adds its own entry, the client's nearest last)."""
+    the upstream ones (each tier adds its own entry, the client's nearest last).
+    `checked`: the headers are end-to-end already (stored ones are)."""
+    named = frozenset() if checked else connection_names(headers)
     out = []
     incoming_via = None
     upstream_status: list[str] = []
-    for name, value in end_to_end(headers):
+    for name, value in (headers.items() if hasattr(headers, "items") else headers):
         lower = name.lower()
-        if lower in OWN or lower in drop:
-            if lower == "via":
-                incoming_via = f"{incoming_via}, {value}" if incoming_via else value
-            continue
-        if lower == "cache-status":
+        if lower not in SPECIAL and lower not in drop and lower not in named:
+            out.append((name, value))
+        elif lower == "via":
+            incoming_via = f"{incoming_via}, {value}" if incoming_via else value
+        elif lower == "cache-status":
             upstream_status.append(value)
-            continue
-        out.append((name, value))
     out.append(("Via", via(incoming_via, version, via_name)))
     if alt_svc:
         out.append(("Alt-Svc", alt_svc))
     if status_entry:
-        out.append(("Cache-Status", ", ".join(upstream_status + [status_entry])))
-    elif upstream_status:
+        upstream_status.append(status_entry)
+    if upstream_status:
         out.append(("Cache-Status", ", ".join(upstream_status)))
     return out

@@ -60,7 +60,7 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
     pool = state.pool_for(customer, edge_scheme)
     host = origin_host(customer, client_host)
     peer = request.peer
-    headers = to_origin(request.headers.items(), peer=peer, scheme=edge_scheme,
+    headers = to_origin(request.headers, peer=peer, scheme=edge_scheme,
                         host=client_host, keyed=customer.cache.key_headers,
                         trust=trusted(peer, config.trusted_proxies))
     headers += [("Host", host), ("Via", via(request.headers.get("Via"), request.version,

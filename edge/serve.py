@@ -58,7 +58,7 @@ def client_headers(ex: Exchange, headers, age: float, result: str,
     Age, X-Cache and this edge's Cache-Status entry."""
     out = to_client(headers, version=ex.request.version, via_name=ex.config.via,
                     alt_svc=ex.customer.alt_svc, drop=ex.customer.cache.targeted,
-                    status_entry=entry)
+                    status_entry=entry, checked=True)
     out += [("Age", str(int(age))), ("X-Cache", result)]
     return out
 

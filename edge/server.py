@@ -148,8 +148,8 @@ class Request:
     @property
     def headers(self) -> CIMultiDict:
         if self._headers is None:
-            self._headers = CIMultiDict((n.decode("latin-1"), v.decode("latin-1"))
-                                        for n, v in self.raw_headers)
+            self._headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
+                                         for n, v in self.raw_headers])
         return self._headers
 
     @property
@@ -165,7 +165,7 @@ class Reply:
     """How a handler answers its request: `start`, `write`..., `end` (or `abort`)."""
 
     __slots__ = ("conn", "request", "started", "finished", "status", "_chunked", "_no_body",
-                 "close", "sent")
+                 "close", "sent", "_head")
 
     def __init__(self, conn: "Connection", request: Request):
         self.conn, self.request = conn, request
@@ -173,6 +173,7 @@ class Reply:
         self.status = 0
         self._chunked = self._no_body = False
         self.sent = 0
+        self._head = b""          # written with the first body bytes: one send, not two
 
     def interim(self, status: int, headers: "list[tuple[str, str]]") -> None:
         """Forward a 1xx response (103 Early Hints, 100 Continue) before the final one."""
@@ -186,7 +187,10 @@ class Reply:
         self.started, self.status = True, status
         self._no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
         out = list(headers)
-        if not any(k.lower() == "date" for k, _ in out):
+        for k, _ in out:
+            if k == "Date" or k.lower() == "date":
+                break
+        else:
             out.append(("Date", DATE.now()))
         if length is not None:
             if status not in NO_BODY_STATUSES:
@@ -202,7 +206,13 @@ class Reply:
             out.append(("Connection", "close"))
         elif request.version == "1.0":
             out.append(("Connection", "keep-alive"))
-        self.conn.write(head(status, reason(status, phrase), out))
+        self._head = head(status, reason(status, phrase), out)
+
+    def _flush(self, data: bytes = b"") -> None:
+        if self._head:
+            data, self._head = self._head + data, b""
+        if data:
+            self.conn.write(data)
 
     async def write(self, data: bytes) -> None:
         if self._no_body or not data:
@@ -210,7 +220,7 @@ class Reply:
         if self.conn.transport is None:
             raise ConnectionResetError("client gone")
         self.sent += len(data)
-        self.conn.write(chunk(data) if self._chunked else data)
+        self._flush(chunk(data) if self._chunked else data)
         if self.conn.paused:
             await self.conn.drain()
 
@@ -218,7 +228,7 @@ class Reply:
         """`write` for callers that cannot wait: no flow control (small bodies only)."""
         if not self._no_body and data:
             self.sent += len(data)
-            self.conn.write(chunk(data) if self._chunked else data)
+            self._flush(chunk(data) if self._chunked else data)
 
     async def sendfile(self, file, offset: int, count: int) -> None:
         """`count` bytes of an open file from `offset`, by the kernel where it can."""
@@ -227,18 +237,19 @@ class Reply:
         transport = self.conn.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client gone")
+        self._flush()
         self.sent += count
         await asyncio.get_running_loop().sendfile(transport, file, offset, count)
 
     def end(self) -> None:
         if self.finished:
             return
-        if self._chunked and not self._no_body:
-            self.conn.write(LAST_CHUNK)
+        self._flush(LAST_CHUNK if self._chunked and not self._no_body else b"")
         self.finished = True
 
     def abort(self) -> None:
         """Cut the connection: the client must see that the response is incomplete."""
+        self._head = b""
         self.finished = True
         self.close = True
         self.conn.abort()
@@ -254,7 +265,7 @@ class Reply:
     def switch(self, headers: "list[tuple[str, str]]") -> None:
         """101 Switching Protocols (then `take_over`)."""
         self.started = True
-        self.conn.write(head(101, reason(101), headers))
+        self._flush(head(101, reason(101), headers))
 
     def take_over(self, sink: Callable[[bytes], None]) -> "asyncio.Transport":
         """After a 101: the connection is a byte pipe; client bytes go to `sink` from now
@@ -438,19 +449,21 @@ class Connection(asyncio.Protocol):
                 self.write(answer)
                 self._answered = True
                 return
-        hosts = sum(1 for n, _ in self._headers if n.lower() == b"host")
+        length = None
+        chunked = False
+        hosts = 0
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+            elif lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
         if hosts > 1 or (hosts == 0 and version == "1.1" and self._url[:1] == b"/"):
             # RFC 9112 3.2: an HTTP/1.1 request has exactly one Host.
             self._why = ("syntax", f"{hosts} Host headers")
             raise ValueError(self._why[1])
-        length = None
-        chunked = False
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = True
         body = Body(self, length) if (chunked or (length or 0) > 0) else None
         self._body = body
         request = Request(self, method.decode("latin-1"), self._url.decode("latin-1"), version,

@@ -79,7 +79,7 @@ async def websocket(request: Request, reply: Reply, state: EdgeState, customer: 
         await relay(request, reply, resp, customer, state)
         return True
     state.metrics.requests.labels(customer.directory, "101").inc()
-    out = to_client(resp.headers.items(), version=request.version, via_name=state.config.via)
+    out = to_client(resp.headers, version=request.version, via_name=state.config.via)
     out += [("Connection", "Upgrade"), ("Upgrade", resp.headers.get("Upgrade", upgrade))]
     pipe = _Pipe()
     reply.switch(out)

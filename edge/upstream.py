@@ -116,7 +116,9 @@ async def _send(state: EdgeState, server: Server, origin: Origin, scheme: str, m
                 interim=None, tls_name: str = "") -> Response:
     """One request to one upstream server (origin or shield), its name resolved by the
     customer's IP-version policy, with the customer's timeouts."""
-    address = (await state.resolver.resolve(server.host, origin.ip_version))[0]
+    resolver = state.resolver
+    address = server.host if resolver.literal(server.host) else (
+        await resolver.resolve(server.host, origin.ip_version))[0]
     https = scheme == "https"
     port = server.port or (443 if https else 80)
     # The path goes out exactly as given (a signature covers it byte for byte).
@@ -162,7 +164,7 @@ async def through_shields(state: EdgeState, customer: Customer, method: str, pat
 
 def _relayed_headers(request: Request, resp: Response, customer: Customer, state: EdgeState,
                      cache_label: str, entry: str) -> list[tuple[str, str]]:
-    headers = to_client(resp.headers.items(), version=request.version,
+    headers = to_client(resp.headers, version=request.version,
                         via_name=state.config.via, alt_svc=customer.alt_svc,
                         drop=customer.cache.targeted, status_entry=entry)
     if cache_label:
