@@ -2,6 +2,8 @@
 out of a bucket or a customer's root, absolute-form targets, malformed requests."""
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from tests.conftest import serve_app
@@ -171,3 +173,40 @@ async def test_absolute_form_routes_by_its_authority_at_once():
             status, _, _ = await exchange(edge.port, get("http://evil.example/x",
                                                          "www.test.com"), timeout=3)
             assert status.startswith(b"HTTP/1.1 404")       # never an open proxy
+
+
+MALFORMED = [
+    b"POST /x HTTP/1.1\r\nHost: www.test.com\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nHost: www.test.com\r\nContent-Length: 5\r\nContent-Length: 6\r\n"
+    b"\r\nhello!",
+    b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nX-Big: " + b"a" * (10 * 1024 * 1024) + b"\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nBad Header: 1\r\n\r\n",
+]
+
+
+async def test_malformed_requests_get_a_plain_400_and_one_quiet_log_line(caplog):
+    caplog.set_level(logging.DEBUG)
+    async with Reflector() as origin:
+        cfg = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                              "origin": origin.origin()}]}
+        async with Edge(cfg) as edge:
+            for _ in range(10):
+                for data in MALFORMED:
+                    try:
+                        status, headers, body = await exchange(edge.port, data, timeout=10)
+                    except (ConnectionResetError, BrokenPipeError):
+                        continue         # refused before the client finished sending
+                    assert status == b"HTTP/1.1 400 Bad Request", status
+                    assert body == b"bad request\n", body
+                    assert headers.get("connection") == "close"
+            assert origin.seen == []
+            metric = edge.state.metrics.registry.get_sample_value
+            total = sum(metric("edge_bad_requests_total", {"reason": r}) or 0
+                        for r in ("framing", "too_large", "syntax"))
+            assert total >= 30
+    assert "Traceback" not in caplog.text
+    lines = [r for r in caplog.records if "bad request" in r.getMessage().lower()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+    assert all(r.levelno <= logging.WARNING for r in caplog.records
+               if r.name.startswith(("edge", "aiohttp")))
