@@ -150,6 +150,8 @@ class Fill:
     _file_offset: int = 0        # where the body starts in that file
     _keep: int = 0
     _ends: list[int] = field(default_factory=list)    # where each of `chunks` ends
+    _trim: bool = False          # not stored after all: read chunks may be dropped
+    _trimmed: int = 0
     _more: asyncio.Future | None = None
 
     def spill_to(self, fd: int, offset: int, keep: int) -> None:
@@ -158,9 +160,21 @@ class Fill:
         self._file, self._file_offset, self._keep = fd, offset, keep
         weakref.finalize(self, os.close, fd)
 
+    def overflowed(self) -> None:
+        """The body (of unknown length) will not be stored: with one reader, what it has
+        read need not be held any more."""
+        self.shareable = False
+        self._trim = True
+
     def read(self, offset: int, size: int) -> bytes:
         """Some bytes of the body from `offset` (< received), at most `size`; possibly fewer
         (one chunk's worth), so callers loop."""
+        if self._trim and self.readers <= 1 and not self.spilled:
+            # Only the reader at `offset` is left: the chunks before it can go.
+            index = bisect.bisect_right(self._ends, offset)
+            for i in range(self._trimmed, index):
+                self.chunks[i] = b""
+            self._trimmed = max(self._trimmed, index)
         if self.spilled:
             return os.pread(self._file, min(size, self.received - offset),
                             self._file_offset + offset)

@@ -199,7 +199,7 @@ async def _wait_fill(ex: Exchange, fill: Fill, leader: bool, stale: Stored | Non
             return await relay(request, ex.reply, resp, ex.customer, ex.state, "PASS", entry)
         result = "REVALIDATED" if fill.revalidated else "MISS"
         ttl = fill.policy.ttl - fill.initial_age if fill.stored else None
-        entry = cache_status(ex.config.name, fwd="stale" if fill.revalidated else fill.fwd,
+        entry = cache_status(ex.config.name, fwd=fill.fwd,
                              fwd_status=304 if fill.revalidated else fill.status, ttl=ttl,
                              stored=fill.stored, collapsed=not leader)
         await serve_fill(ex, fill, result, entry)
@@ -222,7 +222,7 @@ async def _serve_now_cached(ex: Exchange, fill: Fill, leader: bool) -> None:
         result = "REVALIDATED" if fill.revalidated else "HIT"
         entry = ""
         if fill.revalidated:
-            entry = cache_status(ex.config.name, fwd="stale", fwd_status=304, stored=True,
+            entry = cache_status(ex.config.name, fwd=fill.fwd, fwd_status=304, stored=True,
                                  ttl=stored.policy.ttl - stored.age(time.time()),
                                  collapsed=not leader)
         await serve_stored(ex, stored, result, body, entry)

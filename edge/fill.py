@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Mapping
 
+from multidict import CIMultiDict
+
 from .cache import Fill, Stored
 from .client import OriginError
-from .disk import DiskStore, PartWriter, digest, part_meta
+from .disk import UNKNOWN, DiskStore, PartWriter, digest, part_meta
 from .forward import end_to_end
 from .freshness import Policy, initial_age, request_wants_fresh, response_policy
 from .model import Customer
@@ -107,7 +109,9 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
                     return False
                 await asyncio.sleep(FOLLOW_POLL)
         meta, length = meta
-        fill.start(meta.status, meta.reason, list(meta.headers), length, True, meta.initial_age)
+        known = length != UNKNOWN
+        fill.start(meta.status, meta.reason, list(meta.headers), length if known else None,
+                   True, meta.initial_age)
         fill.spill_to(os.dup(f.fileno()), f.tell(), job.state.cache.promote_bytes)
         while fill.received < length:
             chunk = f.read(READ_CHUNK)
@@ -116,11 +120,15 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
                 continue
             if not disk.locked_elsewhere(name):
                 chunk = f.read(READ_CHUNK)       # written just before the lock was let go?
-                if not chunk:
+                if chunk:
+                    fill.append(chunk)
+                    continue
+                obj = None if known else disk.lookup(fill.key)
+                if obj is None or obj.size != fill.received:
                     fill.fail()             # the other worker's fetch failed mid-body
                     return True
-                fill.append(chunk)
-                continue
+                length = fill.received      # a body of unknown length, now complete
+                break
             await asyncio.sleep(FOLLOW_POLL)
     fill.finish()
     if not fill.spilled:     # a big one is on disk; the next hit finds it there
@@ -168,10 +176,9 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
         age = initial_age(resp.headers, now, sent)
         if resp.status == 304 and stale is not None:
             merged = stale.revalidated(end_to_end(resp.headers), stale.policy, now, age)
-            policy = policy_for(customer, path, merged.status, dict(merged.headers),
-                             [v for k, v in merged.headers if k.lower() == "cache-control"],
-                             job.request_cc, job.authorization, now)
-            fresh = replace(merged, policy=policy)
+            policy = policy_for(job, merged.status, CIMultiDict(merged.headers), now)
+            fresh = replace(merged, policy=policy,
+                            headers=storable(list(merged.headers), policy))
             if policy.store:
                 cache.put_variant(primary, request_headers, fresh)
             else:
@@ -184,14 +191,13 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                 fill.append(chunk)
             fill.finish()
             return
-        policy = policy_for(customer, path, resp.status, resp.headers,
-                         resp.headers.getall("Cache-Control", []), job.request_cc, job.authorization, now)
+        policy = policy_for(job, resp.status, resp.headers, now)
         bucket = customer.origin.bucket
         if bucket is not None and resp.status >= 400 and not bucket.cache_errors:
             policy = replace(policy, store=False, reason="bucket error")
         length = resp.content_length
-        shareable = (policy.store and length is not None
-                     and length <= customer.cache.max_object)
+        limit = customer.cache.max_object
+        shareable = policy.store and (length is None or length <= limit)
         if not shareable:
             # Not ours to share (or too big to hold): the first client gets the
             # response directly; later ones go to the origin themselves.
@@ -202,10 +208,10 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             return
         fill.policy, fill.stored = policy, True
         fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, True, age)
-        stored = Stored(resp.status, resp.reason or "", tuple(fill.headers), (), length or 0,
-                        now, age, policy)
+        stored = Stored(resp.status, resp.reason or "", storable(fill.headers, policy), (),
+                        length or 0, now, age, policy)
         if disk is not None:
-            part = disk.writer(stored.meta(fill.key), length or 0)   # None if unwritable
+            part = disk.writer(stored.meta(fill.key), length)      # None if unwritable
             if part is not None:
                 # Big bodies are read back from the part file, not held in memory.
                 fill.spill_to(os.open(part.path, os.O_RDONLY), part.body_offset,
@@ -220,14 +226,22 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                 if not part.ok and fill.spilled:
                     raise OSError("cache file write failed with the body only there")
             fill.append(chunk)
-        if size != length:
+            if size > limit and fill.stored:
+                # A body of unknown length turned out too big to keep: it still goes to
+                # the clients reading it, and is not stored.
+                fill.stored = False
+                fill.overflowed()
+                cache.remember_pass(fill.key)
+        if length is not None and size != length:
             raise OriginError("origin closed early")
-        on_disk = part is not None and part.commit()
+        on_disk = fill.stored and part is not None and part.commit(size)
+        if part is not None and not on_disk:
+            part.abort()
         part = None
         fill.finish()
-        if on_disk or not fill.spilled:
+        if fill.stored and (on_disk or not fill.spilled):
             cache.put_variant(primary, request_headers,
-                              replace(stored, chunks=tuple(fill.chunks)),
+                              replace(stored, chunks=tuple(fill.chunks), size=size),
                               fill.key if on_disk else None)
     except (OriginError, OSError):
         state.metrics.origin_errors.labels(label, "?", "truncated").inc()
@@ -244,12 +258,22 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             del cache.fills[fill.key]
 
 
-def policy_for(customer: Customer, path: str, status: int, headers: Mapping[str, str],
-            cache_control: list[str], request_cc: list[str], authorization: bool,
-            now: float) -> Policy:
-    """RFC 9111 freshness with the customer's default TTL and its first matching TTL rule."""
-    rule = customer.cache.ttl_rule(path)
-    default = rule.ttl if rule and not rule.override else customer.cache.default_ttl
+def policy_for(job: FillJob, status: int, headers, now: float) -> Policy:
+    """RFC 9111 freshness (RFC 9213 targeted fields first) with the customer's default
+    TTL and its first matching TTL rule."""
+    rules = job.customer.cache
+    rule = rules.ttl_rule(job.path)
+    default = rule.ttl if rule and not rule.override else rules.default_ttl
     override = rule.ttl if rule and rule.override else None
-    return response_policy("GET", status, headers, cache_control, request_cc, authorization,
-                           now, default, override)
+    return response_policy(status, headers, job.request_cc, job.authorization, now, default,
+                           override, rules.targeted)
+
+
+# Describes one fetch, not the object: the next hit gets this edge's entry alone.
+NOT_STORED = frozenset({"cache-status"})
+
+
+def storable(headers: list[tuple[str, str]], policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The response headers that are kept with the object (RFC 9111 3.1, 5.2.2.4/7)."""
+    drop = NOT_STORED.union(policy.strip)
+    return tuple((k, v) for k, v in headers if k.lower() not in drop)

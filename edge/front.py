@@ -28,7 +28,8 @@ FAST_MAX_BODY = 1024 * 1024   # larger hits are streamed with flow control, the 
 LONG_WAY = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since",
                       b"if-match", b"if-unmodified-since", b"cache-control", b"pragma",
                       b"authorization", b"upgrade", b"expect", b"content-length",
-                      b"transfer-encoding", b"connection"})
+                      b"transfer-encoding", b"connection",
+                      b"cdn-loop"})         # another tier: it gets the targeted cache fields
 OWN_PATHS = frozenset({b"/healthz", b"/metrics"})
 NO_HEADERS: dict[str, str] = {}   # customers with key headers never take the shortcut
 

@@ -50,6 +50,12 @@ def cache_status(name: str, *, hit: bool = False, fwd: str = "", fwd_status: int
     return "; ".join(parts)
 
 
+def targeted_drop(request, customer) -> tuple[str, ...]:
+    """The targeted cache fields to keep from this client: all of them, unless the
+    request came through one of our tiers (CDN-Loop), which obeys them too."""
+    return () if "CDN-Loop" in request.headers else customer.cache.targeted
+
+
 def to_client(headers, *, version: str, via_name: str, alt_svc: str = "",
               drop: "frozenset[str] | tuple[str, ...]" = (), status_entry: str = "",
               checked: bool = False) -> list[tuple[str, str]]:

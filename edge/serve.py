@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from . import ranges
 from .cache import Fill, Stored
 from .freshness import http_date
-from .headers import cache_status, to_client
+from .headers import cache_status, targeted_drop, to_client
 from .model import Customer, EdgeConfig
 from .origin import OriginPool
 from .server import Reply, Request
@@ -57,7 +57,7 @@ def client_headers(ex: Exchange, headers, age: float, result: str,
     """What a client gets with a cached (or caching) response: the stored headers for it,
     Age, X-Cache and this edge's Cache-Status entry."""
     out = to_client(headers, version=ex.request.version, via_name=ex.config.via,
-                    alt_svc=ex.customer.alt_svc, drop=ex.customer.cache.targeted,
+                    alt_svc=ex.customer.alt_svc, drop=targeted_drop(ex.request, ex.customer),
                     status_entry=entry, checked=True)
     out += [("Age", str(int(age))), ("X-Cache", result)]
     return out

@@ -13,7 +13,7 @@ import time
 from . import ranges
 from .bucket import CLIENT_TEXT, Bucket, error_code
 from .client import OriginError, OriginTimeout, Response, Upload
-from .headers import cache_status, to_client, via
+from .headers import cache_status, targeted_drop, to_client, via
 from .model import Customer, Origin, Server
 from .origin import OriginPool
 from .resolve import ResolveError
@@ -166,7 +166,7 @@ def _relayed_headers(request: Request, resp: Response, customer: Customer, state
                      cache_label: str, entry: str) -> list[tuple[str, str]]:
     headers = to_client(resp.headers, version=request.version,
                         via_name=state.config.via, alt_svc=customer.alt_svc,
-                        drop=customer.cache.targeted, status_entry=entry)
+                        drop=targeted_drop(request, customer), status_entry=entry)
     if cache_label:
         headers.append(("X-Cache", cache_label))
     return headers

@@ -31,6 +31,9 @@ class CountingOrigin:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
         self.last_headers[request.path] = request.headers.copy()
         spec = self.routes.get(request.path, {})
+        if request.method not in ("GET", "HEAD") and "post" in spec:
+            status, headers = spec["post"]
+            return web.Response(status=status, headers=headers)
         if spec.get("status"):
             return web.Response(status=spec["status"], text="origin error")
         inm, ims = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")

@@ -31,3 +31,49 @@ def get(target: str, host: str = "www.test.com", *extra: str) -> bytes:
     """A GET request head as written, with `Connection: close`."""
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *extra, "Connection: close"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class RawOrigin:
+    """An origin written at the byte level, for what no framework sends: 1xx responses,
+    bodies longer than their Content-Length, connections closed at chosen moments.
+
+    `handler(reader, writer, n)` serves connection number `n` (from 0)."""
+
+    def __init__(self, handler, host: str = "127.0.0.88"):
+        self.handler, self.host = handler, host
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = self.connections
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, n)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> "RawOrigin":
+        self.server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def origin(self, **extra) -> dict:
+        return {"http": [f"{self.host}:{self.port}"], **extra}
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    """(request line, headers, body by Content-Length) of one request an origin reads."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in lines[1:] if line)}
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return lines[0].encode(), headers, body
