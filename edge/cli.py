@@ -15,6 +15,7 @@ from cdnkit.listen import Listener, listener_arg
 from . import config as edge_config
 from .front import Listeners
 from .proxy import EdgeApp
+from .scratch import inherit, remove, shared_dirs
 from .state import EdgeState
 
 log = logging.getLogger("edge")
@@ -53,7 +54,7 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
             log.error("reload of %s rejected, keeping the previous config:\n  %s",
                       args.config, "\n  ".join(exc.problems))
             return
-        state.apply(new)
+        state.apply(inherit(new, state.config))
         log.info("reloaded %s: %d customers", args.config, len(new.customers))
 
     def drain(on: bool) -> None:
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or os.cpu_count() or 1
     if workers == 1:
         return asyncio.run(serve(args, cfg))
-    return _fork_workers(args, cfg, workers)
+    cfg, scratch = shared_dirs(cfg, workers)       # one cache, whatever the worker count
+    try:
+        return _fork_workers(args, cfg, workers)
+    finally:
+        remove(scratch)
 
 
 def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers: int) -> int:
