@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from .disk import DiskObject, DiskStore, Meta
 from .freshness import Policy
+from .parts import Parts
 
 PASS_MEMORY = 120.0          # seconds a key whose response was not storable skips coalescing
 
@@ -262,6 +263,7 @@ class Cache:
         self._pass: dict[str, float] = {}
         self._vary: dict[str, tuple[str, ...]] = {}     # primary key -> varied header names
         self._invalid: dict[str, float] = {}            # url id -> when it was invalidated
+        self.parts = Parts(memory_bytes // 4)            # 206s of objects not held whole
 
     @property
     def vary_keys(self) -> dict[str, tuple[str, ...]]:
@@ -355,11 +357,13 @@ class Cache:
         """Drop a key from this process only (its disk file was found bad or replaced)."""
         self.memory.delete(key)
         self.files.pop(key, None)
+        self.parts.delete(key)
 
     def purge(self, matches: "Callable[[str], bool]") -> int:
         """Drop every stored object whose key matches; returns how many."""
         gone = {key for key in self.memory.keys() if matches(key)}
         gone |= {key for key in self.files if matches(key)}
+        gone |= {key for key in self.parts.keys() if matches(key)}
         for key in gone:
             self.forget(key)
         if self.disk is not None:

@@ -18,16 +18,19 @@ from typing import AsyncIterator, Mapping
 from urllib.parse import urljoin, urlsplit
 
 from .cache import Cache, Fill, Stored, secondary_key, vary_names
-from .fill import COALESCE_TIMEOUT, FillJob, fill_or_follow
-from .freshness import request_wants_fresh
+from .fill import COALESCE_TIMEOUT, FillJob, customer_policy, fill_or_follow, storable
+from .forward import end_to_end
+from .freshness import initial_age, request_wants_fresh
 from .headers import cache_status
 from .model import Customer
 from .origin import OriginPool
+from .parts import content_range
 from .route import BadPath, canonical, host_name, keys_host
 from .serve import (
     Exchange,
     OpenBody,
     serve_fill,
+    serve_part,
     serve_stored,
     stale_on_error,
     wait_headers,
@@ -65,10 +68,10 @@ def url_id(customer: Customer, path: str) -> str:
 async def cached(request: Request, reply: Reply, state: EdgeState, customer: Customer,
                  pool: OriginPool, scheme: str, host: str, path: str,
                  headers: list[tuple[str, str]]) -> None:
-    ex = Exchange(request, reply, state, customer, pool, scheme, host, path, headers)
     cache = state.cache
     primary = cache_key(request.scheme, customer, path, request.headers, host)
     key = cache.key_for(primary, request.headers)
+    ex = Exchange(request, reply, state, customer, pool, scheme, host, path, headers, key)
     async with _opened(cache, key, url_id(customer, path)) as (stored, body):
         await _lookup_done(ex, primary, key, stored, body)
 
@@ -129,6 +132,10 @@ async def _lookup_done(ex: Exchange, primary: str, key: str, stored: Stored | No
     now = time.time()
     if stored is not None and not wants_fresh and stored.fresh(now):
         return await serve_stored(ex, stored, "HIT", body)
+    if stored is None and request.method == "GET" and "Range" in request.headers:
+        part = cache.parts.get(key)       # an object too big to hold: ranges of it, maybe
+        if part is not None and part.fresh(now) and await serve_part(ex, part, now):
+            return
     # A HEAD miss fills the cache with a GET, as nginx's proxy_cache_convert_head does:
     # the next GET is a hit, and the origin sees one request either way.
     if cache.passing(key):
@@ -156,14 +163,44 @@ async def _lookup_done(ex: Exchange, primary: str, key: str, stored: Stored | No
 
 
 async def _pass(ex: Exchange, result: str, fwd: str) -> None:
+    request = ex.request
+    sent = time.time()
     try:
         resp = await pull(ex.state, ex.customer, ex.pool, ex.scheme, ex.host,
-                          ex.request.method, ex.path, ex.headers, None, True, ex.reply.interim)
+                          request.method, ex.path, ex.headers, None, True, ex.reply.interim)
     except Unreachable as exc:
         return _unreachable(ex, exc, fwd)
     ex.state.metrics.cache.labels(ex.customer.directory, result).inc()
-    await relay(ex.request, ex.reply, resp, ex.customer, ex.state, result,
-                cache_status(ex.config.name, fwd=fwd, fwd_status=resp.status))
+    # A range of an object not held whole: its 206 is kept as partial content.
+    tee: list[bytes] | None = [] if (resp.status == 206 and ex.key and request.method == "GET"
+                                     and ex.customer.origin.bucket is None) else None
+    whole = await relay(request, ex.reply, resp, ex.customer, ex.state, result,
+                        cache_status(ex.config.name, fwd=fwd, fwd_status=resp.status), tee)
+    if tee is not None and whole:
+        _keep_part(ex, resp.headers, b"".join(tee), sent)
+
+
+def _keep_part(ex: Exchange, headers, data: bytes, sent: float) -> None:
+    """Store a 206 from the origin as partial content (RFC 9111 3.3), when it has a strong
+    validator to combine it by (3.4) and may be stored at all."""
+    span = content_range(headers.get("Content-Range"))
+    etag = headers.get("ETag")
+    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
+    if span is None or not validator or len(data) != span[1] - span[0] + 1:
+        return
+    if len(data) > ex.customer.cache.max_object:
+        return
+    now = time.time()
+    request = ex.request
+    # 206 is heuristically cacheable as 200 is (RFC 9110 15.1).
+    policy = customer_policy(ex.customer, ex.path, request.headers.getall("Cache-Control", []),
+                             "Authorization" in request.headers, 200, headers, now)
+    if not policy.store:
+        return
+    kept = tuple((k, v) for k, v in storable(end_to_end(headers), policy)
+                 if k.lower() not in ("content-range", "content-length"))
+    ex.state.cache.parts.add(ex.key, validator, span[0], data, span[2], kept, now,
+                             initial_age(headers, now, sent), policy)
 
 
 def _unreachable(ex: Exchange, exc: Unreachable, fwd: str) -> None:

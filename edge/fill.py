@@ -261,11 +261,17 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
 def policy_for(job: FillJob, status: int, headers, now: float) -> Policy:
     """RFC 9111 freshness (RFC 9213 targeted fields first) with the customer's default
     TTL and its first matching TTL rule."""
-    rules = job.customer.cache
-    rule = rules.ttl_rule(job.path)
+    return customer_policy(job.customer, job.path, job.request_cc, job.authorization, status,
+                           headers, now)
+
+
+def customer_policy(customer: Customer, path: str, request_cc: list[str], authorization: bool,
+                    status: int, headers, now: float) -> Policy:
+    rules = customer.cache
+    rule = rules.ttl_rule(path)
     default = rule.ttl if rule and not rule.override else rules.default_ttl
     override = rule.ttl if rule and rule.override else None
-    return response_policy(status, headers, job.request_cc, job.authorization, now, default,
+    return response_policy(status, headers, request_cc, authorization, now, default,
                            override, rules.targeted)
 
 

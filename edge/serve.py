@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass
 
 from . import ranges
-from .cache import Fill, Stored
+from .cache import Fill, Stored, header
 from .freshness import http_date
 from .headers import cache_status, targeted_drop, to_client
 from .model import Customer, EdgeConfig
 from .origin import OriginPool
+from .parts import Partial
 from .server import Reply, Request
 from .state import EdgeState
 
@@ -33,6 +34,7 @@ class Exchange:
     host: str
     path: str
     headers: list[tuple[str, str]]
+    key: str = ""                  # its cache key (the variant's)
 
     @property
     def config(self) -> EdgeConfig:
@@ -193,9 +195,26 @@ async def serve_ranges(ex: Exchange, wanted: list[tuple[int, int]], size: int, h
     reply.end()
 
 
+async def serve_part(ex: Exchange, part: Partial, now: float) -> bool:
+    """Ranges answered from stored partial content; False unless it holds them all."""
+    wanted = wanted_ranges(ex.request, 200, part.size, header(part.headers, "ETag"),
+                           header(part.headers, "Last-Modified"))
+    if not wanted or any(part.covering(a, b) is None for a, b in wanted):
+        return False
+    entry = cache_status(ex.config.name, hit=True, ttl=part.policy.ttl - part.age(now))
+    await serve_ranges(ex, wanted, part.size, part.headers, part.age(now), "HIT", entry, part)
+    return True
+
+
 async def write_range(ex: Exchange, chunks, first: int, last: int) -> None:
     reply = ex.reply
     to_clients = ex.state.metrics.to_clients.labels(ex.customer.directory)
+    if isinstance(chunks, Partial):
+        data = chunks.covering(first, last)
+        assert data is not None
+        await reply.write(data)
+        to_clients.inc(len(data))
+        return
     if isinstance(chunks, OpenBody):
         await reply.sendfile(chunks.file, chunks.offset + first, last - first + 1)
         to_clients.inc(last - first + 1)

@@ -173,13 +173,15 @@ def _relayed_headers(request: Request, resp: Response, customer: Customer, state
 
 
 async def relay(request: Request, reply: Reply, resp: Response, customer: Customer,
-                state: EdgeState, cache_label: str = "", entry: str = "") -> None:
-    """Stream the origin's response to the client, never holding the body whole."""
+                state: EdgeState, cache_label: str = "", entry: str = "",
+                tee: list[bytes] | None = None) -> bool:
+    """Stream the origin's response to the client, never holding the body whole; True
+    when all of it went out (`tee` gets a copy of the body)."""
     label = customer.directory
     bucket = customer.origin.bucket
     if bucket is not None and resp.status >= 400:
-        return await bucket_error(request, reply, resp, customer, state, bucket, cache_label,
-                                  entry)
+        await bucket_error(request, reply, resp, customer, state, bucket, cache_label, entry)
+        return False
     metrics = state.metrics
     metrics.requests.labels(label, str(resp.status)).inc()
     headers = _relayed_headers(request, resp, customer, state, cache_label, entry)
@@ -191,9 +193,11 @@ async def relay(request: Request, reply: Reply, resp: Response, customer: Custom
             metrics.from_origin.labels(label).inc(len(body))
             reply.write_now(body)
             metrics.to_clients.labels(label).inc(len(body))
+            if tee is not None:
+                tee.append(body)
         reply.end()
         resp.release()
-        return
+        return True
     try:
         if request.method != "HEAD":
             from_origin, to_clients = metrics.from_origin.labels(label), \
@@ -202,7 +206,10 @@ async def relay(request: Request, reply: Reply, resp: Response, customer: Custom
                 from_origin.inc(len(chunk))
                 await reply.write(chunk)
                 to_clients.inc(len(chunk))
+                if tee is not None:
+                    tee.append(chunk)
         reply.end()
+        return True
     except OriginError:
         # The origin cut the body short: the client must see an aborted response,
         # never a short one that looks complete.
@@ -212,6 +219,7 @@ async def relay(request: Request, reply: Reply, resp: Response, customer: Custom
         reply.abort()        # the client went away: stop pulling from the origin
     finally:
         resp.release() if resp.done else resp.close()
+    return False
 
 
 async def relay_range(ex, resp: Response, entry: str) -> None:

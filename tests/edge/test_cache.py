@@ -500,3 +500,43 @@ async def test_ttl_rules_apply_to_revalidated_objects_too():
             # The 304 said max-age=60, but the operator's override (1 s) still rules.
             assert (await fetch(edge, "/app.js"))[2]["X-Cache"] == "REVALIDATED"
             assert len(origin.conditional) == 2
+
+
+async def test_ranges_of_an_object_too_big_to_hold_are_kept_as_parts_and_combined():
+    whole = bytes(range(256)) * 40                     # 10240 bytes
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Range"))
+        headers = {"Cache-Control": "max-age=60", "ETag": '"v1"'}
+        rng = request.headers.get("Range")
+        if rng:
+            first, last = (int(x) for x in rng.split("=")[1].split("-"))
+            return web.Response(status=206, body=whole[first:last + 1], headers={
+                **headers, "Content-Range": f"bytes {first}-{last}/{len(whole)}"})
+        return web.Response(body=whole, headers=headers)
+
+    seen: list = []
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner, port = await serve_app(app, "127.0.0.85")
+    config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
+                             "origin": {"http": [f"127.0.0.85:{port}"]},
+                             "cache": {"max_object": 2000}}]}
+    try:
+        async with Edge(config) as edge:
+            async def part(first: int, last: int) -> str:
+                status, body, h = await ranged(edge, "/video", f"bytes={first}-{last}")
+                assert (status, body) == (206, whole[first:last + 1]), (first, last)
+                assert h["Content-Range"] == f"bytes {first}-{last}/{len(whole)}"
+                return h["X-Cache"]
+
+            assert await part(100, 199) != "HIT"          # a miss: cut from one whole fetch
+            assert await part(3000, 3999) != "HIT"        # known too big: asked as a range
+            assert seen == [None, "bytes=3000-3999"]
+            assert await part(3000, 3999) == "HIT"        # the 206 was kept
+            assert await part(3100, 3200) == "HIT"        # and any range inside it
+            assert await part(4000, 4999) != "HIT"
+            assert await part(3500, 4500) == "HIT"        # the two parts combined
+            assert len(seen) == 3
+    finally:
+        await runner.cleanup()
