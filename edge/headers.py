@@ -28,6 +28,7 @@ def sf_name(name: str) -> str:
     return name if ok else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=1024)
 def cache_status(name: str, *, hit: bool = False, fwd: str = "", fwd_status: int = 0,
                  ttl: float | None = None, stored: bool = False, collapsed: bool = False,
                  detail: str = "") -> str:

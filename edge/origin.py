@@ -39,6 +39,8 @@ class OriginPool:
         starts at the primary. Servers in back-off come last (soonest retry
         first), so a request still has somewhere to go when all are failing.
         """
+        if len(self.servers) == 1:
+            return list(self.servers)          # one server: nothing to order
         now = self._clock()
         servers = list(self.servers)
         if self.origin.balancing is Balancing.ROUND_ROBIN and servers:
@@ -51,7 +53,8 @@ class OriginPool:
 
     def succeeded(self, server: Server) -> None:
         state = self.state[server]
-        state.failures, state.until, state.last_error = 0, 0.0, ""
+        if state.failures or state.until:
+            state.failures, state.until, state.last_error = 0, 0.0, ""
 
     def failed(self, server: Server, reason: str) -> float:
         """Record a failure; returns how long the server is now skipped."""

@@ -31,6 +31,8 @@ from .upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, pull, rel
 
 log = logging.getLogger("edge.proxy")
 
+SCHEMES = {p: p.value for p in Protocol}      # enum .value is slow to reach per request
+
 
 async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
     state = app.state
@@ -56,7 +58,7 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
                          f"{', '.join(passed)}\n", directory=customer.directory)
     origin = customer.origin
     edge_scheme = request.scheme
-    scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
+    scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else SCHEMES[origin.protocol]
     pool = state.pool_for(customer, edge_scheme)
     host = origin_host(customer, client_host)
     peer = request.peer

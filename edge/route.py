@@ -15,12 +15,20 @@ __all__ = ["BadPath", "canonical", "host_name", "keys_host", "origin_host", "rou
            "split_target"]
 
 
+_NAMES: dict[str, str] = {}
+
+
 def host_name(host: str) -> str:
     """A Host header as an edge CNAME is written: lower case, no port, no final dot
-    (an IPv6 literal is kept whole; it is no CNAME)."""
-    name = host.rsplit(":", 1)[0].lower().rstrip(".")
-    if name.startswith("[") or name.count(":") > 1:
-        return host.lower()
+    (an IPv6 literal is kept whole; it is no CNAME). Remembered: it runs per request."""
+    name = _NAMES.get(host)
+    if name is None:
+        name = host.rsplit(":", 1)[0].lower().rstrip(".")
+        if name.startswith("[") or name.count(":") > 1:
+            name = host.lower()
+        if len(_NAMES) > 10_000:
+            _NAMES.clear()
+        _NAMES[host] = name
     return name
 
 

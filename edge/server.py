@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from typing import Awaitable, Callable
 
@@ -239,7 +240,43 @@ class Reply:
             raise ConnectionResetError("client gone")
         self._flush()
         self.sent += count
-        await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+        except NotImplementedError:           # an event loop without it (uvloop)
+            await self._sendfile_fd(transport, file, offset, count)
+
+    async def _sendfile_fd(self, transport: asyncio.Transport, file, offset: int,
+                           count: int) -> None:
+        """sendfile(2) on the socket while the transport has nothing queued; when the
+        socket is full, one copied chunk is queued instead and the transport says when
+        it has gone (so the kernel still moves most bytes, and order is kept)."""
+        sock = transport.get_extra_info("socket")
+        zero_copy = sock is not None and transport.get_extra_info("sslcontext") is None
+        fd, src = (sock.fileno() if zero_copy else -1), file.fileno()
+        transport.set_write_buffer_limits(high=256 * 1024, low=0)
+        try:
+            while count > 0:
+                if transport.is_closing():
+                    raise ConnectionResetError("client gone")
+                if zero_copy and transport.get_write_buffer_size() == 0:
+                    try:
+                        sent = os.sendfile(fd, src, offset, min(count, 1 << 22))
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        raise ConnectionResetError(str(exc)) from None
+                    if sent:
+                        offset, count = offset + sent, count - sent
+                        continue
+                data = os.pread(src, min(count, 256 * 1024), offset)
+                if not data:
+                    raise ConnectionResetError("file shorter than its object")
+                transport.write(data)
+                offset, count = offset + len(data), count - len(data)
+                await self.conn.drain()
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits()
 
     def end(self) -> None:
         if self.finished:
