@@ -13,6 +13,7 @@ from pathlib import Path
 from cdnkit.listen import Listener, listener_arg
 
 from . import config as edge_config
+from .eventloop import run as run_loop
 from .front import Listeners
 from .proxy import EdgeApp
 from .scratch import inherit, remove, shared_dirs
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     workers = args.workers or os.cpu_count() or 1
     if workers == 1:
-        return asyncio.run(serve(args, cfg))
+        return run_loop(serve(args, cfg))
     cfg, scratch = shared_dirs(cfg, workers)       # one cache, whatever the worker count
     try:
         return _fork_workers(args, cfg, workers)
@@ -183,7 +184,7 @@ def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
-            os._exit(asyncio.run(serve(args, cfg, reuse_port=True)))
+            os._exit(run_loop(serve(args, cfg, reuse_port=True)))
         children.append(pid)
 
     def relay(sig: int, _frame: object) -> None:

@@ -51,7 +51,22 @@ READ_CHUNK = 64 * 1024
 
 
 async def fill_or_follow(job: FillJob, fill: Fill) -> None:
-    """Fill from the origin, or, when another worker is filling this key, follow its file."""
+    """Fill from the origin, or, when another worker is filling this key, follow its file.
+
+    However it ends, the fill is no longer the key's once it has: a later request must
+    look at the cache again, never be served this fill's (by then old) response.
+    """
+    try:
+        await _fill_or_follow(job, fill)
+    finally:
+        fills = job.state.cache.fills
+        if fills.get(fill.key) is fill:
+            del fills[fill.key]
+        if not fill.headers_ready.done():
+            fill.fail()                       # nobody may wait on it for ever
+
+
+async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
     disk = job.state.cache.disk
     if disk is None:
         return await _fill(job, fill, None)
