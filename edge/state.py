@@ -52,11 +52,10 @@ class EdgeState:
                 pool = OriginPool(customer.origin, servers)
                 previous = old.get((customer.directory, scheme))
                 if previous is not None and previous.servers == servers:
-                    pool.state = previous.state
+                    pool.adopt(previous.state)
                 pools[(customer.directory, scheme)] = pool
         shields = OriginPool(SHIELD_BACKOFF, tuple(s.server for s in config.shields))
-        shields.state.update({k: v for k, v in self.shield_pool.state.items()
-                              if k in shields.state})
+        shields.adopt(self.shield_pool.state)
         if self.config is not None and (
                 self.config.origin_ca_file != config.origin_ca_file):
             self.client.close()
