@@ -149,9 +149,7 @@ async def _lookup_done(ex: Exchange, primary: str, key: str, stored: Stored | No
         fill.fwd = ("request" if wants_fresh else "stale" if stored is not None else
                     "vary-miss" if key != primary else "uri-miss")
         cache.fills[key] = fill
-        job = FillJob(state, customer, ex.pool, ex.scheme, ex.host, ex.path, ex.headers,
-                      stored, request.headers.getall("Cache-Control", []),
-                      "Authorization" in request.headers, primary, request.headers)
+        job = FillJob(ex, stored, primary)
         fill.task = asyncio.get_running_loop().create_task(fill_or_follow(job, fill))
     if stored is not None and not wants_fresh and stored.policy.stale_allowed(
             stored.age(now) - stored.policy.ttl, stored.policy.stale_while_revalidate):

@@ -17,14 +17,13 @@ a fresh parser per response. What a proxy needs that general clients get wrong:
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl as ssl_module
 from typing import AsyncIterator, Callable
 
 import httptools
 from multidict import CIMultiDict
 
-from .wire import NO_BODY_STATUSES, request_head
+from .wire import NO_BODY_STATUSES, ChunkQueue, multidict, request_head
 
 POOL_IDLE = 30.0           # a pooled connection unused this long is closed
 TICK = 0.25                # how often timeouts and idle connections are looked at
@@ -63,84 +62,47 @@ class OriginTimeout(OriginError, TimeoutError):
     reason = "timeout"
 
 
-class Response:
+class Response(ChunkQueue):
     """A response arriving from an upstream server; the body is read once, in order."""
 
     __slots__ = ("status", "reason", "raw_headers", "_headers", "content_length", "conn",
-                 "_chunks", "_buffered", "done", "error", "_waiter", "received", "keep_alive",
-                 "upload")
+                 "keep_alive", "upload")
 
     def __init__(self, conn: "Upstream", status: int, reason: str, raw_headers: list):
+        super().__init__(READ_HIGH)
         self.conn, self.status, self.reason, self.raw_headers = conn, status, reason, raw_headers
         self._headers: CIMultiDict | None = None
         self.content_length: int | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self.done = False
-        self.error: Exception | None = None
-        self._waiter: asyncio.Future | None = None
-        self.received = 0
         self.keep_alive = False
         self.upload: asyncio.Task | None = None
 
     @property
     def headers(self) -> CIMultiDict:
         if self._headers is None:
-            self._headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
-                                         for n, v in self.raw_headers])
+            self._headers = multidict(self.raw_headers)
         return self._headers
 
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self.received += len(data)
-        if self._buffered > READ_HIGH:
-            self.conn.hold()
-        self._wake()
+    def hold(self) -> None:
+        self.conn.hold()
+
+    def unhold(self) -> None:
+        self.conn.unhold()
 
     def _finish(self, keep_alive: bool) -> None:
-        self.done, self.keep_alive = True, keep_alive
+        self.keep_alive = keep_alive
         self.conn.exchange_over()
-        self._wake()
+        self.end()
 
     def _fail(self, exc: Exception) -> None:
         if not self.done and self.error is None:
-            self.error = exc
             self.conn.exchange_over()
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self.fail(exc)
 
     def buffered_body(self) -> bytes | None:
         """The whole body if it has already arrived (small responses), else None."""
         if not self.done or self.error is not None:
             return None
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return data
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; an OriginError if it ends before it should."""
-        while True:
-            if self._chunks:
-                data = self._chunks.popleft()
-                self._buffered -= len(data)
-                if self._buffered <= READ_HIGH // 2:
-                    self.conn.unhold()
-                yield data
-                continue
-            if self.done:
-                return
-            if self.error is not None:
-                raise self.error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        return self.take_all()
 
     async def read(self, limit: int) -> bytes:
         """Up to `limit` bytes of the body (the rest is not read)."""
@@ -401,7 +363,7 @@ class Upstream(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         if self.response is not None and self._body_allowed:
-            self.response._feed(data)
+            self.response.feed(data)
 
     def on_message_complete(self) -> None:
         resp = self.response

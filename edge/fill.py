@@ -21,8 +21,7 @@ from .disk import UNKNOWN, DiskStore, PartWriter, digest, part_meta
 from .forward import end_to_end
 from .freshness import Policy, initial_age, request_wants_fresh, response_policy
 from .model import Customer
-from .origin import OriginPool
-from .state import EdgeState
+from .serve import Exchange
 from .upstream import Unreachable, pull
 
 COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by then goes itself
@@ -30,20 +29,24 @@ COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by the
 
 @dataclass(frozen=True)
 class FillJob:
-    """What a fill needs to fetch one object for everyone waiting on it."""
+    """What a fill needs to fetch one object for everyone waiting on it: the first
+    client's exchange (what to ask of whom), the stale copy, the primary key."""
 
-    state: EdgeState
-    customer: Customer
-    pool: OriginPool
-    scheme: str
-    host: str
-    path: str
-    headers: list[tuple[str, str]]
+    ex: Exchange
     stale: Stored | None
-    request_cc: list[str]
-    authorization: bool
     primary: str
-    request_headers: "Mapping"
+
+    @property
+    def request_headers(self) -> "Mapping":
+        return self.ex.request.headers
+
+    @property
+    def request_cc(self) -> list[str]:
+        return self.ex.request.headers.getall("Cache-Control", [])
+
+    @property
+    def authorization(self) -> bool:
+        return "Authorization" in self.ex.request.headers
 
 
 FOLLOW_POLL = 0.005     # seconds between looks at another worker's growing part file
@@ -59,7 +62,7 @@ async def fill_or_follow(job: FillJob, fill: Fill) -> None:
     try:
         await _fill_or_follow(job, fill)
     finally:
-        fills = job.state.cache.fills
+        fills = job.ex.state.cache.fills
         if fills.get(fill.key) is fill:
             del fills[fill.key]
         if not fill.headers_ready.done():
@@ -67,7 +70,7 @@ async def fill_or_follow(job: FillJob, fill: Fill) -> None:
 
 
 async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
-    disk = job.state.cache.disk
+    disk = job.ex.state.cache.disk
     if disk is None:
         return await _fill(job, fill, None)
     name = digest(fill.key)
@@ -87,8 +90,8 @@ async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
 def _stored_meanwhile(job: FillJob, fill: Fill) -> bool:
     """If the disk tier now holds a fresh copy newer than the one this fill started from,
     end the fill with it: its waiters are served from the cache."""
-    state = job.state
-    if request_wants_fresh(job.request_cc, job.customer.cache.honour_client_no_cache):
+    state = job.ex.state
+    if request_wants_fresh(job.request_cc, job.ex.customer.cache.honour_client_no_cache):
         return False
     stored = state.cache.get(fill.key)
     if (stored is None or not stored.fresh(time.time())
@@ -127,7 +130,7 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
         known = length != UNKNOWN
         fill.start(meta.status, meta.reason, list(meta.headers), length if known else None,
                    True, meta.initial_age)
-        fill.spill_to(os.dup(f.fileno()), f.tell(), job.state.cache.promote_bytes)
+        fill.spill_to(os.dup(f.fileno()), f.tell(), job.ex.state.cache.promote_bytes)
         while fill.received < length:
             chunk = f.read(READ_CHUNK)
             if chunk:
@@ -147,7 +150,7 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
             await asyncio.sleep(FOLLOW_POLL)
     fill.finish()
     if not fill.spilled:     # a big one is on disk; the next hit finds it there
-        job.state.cache.put_variant(
+        job.ex.state.cache.put_variant(
             job.primary, job.request_headers,
             Stored(meta.status, meta.reason, meta.headers, tuple(fill.chunks), length,
                    meta.stored_at, meta.initial_age, meta.policy), fill.key)
@@ -160,11 +163,11 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
     With `disk` (this worker holds the key's lock) the body is also written to
     a part file as it arrives, renamed into the disk tier when complete.
     """
-    state, customer, path = job.state, job.customer, job.path
+    state, customer, path = job.ex.state, job.ex.customer, job.ex.path
     stale, primary, request_headers = job.stale, job.primary, job.request_headers
     cache, label = state.cache, customer.directory
     # The fill fetches the whole object for everyone; a client's range is cut from it.
-    headers = [(k, v) for k, v in job.headers if k.lower() not in ("range", "if-range")]
+    headers = [(k, v) for k, v in job.ex.headers if k.lower() not in ("range", "if-range")]
     if stale is not None:
         # RFC 9111 4.3.1: revalidate with the validators we hold; without any,
         # this is an unconditional GET.
@@ -179,7 +182,7 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
     sent = time.time()
     try:
         try:
-            resp = await pull(state, customer, job.pool, job.scheme, job.host, "GET", path,
+            resp = await pull(state, customer, job.ex.pool, job.ex.scheme, job.ex.host, "GET", path,
                               headers, None, True, fill.interim)
         except Unreachable as exc:
             fill.fail(exc.status)
@@ -276,7 +279,7 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
 def policy_for(job: FillJob, status: int, headers, now: float) -> Policy:
     """RFC 9111 freshness (RFC 9213 targeted fields first) with the customer's default
     TTL and its first matching TTL rule."""
-    return customer_policy(job.customer, job.path, job.request_cc, job.authorization, status,
+    return customer_policy(job.ex.customer, job.ex.path, job.request_cc, job.authorization, status,
                            headers, now)
 
 

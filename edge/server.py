@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 import httptools
 from multidict import CIMultiDict
 
-from .wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, chunk, head, reason
+from .wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, chunk, head, multidict, reason
 
 log = logging.getLogger("edge.server")
 
@@ -67,59 +67,21 @@ def _classify(exc: Exception) -> tuple[str, str]:
     return "syntax", text
 
 
-class Body:
+class Body(ChunkQueue):
     """A request body arriving from the client, for one reader, with flow control."""
 
-    __slots__ = ("_conn", "_chunks", "_buffered", "done", "error", "_waiter", "length",
-                 "received")
+    __slots__ = ("_conn", "length")
 
     def __init__(self, conn: "Connection", length: int | None):
+        super().__init__(BODY_HIGH)
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self.done = False
-        self.error: Exception | None = None
-        self._waiter: asyncio.Future | None = None
         self.length = length          # Content-Length, or None (chunked)
-        self.received = 0
 
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self.received += len(data)
-        if self._buffered > BODY_HIGH:
-            self._conn.pause_reading()
-        self._wake()
+    def hold(self) -> None:
+        self._conn.pause_reading()
 
-    def end(self) -> None:
-        self.done = True
-        self._wake()
-
-    def fail(self, exc: Exception) -> None:
-        self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def chunks(self):
-        """The body as it arrives; ConnectionError if the client leaves before its end."""
-        while True:
-            if self._chunks:
-                data = self._chunks.popleft()
-                self._buffered -= len(data)
-                if self._buffered <= BODY_HIGH // 2:
-                    self._conn.resume_reading()
-                yield data
-                continue
-            if self.done:
-                return
-            if self.error is not None:
-                raise self.error
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
+    def unhold(self) -> None:
+        self._conn.resume_reading()
 
     async def read(self, limit: int) -> bytes:
         """The whole body, if it is at most `limit` bytes (ValueError otherwise)."""
@@ -149,8 +111,7 @@ class Request:
     @property
     def headers(self) -> CIMultiDict:
         if self._headers is None:
-            self._headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
-                                         for n, v in self.raw_headers])
+            self._headers = multidict(self.raw_headers)
         return self._headers
 
     @property

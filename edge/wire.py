@@ -7,9 +7,14 @@ client and server cost ~200 us of CPU per proxied request, this ~40.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import AsyncIterator
+
+from multidict import CIMultiDict
 
 REASONS = {s.value: s.phrase for s in HTTPStatus}
 REASONS.update({103: "Early Hints", 425: "Too Early", 499: "Client Closed Request"})
@@ -67,3 +72,80 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def multidict(raw: "list[tuple[bytes, bytes]]") -> CIMultiDict:
+    """Parsed header fields (bytes, as llhttp gives them) as a case-insensitive multidict."""
+    return CIMultiDict([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw])
+
+
+class ChunkQueue:
+    """Body bytes arriving on a connection, read once and in order by one reader.
+
+    The connection is paused (`hold`) while more than `high` bytes wait, and
+    resumed (`unhold`) when the reader has taken half of them: a slow reader
+    holds the sender back instead of filling memory.
+    """
+
+    __slots__ = ("_chunks", "_buffered", "done", "error", "_waiter", "received", "_high")
+
+    def __init__(self, high: int):
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self.done = False
+        self.error: Exception | None = None
+        self._waiter: asyncio.Future | None = None
+        self.received = 0
+        self._high = high
+
+    def hold(self) -> None:
+        """Stop reading the connection (subclasses say how)."""
+
+    def unhold(self) -> None:
+        """Read the connection again."""
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.received += len(data)
+        if self._buffered > self._high:
+            self.hold()
+        self._wake()
+
+    def end(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, exc: Exception) -> None:
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def take_all(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
+    async def chunks(self) -> "AsyncIterator[bytes]":
+        """The body as it arrives; `error` (set by `fail`) if it ends before it should."""
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._buffered -= len(data)
+                if self._buffered <= self._high // 2:
+                    self.unhold()
+                yield data
+                continue
+            if self.done:
+                return
+            if self.error is not None:
+                raise self.error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
