@@ -54,9 +54,13 @@ def program() -> str:
 class Demo:
     """The children, the control socket, and the loop that watches both."""
 
-    def __init__(self, plan: Plan, work: Path, control: str):
-        self.plan, self.work, self.control = plan, work, control
-        self.children = children(plan, work)
+    def __init__(self, plan: Plan, work: Path, control: str, fleet: object = None):
+        self.plan, self.work, self.control, self.fleet = plan, work, control, fleet
+        if fleet is not None:
+            from .fleet import children as fleet_children
+            self.children = fleet_children(plan, work, fleet)
+        else:
+            self.children = children(plan, work)
         self.expected: dict[str, bool] = {}     # name -> should be running
         self.server: socket.socket | None = None
 
@@ -174,6 +178,11 @@ def banner(demo: Demo) -> str:
                   f"  curl -s -o /dev/null -D - --resolve www.test.com:{port}:{ip} "
                   f"http://www.test.com:{port}/clip.webm",
                   f"  open http://{edge.binds[0]}/800001/test/      # the demo video, seekable"]
+    if demo.fleet is not None:
+        from .fleet import banner_lines
+        edge = next((c for c in demo.children if c.name == "edge-fra"), None)
+        lines += banner_lines(demo.plan, demo.fleet,
+                              edge.binds[0] if edge else "127.0.0.12:8081")
     control = "" if demo.control == default_control() else f" --control {demo.control}"
     lines += ["", "The CDN (stop a site and its clients move to the next nearest one; "
                   "every part is the demo's and stops with it):"]
@@ -219,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="gslb-demo-"))   # configs, caches, logs, state
-    demo = Demo(_plan(args, config), work, args.control)
+    demo = Demo(_plan(args, config), work, args.control, fleet=_fleet(args))
     stopping: list[bool] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -235,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
             message = demo.start_one(child)
             if not child.alive:
                 print(f"demo: {message}", file=sys.stderr, flush=True)
-                if child.name == "gslb":
+                if child.name in ("gslb", "etcd"):      # nothing works without them
                     return 1
         print(banner(demo), flush=True)
         demo.watch(stopping)
@@ -251,6 +260,13 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     http = None if args.no_http else (args.http or config.dashboard.listen)
     return Plan(Path(args.config).resolve(), config, dns, http, origin=args.origin,
                 shield=args.shield, workers=args.workers)
+
+
+def _fleet(args: argparse.Namespace) -> object:
+    if not args.fleet:
+        return None
+    from .fleet import FleetPlan
+    return FleetPlan(args.etcd, args.etcd_peer, args.cdnctl)
 
 
 def remote(args: argparse.Namespace) -> int:
@@ -294,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the shield listens (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="DNS worker processes (default: %(default)s)")
+    p.add_argument("--fleet", action="store_true",
+                   help="customers in a real etcd (127.0.0.1:2379), managed by cdnctl on "
+                        "127.0.0.1:8090; edges and DNS follow it (docs/control.md)")
+    p.add_argument("--etcd", default="127.0.0.1:2379", metavar="ADDR:PORT",
+                   help="--fleet: etcd's client address (default: %(default)s)")
+    p.add_argument("--etcd-peer", default="127.0.0.1:2380", metavar="ADDR:PORT")
+    p.add_argument("--cdnctl", default="127.0.0.1:8090", metavar="ADDR:PORT",
+                   help="--fleet: the control plane's API and page (default: %(default)s)")
     p.add_argument("--control", default=default_control(), metavar="PATH",
                    help="the running demo's control socket (default: %(default)s)")
     return p

@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 from cdnkit.listen import Listener, listener_arg
+from cdnkit.store import store_arg
 
 from . import config as edge_config
 from .eventloop import run as run_loop
 from .front import Listeners
 from .proxy import EdgeApp
-from .scratch import inherit, remove, shared_dirs
+from .scratch import remove, shared_dirs
 from .state import EdgeState
 
 log = logging.getLogger("edge")
@@ -24,6 +25,8 @@ log = logging.getLogger("edge")
 
 def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
     listen = tuple(args.listen or ())
+    if getattr(args, "store", None) is not None and args.store.kind == "file":
+        args.config = args.store.path          # file:PATH is the YAML file, as -c
     if args.origin:
         return edge_config.quick(args.origin, args.host, listen or (Listener("127.0.0.1", 8081),))
     cfg = edge_config.load(args.config)
@@ -33,9 +36,18 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
 
 
 async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
-                reuse_port: bool = False) -> int:
+                reuse_port: bool = False, worker: int = 0) -> int:
     state = EdgeState(cfg)
+    follower = None
+    if args.store is not None and args.store.kind == "etcd":
+        from .fleet import Follower
+        follower = Follower(state, Path(args.config), _fleet_options(args, cfg, worker),
+                            tuple(args.listen or ()))
+        await follower.start()        # the store's customers (or the snapshot's) first
+        cfg = state.config
     app = EdgeApp(state)
+    if follower is not None:
+        app.sealer = follower.sealer
     await app.start()
     listeners = Listeners(state, app.handle)
     for listener in cfg.listen:
@@ -49,13 +61,17 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
     def reload() -> None:
         if args.origin:
             return
+        if follower is not None:       # the local part of the config; customers stay
+            if follower.snap is not None:
+                follower.apply(follower.snap, save=False)
+            return
         try:
             new = _load(args)
         except edge_config.ConfigError as exc:
             log.error("reload of %s rejected, keeping the previous config:\n  %s",
                       args.config, "\n  ".join(exc.problems))
             return
-        state.apply(inherit(new, state.config))
+        state.apply(new)
         log.info("reloaded %s: %d customers", args.config, len(new.customers))
 
     def drain(on: bool) -> None:
@@ -70,10 +86,20 @@ async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
     log.info("ready: %d customers on %s", len(cfg.customers),
              ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
     await stop.wait()
+    if follower is not None:
+        await follower.stop()
     listeners.close()
     await listeners.wait_closed()
     await app.stop()
     return 0
+
+
+def _fleet_options(args: argparse.Namespace, cfg: edge_config.EdgeConfig, worker: int):
+    from .fleet import FleetOptions
+
+    return FleetOptions(args.store, args.node_id or cfg.name, args.kind, args.site,
+                        tuple(args.address or ()), args.key_file or "", args.snapshot or "",
+                        worker)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -128,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="processes sharing the port with SO_REUSEPORT and the disk cache "
                         "(default: one per CPU, as nginx's worker_processes auto)")
+    fleet = p.add_argument_group("fleet (customers from the store; docs/control.md)")
+    fleet.add_argument("--store", type=store_arg, metavar="STORE",
+                       help="file:PATH (the -c file, the default) or etcd://HOST:PORT[,...]")
+    fleet.add_argument("--node-id", help="this edge in the fleet (default: the config's name)")
+    fleet.add_argument("--kind", choices=["edge", "shield"], default="edge")
+    fleet.add_argument("--site", default="", help="the gslb site this edge belongs to")
+    fleet.add_argument("--address", action="append", metavar="IP",
+                       help="an address DNS answers for this edge (repeatable; default: "
+                            "the listen addresses)")
+    fleet.add_argument("--key-file", help="opens the bucket secrets sealed in the store")
+    fleet.add_argument("--snapshot", help="where the last applied store config is kept "
+                                          "(default: STATE_DIR/store-NODE.json)")
     p.set_defaults(func=None)
 
     p = sub.add_parser("validate", help="GET the validation path from every origin server")
@@ -184,7 +222,7 @@ def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
-            os._exit(run_loop(serve(args, cfg, reuse_port=True)))
+            os._exit(run_loop(serve(args, cfg, reuse_port=True, worker=len(children))))
         children.append(pid)
 
     def relay(sig: int, _frame: object) -> None:

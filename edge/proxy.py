@@ -47,6 +47,12 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
     if customer is None:
         if request.path == PURGE_PATH and request.method == "POST":
             return await _purge(request, reply, state)      # only where no customer routes
+        if request.path == VALIDATE_PATH and request.method == "POST":
+            from .fleet import validate_request  # the control plane's Validate button
+            status, answer = await validate_request(request, state, app.sealer)
+            if "error" in answer:
+                return reply.simple(status, f"{answer['error']}\n")
+            return send_json(reply, status, answer)
         return own_error(reply, request, state, 404, "no such CDN host or directory\n")
     passed = [e.split(";", 1)[0].strip() for v in request.headers.getall("CDN-Loop", [])
               for e in v.split(",")]
@@ -99,6 +105,7 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
 
 
 PURGE_PATH = "/.edge/purge"
+VALIDATE_PATH = "/.edge/validate"
 BAN_POLL = 0.2
 
 
@@ -123,11 +130,11 @@ async def _purge(request: Request, reply: Reply, state: EdgeState) -> None:
     purged = state.cache.purge(ban.matches)
     if state.config.state_dir:
         append(Path(state.config.state_dir) / "bans.jsonl", ban)   # for the other workers
-    _json(reply, 200, {"purged_here": purged, "directory": ban.directory, "path": ban.path,
+    send_json(reply, 200, {"purged_here": purged, "directory": ban.directory, "path": ban.path,
                        "prefix": ban.prefix})
 
 
-def _json(reply: Reply, status: int, value: object) -> None:
+def send_json(reply: Reply, status: int, value: object) -> None:
     body = json.dumps(value).encode()
     reply.start(status, "", [("Content-Type", "application/json; charset=utf-8")], len(body))
     reply.write_now(body)
@@ -200,6 +207,7 @@ class EdgeApp:
     def __init__(self, state: EdgeState):
         self.state = state
         self.draining = False
+        self.sealer = None                 # opens sealed bucket secrets (edge serve --store)
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -229,7 +237,7 @@ class EdgeApp:
         state = self.state
         status = 503 if self.draining else 200
         origins = {f"{d}/{s}": pool.summary() for (d, s), pool in state.pools.items()}
-        _json(reply, status, {"status": "draining" if status == 503 else "ok",
+        send_json(reply, status, {"status": "draining" if status == 503 else "ok",
                               "name": state.config.name, "config": state.config.source,
                               "customers": len(state.config.customers), "origins": origins,
                               "shields": state.shield_pool.summary()})

@@ -44,13 +44,3 @@ def remove(scratch: Path | None) -> None:
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def inherit(new: EdgeConfig, running: EdgeConfig) -> EdgeConfig:
-    """A reloaded config keeps the running server's temporary directories (its workers
-    hold the files open) where it names none of its own."""
-    changes: dict[str, object] = {}
-    if not new.cache_disk:
-        changes.update(cache_disk=running.cache_disk, cache_disk_size=running.cache_disk_size)
-    if not new.state_dir:
-        changes["state_dir"] = running.state_dir
-    return dataclasses.replace(new, **changes) if changes else new

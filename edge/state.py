@@ -3,6 +3,7 @@ client, the resolver, the certificates and the counters. `apply` swaps a whole
 validated config in at once."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from .resolve import Resolver
 from .tls import CertStore
 
 log = logging.getLogger("edge.state")
+
+FIXED = ("cache_disk", "cache_disk_size", "state_dir")     # set when the process starts
 
 # Shields back off as origin servers do (5 s, doubling, up to 300 s).
 SHIELD_BACKOFF = Origin(balancing=Balancing.FAILOVER)
@@ -41,7 +44,19 @@ class EdgeState:
         self.apply(config)
 
     def apply(self, config: EdgeConfig) -> None:
-        """Swap in a validated config; back-off state survives for unchanged servers."""
+        """Swap in a validated config; back-off state survives for unchanged servers.
+
+        The disk tier and the state dir are the process's for its life (its files are
+        open, its workers follow them): a new config's take effect at the next start.
+        """
+        if self.config is not None:
+            kept = {k: getattr(self.config, k) for k in FIXED
+                    if getattr(config, k) != getattr(self.config, k)}
+            if kept:
+                if config.cache_disk or config.state_dir:
+                    log.warning("%s change at the next start, not on reload",
+                                " and ".join(sorted(kept)))
+                config = dataclasses.replace(config, **kept)
         old = self.pools
         pools: dict[tuple[str, str], OriginPool] = {}
         for customer in config.customers:

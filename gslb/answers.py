@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import select
+from .gate import OPEN, Gate, restrict
 from .geo import Decision
 from .health import HealthView
 from .model import Config, RecordSet, Service, ZoneConfig
@@ -63,6 +64,7 @@ class Dynamic:
     service: Service
     qtype: int
     zone: ZoneConfig
+    allowed: frozenset[str] | None = None     # a customer name: only these edges (gate.py)
 
 
 def _variant(answer: list[bytes], authority: list[bytes] = (), additional: list[bytes] = ()) -> Variant:
@@ -141,15 +143,17 @@ class AnswerTable:
     """Replies for one (config, health view). Filled lazily, never mutated otherwise."""
 
     def __init__(self, config: Config, zones: ZoneIndex, health: HealthView,
-                 previous: "AnswerTable | None" = None):
+                 previous: "AnswerTable | None" = None, gate: Gate = OPEN):
         self.config = config
         self.zones = zones
         self.health = health
+        self.gate = gate
+        self._gated_sites: dict[frozenset[str], dict] = {}
         self.entries: dict[bytes, Reply | Dynamic] = {}
-        self.dynamic: dict[tuple[str, int, tuple], Reply] = {}
-        self._seen: dict[tuple[str, int, tuple], tuple[Dynamic, Decision]] = {}
+        self.dynamic: dict[tuple, Reply] = {}
+        self._seen: dict[tuple, tuple[Dynamic, Decision]] = {}
         self._site_nets = any(n.sites for n in config.nets)
-        if previous is not None and previous.config is config:
+        if previous is not None and previous.config is config and previous.gate is gate:
             # Health changed: rebuild every answer the old table had served, now,
             # so the query path keeps hitting precomputed bytes.
             self.entries = dict(previous.entries)
@@ -171,13 +175,18 @@ class AnswerTable:
 
     def resolve(self, name: str, qtype: int) -> Reply | Dynamic:
         match = self.zones.lookup(name, qtype)
+        allowed = self.gate.allowed(name)
+        if self.gate.active and match.wildcard and match.zone is not None and not allowed:
+            return negative(match.zone, RCODE_NXDOMAIN)   # no edge serves this name (gate.py)
         if match.kind is Kind.SERVICE and match.service is not None and match.zone is not None:
-            return Dynamic(match.service, qtype, match.zone)
+            if allowed is not None and not allowed:
+                return negative(match.zone, RCODE_NOERROR)
+            return Dynamic(match.service, qtype, match.zone, allowed)
         return static_reply(self.zones, match, qtype)
 
     def service(self, dyn: Dynamic, decision: Decision) -> Reply:
         """The reply for a service name and a client decision; memoised per bucket."""
-        key = (dyn.service.name, dyn.qtype, decision.key)
+        key = (dyn.service.name, dyn.qtype, decision.key, dyn.allowed)
         found = self.dynamic.get(key)
         if found is None:
             found = self._build_service(dyn, decision)
@@ -189,7 +198,11 @@ class AnswerTable:
         return found
 
     def _build_service(self, dyn: Dynamic, decision: Decision) -> Reply:
-        ranked = select.rank(dyn.service, self.config.sites, decision)
+        sites = self.config.sites
+        if dyn.allowed is not None:
+            sites = self._gated_sites.get(dyn.allowed) or self._gated_sites.setdefault(
+                dyn.allowed, restrict(sites, dyn.allowed))
+        ranked = select.rank(dyn.service, sites, decision)
         family = 4 if dyn.qtype == QTYPE_A else 6
         sel = select.select(dyn.service, ranked, family, self.health)
         depends = select.depends_on_client(dyn.service, self._site_nets)

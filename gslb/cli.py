@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cdnkit.check import ConfigError
 from cdnkit.listen import listener_arg
+from cdnkit.store import store_arg
 
 from .config import DEFAULT_CONFIG, load_config
 from .model import Config
@@ -60,6 +61,12 @@ def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
         ready += f"; dashboard on http://{http}/"
     sup = Supervisor(args.config, config, listeners, workers, http, ready,
                      state_file=getattr(args, "state_file", None))
+    store = getattr(args, "store", None)
+    if store is not None and store.kind == "etcd":
+        from .fleet import Fleet
+        state = getattr(args, "state_file", None) or config.health.state_file or args.config
+        home = Path(args.snapshot_dir) if args.snapshot_dir else Path(state).parent
+        sup.fleet = Fleet(store, args.node_id or f"ns-{listeners[0]}", home)
     try:
         return asyncio.run(sup.run())
     except OSError as exc:
@@ -72,6 +79,8 @@ def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
+    if args.store is not None and args.store.kind == "file":
+        args.config = args.store.path           # file:PATH is the YAML file, as -c
     return _serve(args, _load_or_exit(args.config), "")
 
 
@@ -182,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pidfile", help="write the serving PID here (for `gslb reload`)")
     p.add_argument("--state-file", metavar="PATH",
                    help="keep admin overrides here instead of the config's health.state_file")
+    p.add_argument("--store", type=store_arg, metavar="STORE",
+                   help="etcd://HOST:PORT[,...]: answer customer names only with edges that "
+                        "serve them (docs/control.md); file:PATH is the -c file")
+    p.add_argument("--node-id", help="this nameserver in the fleet (default ns-ADDR:PORT)")
+    p.add_argument("--snapshot-dir", metavar="DIR",
+                   help="where the last store state is kept (default: the state file's)")
     add_http(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_serve)

@@ -27,6 +27,7 @@ from cdnkit.listen import Listener
 from . import cookies
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
+from .gate import OPEN, Gate
 from .geo import Decision, Locator, open_database
 from .health import HealthView
 from .query import Opt, Query, parse_query, salvage, validate_ecs
@@ -96,6 +97,7 @@ class Responder:
     def __init__(self, config: Config, health: HealthView | None = None):
         self.engine = build_engine(config)
         self.health = health or HealthView()
+        self.gate = OPEN
         self.table = AnswerTable(config, self.engine.zones, self.health)
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
@@ -135,14 +137,22 @@ class Responder:
     def set_health(self, view: HealthView) -> None:
         """A new health snapshot: rebuild the answers now, off the query path."""
         self.health = view
-        self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table)
+        self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table,
+                                 self.gate)
+        self._new_wire_caches()
+
+    def set_gate(self, gate: Gate) -> None:
+        """Which edges may answer each customer name (gate.py): a fresh table, now."""
+        self.gate = gate
+        self.table = AnswerTable(self.engine.config, self.engine.zones, self.health,
+                                 gate=gate)
         self._new_wire_caches()
 
     def swap_config(self, config: Config) -> None:
         """Install a validated config atomically: queries see old or new, never a mix."""
         engine = build_engine(config)
         old = self.engine
-        table = AnswerTable(config, engine.zones, self.health)
+        table = AnswerTable(config, engine.zones, self.health, gate=self.gate)
         self.engine, self.table, self.decisions = engine, table, {}
         self._new_wire_caches()
         self._server_settings(config)

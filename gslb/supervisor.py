@@ -26,6 +26,7 @@ from cdnkit.listen import Listener
 
 from .config import load_config
 from .dashboard import start_dashboard
+from .gate import OPEN, Gate
 from .health import HealthBoard, HealthView, Prober
 from .model import Config
 
@@ -59,6 +60,8 @@ async def worker_main(fd: int) -> int:
     hello = await receive(reader)
     config: Config = hello["config"]
     server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"])
+    if hello.get("gate") is not None:
+        server.responder.set_gate(hello["gate"])
     try:
         await server.start()
     except OSError as exc:
@@ -89,6 +92,9 @@ async def worker_main(fd: int) -> int:
             if "config" in message:
                 server.apply_config(message["config"])
                 log.info("worker %d: applied new config", os.getpid())
+            if "gate" in message:
+                server.responder.set_gate(message["gate"])
+                await send(writer, {"gate_applied": message["gate"].revision})
 
     tasks = [loop.create_task(report()), loop.create_task(listen()),
              loop.create_task(stop.wait())]
@@ -115,6 +121,7 @@ class Worker:
     counts: dict[tuple[int, str], int] = field(default_factory=dict)
     errors: int = 0
     extra: dict[str, dict[str, int]] = field(default_factory=dict)   # rrl, tcp counters
+    gate_applied: int = 0          # the store revision this worker answers from (gate.py)
 
 
 class Supervisor:
@@ -140,6 +147,9 @@ class Supervisor:
         self.reloads = {"ok": 0, "rejected": 0}
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self.gate = OPEN                   # the store's customer names (gslb/fleet.py)
+        self.on_gate_applied: Any = None
+        self.fleet: Any = None             # a gslb.fleet.Fleet with --store etcd://
 
     def _with_secret(self, config: Config) -> Config:
         if config.server.cookie_secret:
@@ -161,6 +171,8 @@ class Supervisor:
         self.board.subscribe(self._on_view)
         runner = None
         try:
+            if self.fleet is not None:
+                await self.fleet.start(self)     # the gate first: no ungated answer
             if self.http is not None:
                 runner = await start_dashboard(self, self.http)
             for index in range(self.n_workers):
@@ -176,6 +188,8 @@ class Supervisor:
             return 0
         finally:
             self._stopping = True
+            if self.fleet is not None:
+                await self.fleet.stop()
             await self._stop_workers()
             await prober.stop()
             if runner is not None:
@@ -199,7 +213,8 @@ class Supervisor:
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
         await send(writer, {"config": self.config, "listeners": self.listeners,
-                            "reuse_port": True, "health": self.board.view})
+                            "reuse_port": True, "health": self.board.view, "gate": self.gate})
+        worker.gate_applied = self.gate.revision
         self._spawn_task(self._read_worker(worker))
         return worker
 
@@ -213,6 +228,10 @@ class Supervisor:
                     log.error("worker %d: %s", worker.proc.pid, message["bind_error"])
                     if not worker.ready.done():
                         worker.ready.set_result(False)
+                elif "gate_applied" in message:
+                    worker.gate_applied = message["gate_applied"]
+                    if self.on_gate_applied is not None:
+                        self.on_gate_applied()
                 elif "counts" in message:
                     worker.counts, worker.errors = message["counts"], message["errors"]
                     worker.extra = {"rrl": message.get("rrl", {}), "tcp": message.get("tcp", {})}
@@ -276,11 +295,23 @@ class Supervisor:
         for worker in list(self.workers.values()):
             await self._safe_send(worker, {"config": config})
         self.board.set_config(config)        # publishes a view, sent to every worker
+        if self.fleet is not None:
+            self.fleet.publish(save=False)   # the zones may have changed
         self.prober.retarget(config)
         self.reloads["ok"] += 1
         log.info("config reloaded from %s: %d zones, %d services, %d sites", self.config_path,
                  len(config.zones), len(config.services), len(config.sites))
         return True
+
+    def set_gate(self, gate: Gate) -> None:
+        """Hand every worker a new gate; each says when it answers from it."""
+        self.gate = gate
+        for worker in list(self.workers.values()):
+            self._spawn_task(self._safe_send(worker, {"gate": gate}))
+
+    def gate_applied(self) -> int:
+        """The store revision every worker answers from (0 before they all do)."""
+        return min((w.gate_applied for w in self.workers.values()), default=0)
 
     def extra_counts(self) -> dict[tuple[str, str], int]:
         """RRL and TCP counters of all workers, by (group, name)."""

@@ -1,0 +1,127 @@
+"""Customer documents as the control plane handles them: validated with the edges' own
+validator (cdnkit.schema), their bucket secret sealed before it is stored, and left out
+of everything it returns.
+
+A document is the customer entry of data/edge.yaml, as JSON. Problems are reported
+with JSON pointers into the body ("/origin/http/0: ..."), all at once.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cdnkit import schema
+from cdnkit.check import Checker
+from cdnkit.customer import Shield
+from cdnkit.jsondoc import lines
+from cdnkit.seal import Sealer, is_sealed
+
+SECRET = "secret_access_key"
+SECRET_POINTER = f"/origin/{SECRET}"
+
+
+class Invalid(ValueError):
+    """A document (or a set of them) was rejected; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What every document is checked against besides itself."""
+
+    own_domains: tuple[str, ...] = ("cdn.example.net",)
+    max_customers: int = schema.MAX_CUSTOMERS
+
+
+def check(doc: Any, shields: tuple[Shield, ...], rules: Rules, where: str = "") -> list[str]:
+    """Every problem of one customer document ([] when it is valid)."""
+    ck = Checker("api")
+    body = lines(doc, where)
+    ctx = schema.Context(shields=shields, own_domains=rules.own_domains, max_customers=None,
+                         local_refs=False)
+    schema.customer(ck, body, body.where if hasattr(body, "where") else None, "", ctx)
+    return ck.problems
+
+
+def secret_of(doc: dict[str, Any]) -> str | None:
+    origin = doc.get("origin")
+    value = origin.get(SECRET) if isinstance(origin, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def with_secret(doc: dict[str, Any], value: str) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    out["origin"][SECRET] = value
+    return out
+
+
+def keep_stored_secret(doc: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A write that leaves the secret out keeps the stored one (it is write-only: a client
+    that read the document never saw it), as long as the access key id is the same."""
+    if stored is None or secret_of(doc) is not None or not is_sealed(secret_of(stored)):
+        return doc
+    origin, old = doc.get("origin"), stored.get("origin", {})
+    if not isinstance(origin, dict) or origin.get("access_key_id") != old.get("access_key_id"):
+        return doc
+    return with_secret(doc, old[SECRET])
+
+
+def validate(doc: Any, shields: tuple[Shield, ...], rules: Rules) -> None:
+    """Raise Invalid with every problem; a sealed secret counts as given."""
+    if not isinstance(doc, dict):
+        raise Invalid(["/: a customer must be a JSON object"])
+    probe = doc
+    if is_sealed(secret_of(doc)):
+        probe = with_secret(doc, "stored")
+    problems = check(probe, shields, rules)
+    if problems:
+        raise Invalid(problems)
+
+
+def seal(doc: dict[str, Any], key: str, sealer: Sealer | None) -> dict[str, Any]:
+    """The document as stored: its plain secret sealed for `key` (the customer's key)."""
+    secret = secret_of(doc)
+    if secret is None or is_sealed(secret):
+        return doc
+    if sealer is None:
+        raise Invalid([f"{SECRET_POINTER}: this control plane has no --key-file; it cannot "
+                       "store bucket secrets"])
+    return with_secret(doc, sealer.seal(secret, key + SECRET_POINTER))
+
+
+def reseal(doc: dict[str, Any], old_key: str, new_key: str,
+           sealer: Sealer | None) -> dict[str, Any]:
+    """A sealed secret moved with its customer to a new key (a directory rename)."""
+    secret = secret_of(doc)
+    if not is_sealed(secret) or sealer is None:
+        return doc
+    plain = sealer.open(secret, old_key + SECRET_POINTER)
+    return with_secret(doc, sealer.seal(plain, new_key + SECRET_POINTER))
+
+
+def public(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The document without its secret, and the pointers of the secrets left out."""
+    if secret_of(doc) is None:
+        return doc, []
+    out = copy.deepcopy(doc)
+    del out["origin"][SECRET]
+    return out, [SECRET_POINTER]
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def changed_fields(old: Any, new: Any, pointer: str = "") -> list[str]:
+    """JSON pointers of what differs (for the audit log: where, never the values)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += changed_fields(old.get(key), new.get(key), f"{pointer}/{key}")
+        return out
+    return [] if old == new else [pointer or "/"]

@@ -1,0 +1,216 @@
+"""The control plane's operations, shared by the API, the page and `cdnctl`.
+
+Reads go to etcd each time (linearizable), so a GET after a write sees it. Writes
+are planned on a fresh view and committed in one transaction (changes.py); when
+another writer got in between, the write is planned again on the new view, so a
+racing writer costs a retry, never a rule. A write is accepted only once etcd has
+committed it: the API never answers 2xx for a write etcd does not hold.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from cdnkit.keys import Keys
+from cdnkit.netblocks import collapse
+from cdnkit.nodes import Node, merge
+from cdnkit.schema import is_ip
+from cdnkit.seal import Sealer
+from cdnkit.store import EtcdStore
+
+from . import changes, documents
+from .changes import Change, NotFound, Raced, View
+from .documents import Rules
+
+RETRIES = 8
+EDGE_KINDS = ("edge", "shield")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where one revision of a customer is: on how many edges, and which."""
+
+    status: str                      # deploying | deployed
+    deployed: int
+    of: int
+    edges: dict[str, int]            # edge id -> applied revision
+    rejected: dict[str, list[str]]   # edge id -> why it left this customer out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"status": self.status, "deployed": self.deployed, "of": self.of,
+                "edges": self.edges, "rejected": self.rejected}
+
+
+def deployment(directory: str, revision: int, nodes: dict[str, Node]) -> Deployment:
+    edges = {n.id: n for n in nodes.values() if n.kind in EDGE_KINDS}
+    done = [n for n in edges.values() if n.applied >= revision]
+    rejected = {n.id: list(n.rejected[directory]) for n in edges.values()
+                if directory in n.rejected}
+    status = "deployed" if edges and len(done) == len(edges) and not rejected else "deploying"
+    return Deployment(status, len(done), len(edges), {n.id: n.applied for n in edges.values()},
+                      rejected)
+
+
+class ControlPlane:
+    """Customers, purges, nodes and the whitelist, over one etcd store."""
+
+    def __init__(self, store: EtcdStore, rules: Rules, sealer: Sealer | None = None,
+                 edge_token: str = ""):
+        self.store, self.rules, self.sealer = store, rules, sealer
+        self.keys = Keys(store.spec.prefix)
+        self.edge_token = edge_token
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def view(self) -> View:
+        return View.of(await self.store.load(self.keys.config), self.keys)
+
+    async def nodes(self) -> dict[str, Node]:
+        return merge((await self.store.load(self.keys.nodes)).under(self.keys.nodes))
+
+    def _card(self, directory: str, doc: dict[str, Any], revision: int,
+              nodes: dict[str, Node], view: View) -> dict[str, Any]:
+        public, secrets = documents.public(doc)
+        names = view.pointing_at(directory)
+        return {"directory": directory, "revision": revision, "customer": public,
+                "secrets": secrets, **deployment(directory, revision, nodes).as_json(),
+                "retiring": [n for n in names if view.cnames[n].retiring]}
+
+    async def customers(self) -> dict[str, Any]:
+        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        cards = [self._card(d, doc, e.mod_revision, nodes, view)
+                 for d, (doc, e) in sorted(view.customers.items())]
+        return {"revision": view.latest(), "customers": cards,
+                "max_customers": self.rules.max_customers}
+
+    async def customer(self, directory: str) -> dict[str, Any]:
+        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        found = view.customers.get(directory)
+        if found is None:
+            raise NotFound(directory)
+        return self._card(directory, found[0], found[1].mod_revision, nodes, view)
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def write(self, batch: list[Change], who: str, action: str,
+                    shields: tuple | None = None, extra: list[Any] = ()) -> int:
+        """Plan and commit `batch` as one transaction; the revision it got."""
+        for _ in range(RETRIES):
+            view = await self.view()
+            planned = changes.plan(self.store, view, batch, self.rules, self.sealer, who,
+                                   action, shields, extra)
+            try:
+                return await changes.commit(self.store, planned)
+            except Raced:
+                await asyncio.sleep(0.01)
+        raise changes.Refused("the config kept changing under this write; try again")
+
+    async def create(self, doc: Any, who: str) -> int:
+        if not isinstance(doc, dict):
+            raise documents.Invalid(["/: a customer must be a JSON object"])
+        directory = str(doc.get("directory", "")).strip("/")
+        return await self.write([Change(directory, doc, expect=0)], who, "create")
+
+    async def update(self, directory: str, doc: Any, expect: int | None, who: str) -> int:
+        if not isinstance(doc, dict):
+            raise documents.Invalid(["/: a customer must be a JSON object"])
+        return await self.write([Change(directory, doc, expect)], who, "update")
+
+    async def delete(self, directory: str, expect: int | None, who: str) -> int:
+        return await self.write([Change(directory, None, expect)], who, "delete")
+
+    # --- purge ---------------------------------------------------------------------------
+
+    async def purge(self, job: dict[str, Any], who: str) -> dict[str, Any]:
+        """A purge job for every edge: `urls`, `prefix` or `customer`."""
+        kinds = [k for k in ("urls", "prefix", "customer") if job.get(k)]
+        if len(kinds) != 1:
+            raise documents.Invalid(["/: give exactly one of urls (a list), prefix or customer"])
+        if "urls" in kinds and not (isinstance(job["urls"], list) and
+                                    all(isinstance(u, str) for u in job["urls"])):
+            raise documents.Invalid(["/urls: a list of URLs"])
+        view = await self.view()
+        if job.get("customer") and job["customer"] not in view.customers:
+            raise NotFound(job["customer"])
+        job_id = f"{time.time_ns():020d}-{os.urandom(2).hex()}"
+        body = {k: job[k] for k in kinds} | {"at": time.time(), "by": who}
+        store, keys = self.store, self.keys
+        resp = await store.txn([], [store.put(keys.purge + job_id, json.dumps(body)),
+                                    store.put(f"{keys.audit}{job_id}", json.dumps(
+                                        {"at": body["at"], "who": who, "action": "purge",
+                                         "changes": [{k: job[k] for k in kinds}]}))])
+        return {"id": job_id, "revision": resp.header.revision}
+
+    async def purge_status(self, job_id: str) -> dict[str, Any]:
+        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        entry = view.snap.entries.get(self.keys.purge + job_id)
+        if entry is None:
+            raise NotFound(job_id)
+        dep = deployment("", entry.mod_revision, nodes)
+        return {"id": job_id, "job": json.loads(entry.value), "revision": entry.mod_revision,
+                "status": "done" if dep.status == "deployed" else "running",
+                "done": dep.deployed, "of": dep.of,
+                "edges": {k: v >= entry.mod_revision for k, v in dep.edges.items()}}
+
+    # --- the fleet -----------------------------------------------------------------------
+
+    async def fleet(self) -> dict[str, Any]:
+        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        latest, now = view.latest(), time.time()
+        return {"revision": latest, "nodes": [
+            {"id": n.id, "kind": n.kind, "site": n.site, "addresses": list(n.addresses),
+             "applied": n.applied, "lag": max(0, latest - n.applied) if n.applied < latest
+             else 0, "up_to_date": n.applied >= latest, "seen": round(now - n.at, 1),
+             "workers": n.workers, "rejected": dict(n.rejected)}
+            for n in sorted(nodes.values(), key=lambda n: (n.kind, n.id))]}
+
+    async def whitelist(self) -> dict[str, list[str]]:
+        """The seed's Whitelist IP Blocks: every edge's and shield's source blocks."""
+        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        blocks = [b for n in nodes.values() if n.kind in EDGE_KINDS
+                  for b in (n.egress or n.addresses)]
+        blocks += [s.server.host for s in view.shields if is_ip(s.server.host)]
+        return collapse(blocks)
+
+    async def validate(self, directory: str, doc: Any | None,
+                       timeout: float = 5.0) -> dict[str, Any]:
+        """The validation path GET from every edge to every origin server (seed 003)."""
+        key = self.keys.customer(directory)
+        if doc is None:
+            found = (await self.view()).customers.get(directory)
+            if found is None:
+                raise NotFound(directory)
+            doc = found[0]
+        else:
+            view = await self.view()
+            stored = view.customers.get(directory)
+            doc = documents.keep_stored_secret(doc, stored[0] if stored else None)
+            documents.validate(doc, view.shields, self.rules)
+            doc = documents.seal(doc, key, self.sealer)
+        edges = [n for n in (await self.nodes()).values() if n.kind == "edge" and n.admin]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout + 2)) \
+                as session:
+            results = await asyncio.gather(*(self._validate_at(session, n, key, doc, timeout)
+                                             for n in edges))
+        return {"directory": directory, "ok": bool(results) and all(r.get("ok")
+                                                                    for r in results),
+                "edges": {n.id: r for n, r in zip(edges, results)}}
+
+    async def _validate_at(self, session: aiohttp.ClientSession, node: Node, key: str,
+                           doc: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:
+            async with session.post(node.admin + "/.edge/validate",
+                                    json={"customer": doc, "key": key, "timeout": timeout},
+                                    headers={"Authorization": f"Bearer {self.edge_token}"}) as r:
+                if r.status in (200, 422):
+                    return await r.json()
+                return {"ok": False, "error": f"the edge answered {r.status}: "
+                        f"{(await r.text()).strip()[:200]}"}
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return {"ok": False, "error": f"the edge did not answer ({exc or type(exc).__name__})"}
