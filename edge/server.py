@@ -208,36 +208,54 @@ class Reply:
 
     async def _sendfile_fd(self, transport: asyncio.Transport, file, offset: int,
                            count: int) -> None:
-        """sendfile(2) on the socket while the transport has nothing queued; when the
-        socket is full, one copied chunk is queued instead and the transport says when
-        it has gone (so the kernel still moves most bytes, and order is kept)."""
+        """sendfile(2) on the transport's socket once it has nothing queued, waiting for
+        the socket to take more through a duplicate of its descriptor (the transport's
+        own is not ours to watch). TLS: copied through the transport instead."""
         sock = transport.get_extra_info("socket")
-        zero_copy = sock is not None and transport.get_extra_info("sslcontext") is None
-        fd, src = (sock.fileno() if zero_copy else -1), file.fileno()
-        transport.set_write_buffer_limits(high=256 * 1024, low=0)
+        if sock is None or transport.get_extra_info("sslcontext") is not None:
+            return await self._copy_file(file, offset, count)
+        loop = asyncio.get_running_loop()
+        transport.set_write_buffer_limits(high=64 * 1024, low=0)
         try:
-            while count > 0:
-                if transport.is_closing():
-                    raise ConnectionResetError("client gone")
-                if zero_copy and transport.get_write_buffer_size() == 0:
-                    try:
-                        sent = os.sendfile(fd, src, offset, min(count, 1 << 22))
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        raise ConnectionResetError(str(exc)) from None
-                    if sent:
-                        offset, count = offset + sent, count - sent
-                        continue
-                data = os.pread(src, min(count, 256 * 1024), offset)
-                if not data:
-                    raise ConnectionResetError("file shorter than its object")
-                transport.write(data)
-                offset, count = offset + len(data), count - len(data)
+            if transport.get_write_buffer_size():
+                self.conn.paused = True         # wait for what is queued to go first
                 await self.conn.drain()
         finally:
             if not transport.is_closing():
                 transport.set_write_buffer_limits()
+        fd, src = sock.fileno(), file.fileno()
+        watch = os.dup(fd)
+        try:
+            while count > 0:
+                if transport.is_closing():
+                    raise ConnectionResetError("client gone")
+                try:
+                    sent = os.sendfile(fd, src, offset, min(count, 1 << 30))
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise ConnectionResetError(str(exc)) from None
+                if sent:
+                    offset, count = offset + sent, count - sent
+                    continue
+                writable = loop.create_future()
+                loop.add_writer(watch, lambda: writable.done() or writable.set_result(None))
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(watch)
+        finally:
+            os.close(watch)
+
+    async def _copy_file(self, file, offset: int, count: int) -> None:
+        src = file.fileno()
+        while count > 0:
+            data = os.pread(src, min(count, 256 * 1024), offset)
+            if not data:
+                raise ConnectionResetError("file shorter than its object")
+            offset, count = offset + len(data), count - len(data)
+            self.conn.write(data)
+            await self.conn.drain()
 
     def end(self) -> None:
         if self.finished:
