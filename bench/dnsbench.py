@@ -1,12 +1,16 @@
 """gslb vs gdnsd (geoip plugin, auto_dc_coords) under dnsperf, in one run.
 
 Both servers get the same GeoIP database (data/demo-city.mmdb) and the same
-three sites; the query mix is half ECS (from many /24 and /48 networks, some in
-the demo database and most not) and half plain EDNS, A and AAAA 50/50, over
-50 names below the wildcard. Prints qps, server CPU microseconds per query
-(utime+stime of every server process / answered queries) and the ratios.
+three sites. Three query mixes (MIXES below): the usual one (half ECS from
+many /24 and /48 networks, some in the demo database and most not, half plain
+EDNS, over 50 names below the wildcard), a second one over 200 customer names
+with ECS from random /24s of all IPv4 and a quarter without EDNS, and the
+usual one with DO=1 on half the queries against an unsigned and a signed
+gslb. Prints qps, server CPU microseconds per query (utime+stime of every
+server process / answered queries) and the ratios. gslb runs with --no-http,
+so the demo's dashboard port may be in use.
 
-    python bench/dnsbench.py [--seconds 15] [--clients 32] [--workers N]
+    python bench/dnsbench.py [--seconds 15] [--clients 32] [--workers N] [--mix 1,2,do]
 """
 from __future__ import annotations
 
@@ -47,16 +51,19 @@ def encode_name(name: str) -> bytes:
     return b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".")) + b"\0"
 
 
-def query(qid: int, name: str, qtype: int, ecs: ipaddress._BaseNetwork | None) -> bytes:
-    head = struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 1)
+def query(qid: int, name: str, qtype: int, ecs: ipaddress._BaseNetwork | None,
+          edns: bool = True, do: bool = False) -> bytes:
+    head = struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 1 if edns else 0)
     question = encode_name(name) + struct.pack("!HH", qtype, 1)
+    if not edns:
+        return head + question
     options = b""
     if ecs is not None:
         fam = 1 if ecs.version == 4 else 2
         addr = ecs.network_address.packed[:(ecs.prefixlen + 7) // 8]
         data = struct.pack("!HBB", fam, ecs.prefixlen, 0) + addr
         options = struct.pack("!HH", 8, len(data)) + data
-    opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0, len(options)) + options
+    opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0x8000 if do else 0, len(options)) + options
     return head + question + opt
 
 
@@ -71,15 +78,44 @@ def ecs_networks(rng: random.Random) -> list[ipaddress._BaseNetwork]:
     return nets
 
 
-def write_queries(path: Path, count: int = 4000, seed: int = 1) -> None:
+def write_queries(path: Path, count: int = 4000, seed: int = 1, do_share: float = 0.0) -> None:
+    """Mix 1: 50 names below the wildcard, A/AAAA, half ECS, EDNS on all.
+
+    With `do_share`, that share of the queries (every other one at 0.5) sets DO=1.
+    """
     rng = random.Random(seed)
     nets = ecs_networks(rng)
+    every = round(1 / do_share) if do_share else 0
     with path.open("wb") as fh:
         for i in range(count):
             name = f"c{rng.randrange(50)}.cdn.example.net"
             qtype = 1 if rng.random() < 0.5 else 28
             ecs = rng.choice(nets) if i % 2 == 0 else None
-            wire = query(i & 0xFFFF, name, qtype, ecs)
+            wire = query(i & 0xFFFF, name, qtype, ecs, do=bool(every) and i % every == 1)
+            fh.write(struct.pack("!H", len(wire)) + wire)
+
+
+TLDS = ("com", "net", "org", "io", "de", "co.uk", "fr", "jp")
+
+
+def customer_names(count: int = 200, seed: int = 2) -> list[str]:
+    """Customer CNAME targets as the demo names them: www.<customer domain>.<cdn zone>."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(('www', 'img', 'static', 'cdn'))}.customer{i}.{rng.choice(TLDS)}"
+            f".cdn.example.net" for i in range(count)]
+
+
+def write_queries_mix2(path: Path, count: int = 8000, seed: int = 3) -> None:
+    """Mix 2: 200 customer names below the wildcard, A/AAAA; half ECS from random /24s
+    anywhere in IPv4, a quarter plain EDNS, a quarter without EDNS."""
+    rng = random.Random(seed)
+    names = customer_names()
+    with path.open("wb") as fh:
+        for i in range(count):
+            qtype = 1 if rng.random() < 0.5 else 28
+            kind = i % 4
+            ecs = ipaddress.ip_network((rng.getrandbits(24) << 8, 24)) if kind < 2 else None
+            wire = query(i & 0xFFFF, rng.choice(names), qtype, ecs, edns=kind != 3)
             fh.write(struct.pack("!H", len(wire)) + wire)
 
 
@@ -138,12 +174,29 @@ def start_gdnsd(work: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(["gdnsd", "-c", str(cfg), "start"], stdout=log, stderr=log)
 
 
-def start_gslb(work: Path, port: int, workers: int) -> subprocess.Popen:
-    log = (work / f"gslb-{workers}.log").open("w")
+def start_gslb(work: Path, port: int, workers: int, config: Path | None = None
+               ) -> subprocess.Popen:
+    """`gslb serve` without a dashboard, so the demo's ports may be taken meanwhile."""
+    log = (work / f"gslb-{workers}.log").open("a")
     gslb = [sys.executable, "-m", "gslb.cli"]
-    return subprocess.Popen(gslb + ["serve", "-c", str(DATA / "gslb.yaml"), "--dns",
-                                    f"127.0.0.1:{port}", "--workers", str(workers)],
+    return subprocess.Popen(gslb + ["serve", "-c", str(config or DATA / "gslb.yaml"), "--dns",
+                                    f"127.0.0.1:{port}", "--workers", str(workers),
+                                    "--no-http"],
                             stdout=log, stderr=log, cwd=ROOT)
+
+
+def signed_config(work: Path) -> Path:
+    """data/gslb.yaml with the zone signed (ECDSA P-256, compact denial), keys made here."""
+    import yaml
+    cfg = yaml.safe_load((DATA / "gslb.yaml").read_text())
+    cfg["geoip"]["database"] = str(DATA / cfg["geoip"]["database"])
+    cfg["health"] = {"state_file": str(work / "state.json")}
+    cfg["zones"]["cdn.example.net."]["dnssec"] = {"key_directory": str(work / "keys")}
+    path = work / "gslb-signed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "gslb.cli", "dnssec", "init", "cdn.example.net.",
+                    "-c", str(path)], check=True, capture_output=True, cwd=ROOT)
+    return path
 
 
 def wait_up(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -245,25 +298,31 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=int, default=15)
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="gslb workers for the main comparison (default: one per core)")
-    args = ap.parse_args()
-    for tool in ("dnsperf", "gdnsd"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is missing: run bench/dns.sh, which installs it", file=sys.stderr)
-            return 2
-    work = Path(tempfile.mkdtemp(prefix="dnsbench-"))
-    queries = work / "queries.bin"
-    write_queries(queries)
-    results: list[Result] = []
+MIXES = {
+    "1": "mix 1: 4000 queries, 50 names below the wildcard, A/AAAA 50/50, EDNS on all, 50% ECS "
+         "over 508 networks",
+    "2": "mix 2: 8000 queries, 200 customer names below the wildcard, A/AAAA 50/50, 50% ECS "
+         "from random IPv4 /24s, 25% plain EDNS, 25% no EDNS",
+    "do": "mix 1 with DO=1 on half the queries; gslb unsigned and signed (ECDSA P-256, "
+          "compact denial), gdnsd unsigned",
+}
+
+
+def run_mix(mix: str, work: Path, args: argparse.Namespace) -> tuple[list[Result], bool]:
+    queries = work / f"queries-{mix}.bin"
+    if mix == "2":
+        write_queries_mix2(queries)
+    else:
+        write_queries(queries, do_share=0.5 if mix == "do" else 0.0)
     runs = [("gdnsd-geoip", lambda p: start_gdnsd(work, p)),
             (f"gslb x{args.workers}", lambda p: start_gslb(work, p, args.workers))]
-    if args.workers != 1:
+    if mix == "do":
+        signed = signed_config(work)
+        runs.append((f"gslb x{args.workers} signed",
+                     lambda p: start_gslb(work, p, args.workers, signed)))
+    elif args.workers != 1:
         runs.append(("gslb x1", lambda p: start_gslb(work, p, 1)))
+    results: list[Result] = []
     answers: dict[str, list] = {}
     for name, start in runs:
         port = free_port()
@@ -280,23 +339,54 @@ def main() -> int:
             results.append(run_dnsperf(name, port, proc, queries, args.seconds, args.clients))
         finally:
             stop(proc)
+    agree = all(a == answers[results[0].name] for a in answers.values())
+    return results, agree
+
+
+def print_results(mix: str, results: list[Result], agree: bool, args: argparse.Namespace) -> None:
     base = results[0]
-    agree = all(a == answers[base.name] for a in answers.values())
-    print(f"\nquery mix: {queries.stat().st_size // 1} bytes, 4000 queries, 50% ECS over "
-          f"{len(ecs_networks(random.Random(1)))} networks, A/AAAA 50/50, EDNS on all; "
-          f"dnsperf -c {args.clients} -q 100 -l {args.seconds}")
+    print(f"\n{MIXES[mix]}; dnsperf -c {args.clients} -q 100 -l {args.seconds}")
     print(f"answers for the demo networks agree between servers: {'yes' if agree else 'NO'}")
-    header = (f"{'server':<14}{'qps':>10}{'lost':>7}{'srv CPU %':>11}{'CPU us/q':>10}"
+    header = (f"{'server':<20}{'qps':>10}{'lost':>7}{'srv CPU %':>11}{'CPU us/q':>10}"
               f"{'avg lat ms':>12}{'RSS MB':>8}{'qps ratio':>11}{'CPU ratio':>11}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.name:<14}{r.qps:>10,.0f}{r.lost:>7}{r.cpu_pct:>11.0f}{r.us_per_query:>10.1f}"
+        print(f"{r.name:<20}{r.qps:>10,.0f}{r.lost:>7}{r.cpu_pct:>11.0f}{r.us_per_query:>10.1f}"
               f"{r.avg_latency_ms:>12.3f}{r.rss_mb:>8.1f}{r.qps / base.qps:>11.2f}"
               f"{r.us_per_query / base.us_per_query:>11.2f}")
-    print("(ratios are gslb / gdnsd: qps target >= 0.75, CPU per query target <= 2.0)")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0 if agree else 1
+    if mix == "do" and len(results) == 3:
+        plain, signed = results[1], results[2]
+        print(f"signing costs {100 * (1 - signed.qps / plain.qps):.1f} % qps and "
+              f"{100 * (signed.us_per_query / plain.us_per_query - 1):.1f} % CPU per query "
+              "(target: <= 10 % qps)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="gslb workers for the main comparison (default: one per core)")
+    ap.add_argument("--mix", default="1,2,do",
+                    help="comma-separated: 1 (usual), 2 (customers), do (DNSSEC); default all")
+    args = ap.parse_args()
+    for tool in ("dnsperf", "gdnsd"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: run bench/dns.sh, which installs it", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="dnsbench-"))
+    ok = True
+    try:
+        for mix in args.mix.split(","):
+            results, agree = run_mix(mix, work, args)
+            print_results(mix, results, agree, args)
+            ok = ok and agree
+        print("(ratios are gslb / gdnsd: targets qps >= 1.0, CPU per query <= 1.2; load "
+              f"average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`gslb serve | check | explain | reload | demo`."""
+"""`gslb serve | check | explain | reload | dnssec | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ from cdnkit.listen import listener_arg
 from cdnkit.store import store_arg
 
 from .config import DEFAULT_CONFIG, load_config
+from .dnssec_cli import add_parser as add_dnssec_parser
 from .model import Config
 
 log = logging.getLogger("gslb")
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--pidfile")
     target.add_argument("--pid", type=int)
     p.set_defaults(func=cmd_reload)
+
+    add_dnssec_parser(sub, with_config)
 
     # Parsed by the demo itself (`gslb demo --help`); listed here for `gslb --help`.
     sub.add_parser("demo", add_help=False,

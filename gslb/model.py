@@ -179,6 +179,10 @@ class Denial(enum.Enum):
     WHITE_LIES = "white_lies"    # RFC 4470: minimally covering NSECs around the name
 
 
+DNSSEC_ALGORITHMS = {"ecdsap256sha256": 13, "ed25519": 15}
+KSK_FLAGS, ZSK_FLAGS = 257, 256        # DNSKEY flags: SEP + zone key, zone key
+
+
 @dataclass(frozen=True, slots=True)
 class DnssecKey:
     """One DNSSEC key of a zone, as its BIND-style key files describe it.

@@ -28,6 +28,7 @@ class Opt(NamedTuple):
     version: int = 0         # anything but 0 is answered BADVERS
     cookie: bytes | None = None  # raw COOKIE option data (RFC 7873)
     nsid: bool = False       # the client asked for our NSID (RFC 5001)
+    co: bool = False         # Compact Answers OK (RFC 9824 5.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,8 @@ def _parse_opt(data: bytes, i: int, rdlen: int, klass: int, ttl: bytes) -> Opt:
         elif code == EDNS_NSID:
             nsid = True
         i += 4 + olen
-    return Opt(max(512, klass), bool(ttl[2] & 0x80), ecs, ttl[1], cookie, nsid)
+    return Opt(max(512, klass), bool(ttl[2] & 0x80), ecs, ttl[1], cookie, nsid,
+               bool(ttl[2] & 0x40))
 
 
 def _question_end(data: bytes) -> int:

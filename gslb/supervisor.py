@@ -29,6 +29,7 @@ from .dashboard import start_dashboard
 from .gate import OPEN, Gate
 from .health import HealthBoard, HealthView, Prober
 from .model import Config
+from .responder import presigned
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -59,7 +60,8 @@ async def worker_main(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=sock)
     hello = await receive(reader)
     config: Config = hello["config"]
-    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"])
+    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"],
+                       hello.get("signatures"))
     if hello.get("gate") is not None:
         server.responder.set_gate(hello["gate"])
     try:
@@ -90,7 +92,7 @@ async def worker_main(fd: int) -> int:
             if "health" in message:
                 server.responder.set_health(message["health"])
             if "config" in message:
-                server.apply_config(message["config"])
+                server.apply_config(message["config"], message.get("signatures"))
                 log.info("worker %d: applied new config", os.getpid())
             if "gate" in message:
                 server.responder.set_gate(message["gate"])
@@ -135,6 +137,9 @@ class Supervisor:
         self._secret = config.server.cookie_secret or os.urandom(16)
         config = self._with_secret(config)
         self.config = config
+        # DNSSEC: sign once here, on every core (no threads yet: forking is safe), and
+        # hand the signatures to each worker instead of each signing everything again.
+        self.signatures = presigned(config, os.cpu_count() or 1)
         self.listeners = listeners
         self.n_workers = workers
         self.http = http
@@ -213,7 +218,8 @@ class Supervisor:
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
         await send(writer, {"config": self.config, "listeners": self.listeners,
-                            "reuse_port": True, "health": self.board.view, "gate": self.gate})
+                            "reuse_port": True, "health": self.board.view, "gate": self.gate,
+                            "signatures": self.signatures})
         worker.gate_applied = self.gate.revision
         self._spawn_task(self._read_worker(worker))
         return worker
@@ -290,10 +296,12 @@ class Supervisor:
             log.error("reload of %s rejected, still serving the previous config:\n  %s",
                       self.config_path, "\n  ".join(exc.problems))
             return False
+        self.signatures = await loop.run_in_executor(None, presigned, config, 1,
+                                                     self.signatures)
         self.config = config
         self.rebuilds["config"] += 1
         for worker in list(self.workers.values()):
-            await self._safe_send(worker, {"config": config})
+            await self._safe_send(worker, {"config": config, "signatures": self.signatures})
         self.board.set_config(config)        # publishes a view, sent to every worker
         if self.fleet is not None:
             self.fleet.publish(save=False)   # the zones may have changed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from functools import lru_cache
 
 QTYPE_A = 1
 QTYPE_NS = 2
@@ -15,6 +16,11 @@ QTYPE_SOA = 6
 QTYPE_HINFO = 13
 QTYPE_AAAA = 28
 QTYPE_OPT = 41
+QTYPE_DS = 43
+QTYPE_RRSIG = 46
+QTYPE_NSEC = 47
+QTYPE_DNSKEY = 48
+QTYPE_NXNAME = 128          # RFC 9824 meta type: only in NSEC bitmaps of compact denials
 QTYPE_IXFR = 251
 QTYPE_AXFR = 252
 QTYPE_ANY = 255
@@ -53,6 +59,7 @@ def rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
     return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata)) + rdata
 
 
+@lru_cache(maxsize=65536)
 def address_rdata(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
@@ -70,3 +77,14 @@ def hinfo_rdata(cpu: str, os_: str) -> bytes:
 
 def counts(qd: int, an: int, ns: int, ar: int) -> bytes:
     return struct.pack("!HHHH", qd, an, ns, ar)
+
+
+def decode_qkey(qkey: bytes) -> tuple[str, int]:
+    """Lower-cased wire question -> (text name, qtype). Dots inside labels are escaped."""
+    labels, i = [], 0
+    while qkey[i]:
+        n = qkey[i]
+        labels.append(qkey[i + 1:i + 1 + n].decode("latin-1").replace(".", "\\."))
+        i += n + 1
+    name = ".".join(labels) + "." if labels else "."
+    return name, int.from_bytes(qkey[i + 1:i + 3], "big")

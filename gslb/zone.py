@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .model import Config, RecordSet, Service, ZoneConfig
-from .wire import QTYPE_ANY, QTYPE_CNAME, QTYPE_NS, QTYPE_SOA
+from .wire import (
+    QTYPE_ANY,
+    QTYPE_CNAME,
+    QTYPE_DNSKEY,
+    QTYPE_NS,
+    QTYPE_SOA,
+)
 
 
 class Kind(enum.Enum):
@@ -56,6 +62,16 @@ class ZoneIndex:
             zone = self.zone_of(svc.name)
             if zone is not None:
                 self._add(zone, svc.name)
+        # Child labels (wire bytes, sorted canonically) of every existing name:
+        # what a minimally covering NSEC must not hide (dnssec_denial.py).
+        self.children: dict[str, list[bytes]] = {}
+        for name in self.existing:
+            parent = _parent(name)
+            if parent in self.existing and name != parent:
+                self.children.setdefault(parent, []).append(
+                    name.partition(".")[0].encode("latin-1"))
+        for labels in self.children.values():
+            labels.sort()
 
     def _add(self, zone: ZoneConfig, name: str) -> None:
         # A name and all its ancestors up to the apex exist (empty non-terminals
@@ -94,18 +110,31 @@ class ZoneIndex:
             wildcard = owner
         return self._at(zone, owner, qtype, wildcard)
 
-    def _wildcard_owner(self, name: str, zone: ZoneConfig) -> str | None:
-        # The closest encloser is the nearest existing ancestor; only "*." + it
-        # may synthesise (RFC 4592 3.3.1).
+    def closest_encloser(self, name: str) -> str | None:
+        """The nearest existing ancestor of a name that does not exist (RFC 4592 3.3.1)."""
         parent = _parent(name)
         while parent is not None and parent not in self.existing:
             parent = _parent(parent)
+        return parent
+
+    def _wildcard_owner(self, name: str, zone: ZoneConfig) -> str | None:
+        # Only "*." + the closest encloser may synthesise (RFC 4592 3.3.1).
+        parent = self.closest_encloser(name)
         if parent is None:
             return None
         candidate = "*." + parent
         if candidate in self.existing:
             return candidate
         return None
+
+    def types_at(self, owner: str, zone: ZoneConfig, signed: bool) -> set[int]:
+        """The RR types held at an existing owner name (NSEC bitmaps add RRSIG and NSEC)."""
+        types = set(self.nodes.get(owner, {}))
+        if owner in self.services:
+            types |= {1, 28}
+        if owner == zone.origin:
+            types |= {QTYPE_SOA, QTYPE_NS} | ({QTYPE_DNSKEY} if signed else set())
+        return types
 
     def _at(self, zone: ZoneConfig, owner: str, qtype: int, wildcard: str | None) -> Match:
         node: Mapping[int, RecordSet] = self.nodes.get(owner, {})

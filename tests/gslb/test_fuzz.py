@@ -7,12 +7,14 @@ import struct
 import time
 
 import dnslib
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gslb.config import load_config
 from gslb.server import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder
 from tests.conftest import DEFAULT_CONFIG, DEMO_NAME, make_query, parse, recv_framed
+from tests.gslb.signed import do_query, make_signed
 
 RESPONDER = Responder(load_config(DEFAULT_CONFIG))
 SEEDS = [make_query(DEMO_NAME, "A", "192.0.2.0/24"), make_query(DEMO_NAME, "AAAA"),
@@ -48,6 +50,32 @@ def test_mutated_real_queries(seed, flips):
     for pos, value in flips:
         wire[pos % len(wire)] = value
     check(bytes(wire))
+
+
+SIGNED_SEEDS = [do_query("www.shop.com.cdn.example.net.", "A", "192.0.2.0/24", co=True),
+                do_query("nope.ns1.cdn.example.net.", "AAAA"),
+                do_query("alias.cdn.example.net.", "A"), do_query("cdn.example.net.", "DNSKEY")]
+
+
+@pytest.fixture(scope="module")
+def signed_responder(tmp_path_factory) -> Responder:
+    return Responder(load_config(make_signed(tmp_path_factory.mktemp("fuzz"))))
+
+
+@settings(max_examples=1500, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(SIGNED_SEEDS),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8))
+def test_mutated_dnssec_queries_to_a_signed_zone(signed_responder, seed, flips):
+    """DO/CO queries, bit-flipped: bytes or None, never an exception, never over 1232 on UDP."""
+    wire = bytearray(seed)
+    for pos, value in flips:
+        wire[pos % len(wire)] = value
+    for limit in (UDP_PLAIN_LIMIT, TCP_LIMIT):
+        out = signed_responder.answer(bytes(wire), "192.0.2.1", limit)
+        if out is not None:
+            assert len(out) >= 12 and out[:2] == wire[:2] and out[2] & 0x80
+            assert limit == TCP_LIMIT or len(out) <= 1232
 
 
 def test_every_truncation_of_real_queries():

@@ -1,0 +1,362 @@
+"""Replies built from zone data: static RRsets, negatives, CNAME chains, signed forms.
+
+`ReplyBuilder.resolve` turns a question into a `Reply` (bytes ready for the
+server) or a `Dynamic` (a service name: the server completes it with the
+client's location through answers.py). Each reply is rendered twice when its
+zone is signed: plainly, and for DO=1 queries with RRSIGs after each RRset
+and the NSEC proofs of dnssec_denial.py in the authority section.
+
+In-zone CNAMEs are followed (RFC 1034 4.3.2 step 3a, RFC 6604 for the
+rcode): the target's records, its service answer, or its SOA (NODATA,
+NXDOMAIN) join the CNAME in one response; a loop or a chain longer than
+MAX_CHAIN ends with the CNAMEs gathered so far, and a target outside our
+zones is left to the resolver.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import dnssec_denial as denial
+from .dnssec import ZoneSigner
+from .gate import OPEN, Gate
+from .model import Denial, RecordSet, Service, ZoneConfig
+from .records import RRset
+from .select import Selection
+from .wire import (
+    POINTER_TO_QNAME,
+    QTYPE_DNSKEY,
+    QTYPE_HINFO,
+    QTYPE_NS,
+    QTYPE_NSEC,
+    QTYPE_SOA,
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    address_rdata,
+    counts,
+    encode_name,
+    hinfo_rdata,
+    soa_rdata,
+)
+from .zone import Kind, Match, ZoneIndex
+
+MAX_CHAIN = 8          # CNAMEs followed in one response
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """Everything after the question, its section counts, and the header counts."""
+
+    body: bytes
+    counts: bytes            # without OPT
+    counts_opt: bytes        # with OPT
+    an: int = 0
+    ns: int = 0
+    ar: int = 0
+
+
+def variant(answer: list[bytes], authority: list[bytes] = (),
+            additional: list[bytes] = ()) -> Variant:
+    an, ns, ar = len(answer), len(authority), len(additional)
+    return Variant(b"".join(answer) + b"".join(authority) + b"".join(additional),
+                   counts(1, an, ns, ar), counts(1, an, ns, ar + 1), an, ns, ar)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    rcode: int
+    aa: bool
+    variants: tuple[Variant, ...]
+    client_dependent: bool = False      # ECS scope = decision network, else 0
+    service: str | None = None
+    selection: Selection | None = None
+    signed: tuple[Variant, ...] | None = None   # for DO=1 when the zone is signed
+    rcode_do: int | None = None         # rcode under DO when it differs (compact denial)
+    nxname: bool = False                # compact denial of a name: NXDOMAIN again under CO
+
+
+@dataclass(frozen=True, slots=True)
+class Dynamic:
+    """A service name: the answer depends on where the client is."""
+
+    service: Service
+    qtype: int
+    zone: ZoneConfig
+    owner: bytes = POINTER_TO_QNAME     # wire owner of the service RRs (a CNAME target)
+    prefix: Variant | None = None       # the CNAME chain that led here, plain ...
+    prefix_signed: Variant | None = None    # ... and signed
+    proof: Variant | None = None        # NSECs proving wildcard expansions (DO only)
+    allowed: frozenset[str] | None = None   # a customer name: only these edges (gate.py)
+
+    @property
+    def composed(self) -> bool:
+        return self.prefix is not None or self.proof is not None
+
+    def compose(self, v: Variant, signed: bool) -> tuple[bytes, int, int, int]:
+        """(body, an, ns, ar) of the service variant `v` wrapped in chain and proof."""
+        pre = self.prefix_signed if signed else self.prefix
+        proof = self.proof if signed else None
+        body = (pre.body if pre else b"") + v.body + (proof.body if proof else b"")
+        return (body, v.an + (pre.an if pre else 0), v.ns + (proof.ns if proof else 0), v.ar)
+
+
+Signed = tuple[RRset, "ZoneSigner | None"]
+
+
+@dataclass
+class Sections:
+    """RRsets of a reply before rendering; `denial` NSECs go to authority under DO only."""
+
+    answer: list[Signed] = field(default_factory=list)
+    authority: list[Signed] = field(default_factory=list)
+    additional: list[Signed] = field(default_factory=list)
+    denial: list[Signed] = field(default_factory=list)
+    broken: bool = False        # a proof could not be made: DO answers SERVFAIL
+
+    def signed(self) -> bool:
+        return any(s is not None for _, s in self.answer + self.authority + self.denial)
+
+
+def _plain(items: list[Signed]) -> list[bytes]:
+    return [w for rrset, _ in items for w in rrset.wire()]
+
+
+def _with_sigs(items: list[Signed]) -> list[bytes]:
+    out: list[bytes] = []
+    for rrset, signer in items:
+        out += rrset.wire()
+        if signer is not None:
+            out += signer.rrsigs(rrset)
+    return out
+
+
+def render(sections: Sections) -> tuple[Variant, Variant | None]:
+    """The plain variant and, when anything in it is signed, the DO variant."""
+    plain = variant(_plain(sections.answer), _plain(sections.authority),
+                    _plain(sections.additional))
+    if not sections.signed() and not sections.broken:
+        return plain, None
+    if sections.broken:
+        return plain, variant([])
+    return plain, variant(_with_sigs(sections.answer),
+                          _with_sigs(sections.authority + sections.denial),
+                          _with_sigs(sections.additional))
+
+
+def neg_ttl(zone: ZoneConfig, ttl: int | None = None) -> int:
+    """RFC 2308: min(SOA TTL, SOA MINIMUM); a computed NODATA may ask for less."""
+    return min(zone.soa.ttl, zone.soa.minimum, ttl if ttl is not None else zone.soa.ttl)
+
+
+def soa_rrset(zone: ZoneConfig, ttl: int, wire_owner: bytes | None = None) -> RRset:
+    s = zone.soa
+    owner = encode_name(zone.origin)
+    return RRset(owner, QTYPE_SOA, ttl, (soa_rdata(s.mname, s.rname, s.serial, s.refresh,
+                                                   s.retry, s.expire, s.minimum),),
+                 wire_owner or owner)
+
+
+def record_rrset(rs: RecordSet, wire_owner: bytes) -> RRset:
+    return RRset(encode_name(rs.name), rs.rtype, rs.ttl, rs.rdata, wire_owner)
+
+
+REFUSED = Reply(RCODE_REFUSED, False, (variant([]),))
+
+
+class ReplyBuilder:
+    """Builds replies for one ZoneIndex and one set of zone signers."""
+
+    def __init__(self, zones: ZoneIndex, signers: dict[str, ZoneSigner], gate: Gate = OPEN):
+        self.zones = zones
+        self.signers = signers
+        self.gate = gate
+        self._owners: dict[str, bytes] = {}      # service name -> wire owner
+
+    def signer(self, zone: ZoneConfig | None) -> ZoneSigner | None:
+        return None if zone is None else self.signers.get(zone.origin)
+
+    # --- questions ---------------------------------------------------------------------
+
+    def resolve(self, name: str, qtype: int, qname: bytes | None = None) -> Reply | Dynamic:
+        """The reply (or Dynamic) for a normalised name; `qname` is its lower-case wire form."""
+        qname = qname or encode_name(name)
+        match = self.zones.lookup(name, qtype)
+        if match.kind is Kind.REFUSED or match.zone is None:
+            return REFUSED
+        sections = Sections()
+        wire_owner, seen = POINTER_TO_QNAME, {name}
+        while match.kind is Kind.CNAME and match.records is not None:
+            self._answer(sections, record_rrset(match.records, wire_owner), match, qname)
+            target = match.records.text[0].lower().rstrip(".") + "."
+            if (len(sections.answer) >= MAX_CHAIN or target in seen
+                    or self.zones.zone_of(target) is None):
+                return self._finish(RCODE_NOERROR, sections)
+            seen.add(target)
+            name, qname, wire_owner = target, encode_name(target), encode_name(target)
+            match = self.zones.lookup(name, qtype)
+        zone = match.zone
+        assert zone is not None
+        allowed = self.gate.allowed(name)
+        if self.gate.active and match.wildcard and not allowed:
+            return self._nxdomain(sections, zone, name, qname)   # no edge serves it (gate.py)
+        if match.kind is Kind.SERVICE and match.service is not None:
+            if allowed is not None and not allowed:
+                return self._nodata(sections, match, name, qname, qtype)
+            return self._dynamic(match, qtype, qname, wire_owner, sections, allowed)
+        if match.kind is Kind.NXDOMAIN:
+            return self._nxdomain(sections, zone, name, qname)
+        if match.kind is Kind.ANY:
+            hinfo = RRset(self._owner(match, name), QTYPE_HINFO, zone.ttl,
+                          (hinfo_rdata("RFC8482", ""),), wire_owner)
+            self._answer(sections, hinfo, match, qname)
+            return self._finish(RCODE_NOERROR, sections)
+        rrset = self._records(match, name, qtype, wire_owner)
+        if rrset is None:
+            return self._nodata(sections, match, name, qname, qtype)
+        self._answer(sections, rrset, match, qname)
+        if rrset.rtype == QTYPE_NS and name == zone.origin:
+            for glue in self.zones.glue(zone.ns):
+                sections.additional.append((record_rrset(glue, encode_name(glue.name)),
+                                            self.signer(self.zones.zone_of(glue.name))))
+        return self._finish(RCODE_NOERROR, sections)
+
+    def _owner(self, match: Match, name: str) -> bytes:
+        return encode_name(match.wildcard or name)
+
+    def _records(self, match: Match, name: str, qtype: int, wire_owner: bytes) -> RRset | None:
+        zone = match.zone
+        assert zone is not None
+        if match.records is not None:
+            return record_rrset(match.records, wire_owner)
+        if match.kind is Kind.RECORDS and qtype == QTYPE_SOA:
+            return soa_rrset(zone, zone.soa.ttl, wire_owner)
+        if match.kind is Kind.RECORDS and qtype == QTYPE_NS:
+            return RRset(encode_name(zone.origin), QTYPE_NS, zone.soa.ttl,
+                         tuple(encode_name(n) for n in zone.ns), wire_owner)
+        signer = self.signer(zone)
+        if qtype == QTYPE_DNSKEY and name == zone.origin and signer is not None:
+            dnskey = signer.dnskey
+            return RRset(dnskey.owner, dnskey.rtype, dnskey.ttl, dnskey.rdatas, wire_owner)
+        return None
+
+    def _answer(self, sections: Sections, rrset: RRset, match: Match, qname: bytes) -> None:
+        """An answer RRset (signed by its zone) and, if a wildcard made it, the proof."""
+        sections.answer.append((rrset, self.signer(match.zone)))
+        if match.wildcard is not None:
+            self._expansion(sections, match, qname)
+
+    def _expansion(self, sections: Sections, match: Match, qname: bytes) -> None:
+        signer = self.signer(match.zone)
+        if signer is None or match.wildcard is None or match.zone is None:
+            return
+        ce = match.wildcard[2:]
+        proof = denial.expansion_proof(qname, encode_name(ce),
+                                       self.zones.children.get(ce, []), neg_ttl(match.zone))
+        if proof is None:
+            sections.broken = True
+        else:
+            sections.denial.append((proof, signer))
+
+    def _finish(self, rcode: int, sections: Sections, **extra) -> Reply:
+        plain, signed = render(sections)
+        if sections.broken:
+            extra["rcode_do"] = RCODE_SERVFAIL
+        return Reply(rcode, True, (plain,), signed=(signed,) if signed else None, **extra)
+
+    # --- negative answers --------------------------------------------------------------
+
+    def _nodata(self, sections: Sections, match: Match, name: str, qname: bytes,
+                qtype: int) -> Reply:
+        zone = match.zone
+        assert zone is not None
+        ttl = neg_ttl(zone)
+        signer = self.signer(zone)
+        if qtype == QTYPE_NSEC and signer is not None and match.wildcard is None:
+            # An NSEC query gets the NSEC our NODATA answers show (RFC 4035 3.1.5 spirit).
+            proof = denial.at_name(encode_name(name), frozenset(
+                self.zones.types_at(name, zone, True)), ttl)
+            if proof is not None:
+                self._answer(sections, RRset(proof.owner, QTYPE_NSEC, ttl, proof.rdatas,
+                                             POINTER_TO_QNAME), match, qname)
+                return self._finish(RCODE_NOERROR, sections)
+        sections.authority.append((soa_rrset(zone, ttl), signer))
+        if signer is not None:
+            owner = match.wildcard or name
+            types = self.zones.types_at(owner, zone, True) - {qtype}
+            self._deny(sections, denial.at_name(encode_name(owner), frozenset(types), ttl),
+                       signer)
+            if match.wildcard is not None:
+                self._expansion(sections, match, qname)
+        return self._finish(RCODE_NOERROR, sections)
+
+    def _nxdomain(self, sections: Sections, zone: ZoneConfig, name: str,
+                  qname: bytes) -> Reply:
+        ttl = neg_ttl(zone)
+        signer = self.signer(zone)
+        sections.authority.append((soa_rrset(zone, ttl), signer))
+        if signer is None:
+            return self._finish(RCODE_NXDOMAIN, sections)
+        if signer.settings.denial is Denial.COMPACT:
+            self._deny(sections, denial.compact_nxname(qname, ttl), signer)
+            return self._finish(RCODE_NXDOMAIN, sections, rcode_do=RCODE_NOERROR, nxname=True)
+        ce = self.zones.closest_encloser(name) or zone.origin
+        proofs = denial.white_lies_nxdomain(qname, encode_name(ce),
+                                            self.zones.children.get(ce, []), ttl)
+        for proof in proofs or [None]:
+            self._deny(sections, proof, signer)
+        return self._finish(RCODE_NXDOMAIN, sections)
+
+    @staticmethod
+    def _deny(sections: Sections, proof: RRset | None, signer: ZoneSigner) -> None:
+        if proof is None:
+            sections.broken = True
+        else:
+            sections.denial.append((proof, signer))
+
+    # --- services ----------------------------------------------------------------------
+
+    def _dynamic(self, match: Match, qtype: int, qname: bytes, wire_owner: bytes,
+                 chain: Sections, allowed: frozenset[str] | None = None) -> Dynamic:
+        assert match.service is not None and match.zone is not None
+        prefix = prefix_signed = proof = None
+        if chain.answer:
+            prefix, prefix_signed = render(Sections(answer=chain.answer))
+        expansion = Sections(denial=list(chain.denial), broken=chain.broken)
+        if match.wildcard is not None:
+            self._expansion(expansion, match, qname)
+        if expansion.denial:
+            proof = variant([], _with_sigs(expansion.denial))
+        return Dynamic(match.service, qtype, match.zone, wire_owner, prefix, prefix_signed,
+                       proof, allowed)
+
+    def service_rrset(self, dyn: Dynamic, ttl: int, addrs: tuple[str, ...]) -> RRset:
+        owner = self._owners.get(dyn.service.name)
+        if owner is None:
+            owner = self._owners[dyn.service.name] = encode_name(dyn.service.name)
+        return RRset(owner, dyn.qtype, ttl, tuple(address_rdata(ip) for ip in addrs), dyn.owner)
+
+    def service_reply(self, dyn: Dynamic, sel: Selection, dependent: bool) -> Reply:
+        """Wire reply for a selection (NODATA when it has no addresses)."""
+        zone = dyn.zone
+        signer = self.signer(zone)
+        name = dyn.service.name
+        if not sel.variants:
+            ttl = neg_ttl(zone, sel.ttl)
+            sections = Sections(authority=[(soa_rrset(zone, ttl), signer)])
+            if signer is not None:
+                types = self.zones.types_at(name, zone, True) - {dyn.qtype}
+                self._deny(sections, denial.at_name(encode_name(name), frozenset(types), ttl),
+                           signer)
+            plain, signed = render(sections)
+            return Reply(RCODE_NOERROR, True, (plain,), dependent, name, sel,
+                         (signed,) if signed else None)
+        plains, signeds = [], []
+        for addrs in sel.variants:      # the common case, kept lean: one RRset in answer
+            rrset = self.service_rrset(dyn, sel.ttl, addrs)
+            records = rrset.wire()
+            plains.append(variant(records))
+            if signer is not None:
+                signeds.append(variant(records + signer.rrsigs(rrset)))
+        return Reply(RCODE_NOERROR, True, tuple(plains), dependent, name, sel,
+                     tuple(signeds) if signer is not None else None)
