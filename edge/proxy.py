@@ -27,7 +27,7 @@ from .route import BadPath, origin_host, route, split_target
 from .server import Reply, Request
 from .state import EdgeState
 from .tunnel import wants_upgrade, websocket
-from .upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, pull, relay
+from .upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, own_headers, pull, relay
 
 log = logging.getLogger("edge.proxy")
 
@@ -51,8 +51,8 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
             from .fleet import validate_request  # the control plane's Validate button
             status, answer = await validate_request(request, state, app.sealer)
             if "error" in answer:
-                return reply.simple(status, f"{answer['error']}\n")
-            return send_json(reply, status, answer)
+                return own_error(reply, request, state, status, f"{answer['error']}\n")
+            return send_json(reply, state, status, answer)
         return own_error(reply, request, state, 404, "no such CDN host or directory\n")
     passed = [e.split(";", 1)[0].strip() for v in request.headers.getall("CDN-Loop", [])
               for e in v.split(",")]
@@ -117,26 +117,27 @@ async def _purge(request: Request, reply: Reply, state: EdgeState) -> None:
 
     token = state.config.admin_token
     if not token:
-        return reply.simple(403, "purge is disabled: set EDGE_ADMIN_TOKEN\n")
+        return own_error(reply, request, state, 403, "purge is disabled: set EDGE_ADMIN_TOKEN\n")
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), token.encode()):
-        return reply.simple(401, "a valid admin token is needed\n")
+        return own_error(reply, request, state, 401, "a valid admin token is needed\n")
     try:
         raw = await request.body.read(65536) if request.body is not None else b""
         body = json.loads(raw)
         ban = ban_for(state.config, body.get("url"), body.get("prefix"), body.get("customer"))
     except (ValueError, AttributeError) as exc:
-        return reply.simple(400, f"{exc}\n")
+        return own_error(reply, request, state, 400, f"{exc}\n")
     purged = state.cache.purge(ban.matches)
     if state.config.state_dir:
         append(Path(state.config.state_dir) / "bans.jsonl", ban)   # for the other workers
-    send_json(reply, 200, {"purged_here": purged, "directory": ban.directory, "path": ban.path,
-                       "prefix": ban.prefix})
+    send_json(reply, state, 200, {"purged_here": purged, "directory": ban.directory,
+                                  "path": ban.path, "prefix": ban.prefix})
 
 
-def send_json(reply: Reply, status: int, value: object) -> None:
+def send_json(reply: Reply, state: EdgeState, status: int, value: object) -> None:
     body = json.dumps(value).encode()
-    reply.start(status, "", [("Content-Type", "application/json; charset=utf-8")], len(body))
+    reply.start(status, "", [("Content-Type", "application/json; charset=utf-8"),
+                             *own_headers(state, reply.request.version)], len(body))
     reply.write_now(body)
     reply.end()
 
@@ -237,13 +238,14 @@ class EdgeApp:
         state = self.state
         status = 503 if self.draining else 200
         origins = {f"{d}/{s}": pool.summary() for (d, s), pool in state.pools.items()}
-        send_json(reply, status, {"status": "draining" if status == 503 else "ok",
+        send_json(reply, state, status, {"status": "draining" if status == 503 else "ok",
                               "name": state.config.name, "config": state.config.source,
                               "customers": len(state.config.customers), "origins": origins,
                               "shields": state.shield_pool.summary()})
 
     def _metrics(self, reply: Reply) -> None:
         body = generate_latest(self.state.metrics.registry)
-        reply.start(200, "", [("Content-Type", "text/plain; version=0.0.4")], len(body))
+        reply.start(200, "", [("Content-Type", "text/plain; version=0.0.4"),
+                              *own_headers(self.state, reply.request.version)], len(body))
         reply.write_now(body)
         reply.end()

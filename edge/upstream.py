@@ -37,14 +37,19 @@ class Unreachable(Exception):
                      else "no origin server answered\n")
 
 
+def own_headers(state: EdgeState, version: str, fwd: str = "bypass") -> list[tuple[str, str]]:
+    """Via and Cache-Status for the edge's own answers (errors, /healthz, the admin API)."""
+    config = state.config
+    return [("Via", via(None, version, config.via)),
+            ("Cache-Status", cache_status(config.name, fwd=fwd))]
+
+
 def own_error(reply: Reply, request: Request, state: EdgeState, status: int, text: str,
               fwd: str = "bypass", directory: str = "") -> None:
     """The edge's own answers (400, 404, 502, 504, 508): plain text, Via, Cache-Status."""
     if directory:
         state.metrics.requests.labels(directory, str(status)).inc()
-    config = state.config
-    reply.simple(status, text, [("Via", via(None, request.version, config.via)),
-                                ("Cache-Status", cache_status(config.name, fwd=fwd))])
+    reply.simple(status, text, own_headers(state, request.version, fwd))
 
 
 def describe(exc: BaseException) -> str:

@@ -103,6 +103,10 @@ async def test_cache_status_says_what_the_cache_did():
                 assert entries(r.headers) == [["gslb-edge", "fwd=method", "fwd-status=200"]]
             _, _, h = await fetch(edge, "/x")                         # nothing to store
             assert entries(h)[0][:3] == ["gslb-edge", "fwd=uri-miss", "fwd-status=200"]
+            for own in ("/healthz", "/metrics"):                      # the edge's own answers
+                async with edge.client.get(edge.base + own) as r:
+                    assert entries(r.headers) == [["gslb-edge", "fwd=bypass"]], own
+                    assert r.headers["Via"] == "1.1 gslb-edge"
 
 
 async def test_shield_and_edge_each_add_their_cache_status_entry():
