@@ -126,7 +126,8 @@ def is_ip(host: str) -> bool:
 def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     block = ck.mapping(raw, where, what)
     ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object", "grace",
-                    "ignore_query", "key_headers", "ttl_rules"), what)
+                    "ignore_query", "key_headers", "ttl_rules", "targeted_field",
+                    "surrogate_control"), what)
     rules = []
     items = block.get("ttl_rules") or []
     for index, item in enumerate(items if isinstance(items, list) else []):
@@ -142,7 +143,7 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
             rules.append(TtlRule(match, ttl, override))
     flags = {}
     for key, default in (("enabled", True), ("honour_client_no_cache", False),
-                         ("ignore_query", False)):
+                         ("ignore_query", False), ("surrogate_control", False)):
         value = block.get(key, default)
         if not isinstance(value, bool):
             ck.add(block.at(key), f"{what}.{key} must be true or false")
@@ -157,7 +158,24 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
                       tuple(v.lower() for v, _ in ck.texts(block.get("key_headers"),
                                                            block.at("key_headers"),
                                                            f"{what} key_headers")),
-                      tuple(rules))
+                      tuple(rules), _targeted(ck, block, what, flags["surrogate_control"]))
+
+
+FIELD_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _targeted(ck: Checker, block: LineDict, what: str, surrogate: bool) -> tuple[str, ...]:
+    """RFC 9213 targeted fields in precedence order: the customer's own field (say
+    Edge-Cache-Control), CDN-Cache-Control, then Surrogate-Control when asked for."""
+    own = ck.text(block, "targeted_field", what).strip()
+    if own and not FIELD_NAME.fullmatch(own):
+        ck.add(block.at("targeted_field"), f"{what}.targeted_field must be a header name "
+                                           f"such as Edge-Cache-Control, got {own!r}")
+        own = ""
+    fields = ([own.lower()] if own else []) + ["cdn-cache-control"]
+    if surrogate:
+        fields.append("surrogate-control")
+    return tuple(dict.fromkeys(fields))
 
 
 def _validation_path(ck: Checker, block: LineDict, what: str) -> str:

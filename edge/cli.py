@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cdnkit.logs import setup
 
+    from .eventloop import run as run_loop
+    from .scratch import remove, shared_dirs
     from .serving import bind, fork_workers, serve
 
     setup(logging.INFO)
@@ -206,13 +208,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       tuple(args.listen or ()))
 
     def run(index: int) -> int:
-        return asyncio.run(serve(cfg, [o.sockets[index] for o in plain],
-                                 [o.sockets[index] for o in tls], reload, args.drain_timeout,
-                                 follower(index)))
+        return run_loop(serve(cfg, [o.sockets[index] for o in plain],
+                              [o.sockets[index] for o in tls], reload, args.drain_timeout,
+                              follower(index)))
 
     if workers == 1:
         return run(0)
-    return fork_workers(run, workers, plain + tls)
+    cfg, scratch = shared_dirs(cfg, workers)       # one cache, whatever the worker count
+    try:
+        return fork_workers(run, workers, plain + tls)
+    finally:
+        remove(scratch)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def build(raw: Any, source: str, base: Path | None = None, *,
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
                   "origin_ca_file", "cache_memory", "cache_disk", "cache_disk_size", "state_dir",
-                  "admin_token_env", "name", "region", "lat", "lon", "shields"),
+                  "admin_token_env", "name", "region", "lat", "lon", "shields",
+                  "trusted_proxies"),
             "the top level")
     state_dir = ck.text(top, "state_dir", "config")
     if state_dir:
@@ -121,6 +122,16 @@ def build(raw: Any, source: str, base: Path | None = None, *,
             egress.append(str(ipaddress.ip_network(value, strict=False)))
         except ValueError:
             ck.add(w, f"egress: {value!r} is not an address or CIDR")
+    # Our own tiers send from the egress blocks: by default their chains are kept.
+    trusted_proxies = [ipaddress.ip_network(e) for e in egress]
+    if "trusted_proxies" in top:
+        trusted_proxies = []
+    for value, w in ck.items(top.get("trusted_proxies"), top.at("trusted_proxies"),
+                             "trusted_proxies"):
+        try:
+            trusted_proxies.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            ck.add(w, f"trusted_proxies: {value!r} is not an address or CIDR")
     nameservers = []
     for value, w in ck.texts(top.get("resolver"), top.at("resolver"), "resolver"):
         found = _nameserver(value.strip())
@@ -153,7 +164,8 @@ def build(raw: Any, source: str, base: Path | None = None, *,
                       via, tuple(egress), tls_listen, certs,
                       origin_ca, cache_memory, cache_disk, cache_disk_size, state_dir,
                       admin_token, name=me, region=region, location=location,
-                      shields=shields, nameservers=tuple(nameservers), by_cname=found.by_cname,
+                      shields=shields, nameservers=tuple(nameservers),
+                      trusted_proxies=tuple(trusted_proxies), by_cname=found.by_cname,
                       by_directory=found.by_directory)
 
 

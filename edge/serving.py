@@ -21,20 +21,17 @@ import socket
 import time
 from typing import Any, Callable
 
-from aiohttp import web
-
 from cdnkit.ports import TCP, Owned, own_all
 
 from .config import ConfigError, EdgeConfig
 from .front import Listeners
-from .proxy import DRAINING, make_app
+from .proxy import EdgeApp
+from .server import Request
 from .state import EdgeState
 
 log = logging.getLogger("edge")
 
 DRAIN_TIMEOUT = 5.0
-CUT_OFF = 0.5          # after the drain bound: how long aiohttp waits before cancelling
-IN_FLIGHT = web.AppKey("in_flight", dict)
 
 
 def bind(cfg: EdgeConfig, workers: int) -> tuple[list[Owned], list[Owned]]:
@@ -50,21 +47,9 @@ def bind(cfg: EdgeConfig, workers: int) -> tuple[list[Owned], list[Owned]]:
     return plain, tls
 
 
-@web.middleware
-async def _track(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """Requests in flight (for the drain log); the hit shortcut never comes here."""
-    in_flight = request.app[IN_FLIGHT]
-    in_flight[id(request)] = (request, time.monotonic())
-    try:
-        return await handler(request)
-    finally:
-        del in_flight[id(request)]
-
-
-def _describe(in_flight: dict[int, tuple[web.Request, float]]) -> str:
+def _describe(in_flight: list[tuple[Request, float]]) -> str:
     now = time.monotonic()
-    shown = [f"{r.method} {r.host}{r.path} ({now - t:.1f} s)"
-             for r, t in sorted(in_flight.values(), key=lambda item: item[1])[:5]]
+    shown = [f"{r.method} {r.host}{r.path} ({now - t:.1f} s)" for r, t in in_flight[:5]]
     more = len(in_flight) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
@@ -83,15 +68,11 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     if fleet is not None:
         await fleet.start()          # the store's customers (or the snapshot's) first
         cfg = state.config
-    app = make_app(state)
-    if fleet is not None and fleet.sealer is not None:
-        from .fleet import SEALER
-        app[SEALER] = fleet.sealer
-    app[IN_FLIGHT] = {}
-    app.middlewares.append(_track)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CUT_OFF)
-    await runner.setup()
-    listeners = Listeners(state, runner)
+    app = EdgeApp(state)
+    if fleet is not None:
+        app.sealer = fleet.sealer
+    await app.start()
+    listeners = Listeners(state, app.handle)
     for sock in plain:
         await listeners.serve(sock)
     context = state.certs.server_context()
@@ -111,7 +92,7 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
             log.info("reloaded %s: %d customers", new.source, len(new.customers))
 
     def drain(on: bool) -> None:
-        app[DRAINING] = on
+        app.draining = on
         log.info("draining: /healthz answers %s", 503 if on else 200)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -124,27 +105,26 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     await stop.wait()
     if fleet is not None:
         await fleet.stop()
-    await _drain(runner, listeners, app[IN_FLIGHT], drain_timeout)
+    await _drain(listeners, drain_timeout)
+    await app.stop()
     return 0
 
 
-async def _drain(runner: web.AppRunner, listeners: Listeners,
-                 in_flight: dict[int, tuple[web.Request, float]], bound: float) -> None:
+async def _drain(listeners: Listeners, bound: float) -> None:
     """Stop accepting, close idle connections, give requests in flight up to `bound` s."""
     started = time.monotonic()
-    listeners.close()
-    assert runner.server is not None
-    runner.server.pre_shutdown()      # keep-alive connections close after their request
+    listeners.close()                 # keep-alive connections close after their request
+    in_flight = listeners.in_flight()
     if in_flight:
         log.info("stopping: waiting up to %g s for %d request(s) in flight: %s",
                  bound, len(in_flight), _describe(in_flight))
-    while in_flight and time.monotonic() - started < bound:
+    while listeners.conns and time.monotonic() - started < bound:
         await asyncio.sleep(0.05)
-    cut = len(in_flight)
+    cut = listeners.in_flight()
     if cut:
         log.warning("stopping: %d request(s) still in flight after %g s are cut off: %s",
-                    cut, bound, _describe(in_flight))
-    await runner.cleanup()            # shutdown_timeout is short: the waiting was above
+                    len(cut), bound, _describe(cut))
+    await listeners.wait_closed(0)    # aborts whatever is left
     log.info("stopped in %.1f s", time.monotonic() - started)
 
 
