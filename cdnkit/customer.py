@@ -82,6 +82,9 @@ class CacheRules:
     ignore_query: bool = False           # the query string is not part of the cache key
     key_headers: tuple[str, ...] = ()    # request headers that are part of the cache key
     ttl_rules: tuple[TtlRule, ...] = ()  # first match wins
+    # RFC 9213 targeted cache fields the edge obeys over Cache-Control, first present
+    # wins; lower case. Never passed on to clients.
+    targeted: tuple[str, ...] = ("cdn-cache-control",)
 
     def ttl_rule(self, path: str) -> TtlRule | None:
         path = path.split("?", 1)[0]

@@ -94,8 +94,8 @@ def size(ck: Checker, block: LineDict, key: str, default: int, what: str) -> int
 
 def servers(ck: Checker, raw: Any, where: Where, what: str) -> list[Server]:
     out = []
-    for value, w in ck.items(raw, where, what):
-        text = str(value).strip()
+    for value, w in ck.texts(raw, where, what):
+        text = value.strip()
         if "://" in text:
             ck.add(w, f"{what}: {text!r}: give HOST or HOST:PORT, no scheme (protocol: sets it)")
             continue
@@ -126,7 +126,8 @@ def is_ip(host: str) -> bool:
 def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
     block = ck.mapping(raw, where, what)
     ck.keys(block, ("enabled", "default_ttl", "honour_client_no_cache", "max_object", "grace",
-                    "ignore_query", "key_headers", "ttl_rules"), what)
+                    "ignore_query", "key_headers", "ttl_rules", "targeted_field",
+                    "surrogate_control"), what)
     rules = []
     items = block.get("ttl_rules") or []
     for index, item in enumerate(items if isinstance(items, list) else []):
@@ -137,15 +138,12 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
         if not match:
             ck.add(r.where, f"{what} ttl rule needs match: a path glob such as *.mp4")
         ttl = ck.number(r, "ttl", 0, 10 * 365 * 86400, f"{what} ttl rule")
-        override = r.get("override", False)
-        if not isinstance(override, bool):
-            ck.add(r.at("override"), f"{what} ttl rule: override must be true or false")
-            override = False
+        override = ck.flag(r, "override", False, f"{what} ttl rule")
         if match and ttl is not None:
             rules.append(TtlRule(match, ttl, override))
     flags = {}
     for key, default in (("enabled", True), ("honour_client_no_cache", False),
-                         ("ignore_query", False)):
+                         ("ignore_query", False), ("surrogate_control", False)):
         value = block.get(key, default)
         if not isinstance(value, bool):
             ck.add(block.at(key), f"{what}.{key} must be true or false")
@@ -157,10 +155,27 @@ def _cache_rules(ck: Checker, raw: Any, where: Where, what: str) -> CacheRules:
                       size(ck, block, "max_object", 64 * 1024**2, what),
                       ck.number(block, "grace", 0, 30 * 86400, what, default=0.0) or 0.0,
                       flags["ignore_query"],
-                      tuple(str(v).lower() for v, _ in ck.items(block.get("key_headers"),
-                                                                block.at("key_headers"),
-                                                                f"{what} key_headers")),
-                      tuple(rules))
+                      tuple(v.lower() for v, _ in ck.texts(block.get("key_headers"),
+                                                           block.at("key_headers"),
+                                                           f"{what} key_headers")),
+                      tuple(rules), _targeted(ck, block, what, flags["surrogate_control"]))
+
+
+FIELD_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _targeted(ck: Checker, block: LineDict, what: str, surrogate: bool) -> tuple[str, ...]:
+    """RFC 9213 targeted fields in precedence order: the customer's own field (say
+    Edge-Cache-Control), CDN-Cache-Control, then Surrogate-Control when asked for."""
+    own = ck.text(block, "targeted_field", what).strip()
+    if own and not FIELD_NAME.fullmatch(own):
+        ck.add(block.at("targeted_field"), f"{what}.targeted_field must be a header name "
+                                           f"such as Edge-Cache-Control, got {own!r}")
+        own = ""
+    fields = ([own.lower()] if own else []) + ["cdn-cache-control"]
+    if surrogate:
+        fields.append("surrogate-control")
+    return tuple(dict.fromkeys(fields))
 
 
 def _validation_path(ck: Checker, block: LineDict, what: str) -> str:
@@ -169,7 +184,7 @@ def _validation_path(ck: Checker, block: LineDict, what: str) -> str:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     if path and not path.startswith("/"):
         ck.add(block.at("validation_path"), f"{what}: validation_path must be a path (/x.png)")
-    if block.get("rank") and not path:
+    if ck.flag(block, "rank", False, what) and not path:
         ck.add(block.at("rank"), f"{what}: rank needs a validation_path to measure")
     return path
 
@@ -182,7 +197,7 @@ BUCKET_KEYS = ("type", "bucket", "address", "region", "addressing", "signature",
 
 def _origin(ck: Checker, raw: Any, where: Where, what: str, ctx: Context) -> Origin:
     block = ck.mapping(raw, where, what)
-    kind = str(block.get("type", "servers"))
+    kind = ck.text(block, "type", what, "servers")
     if kind in ("s3", "oss"):
         return _bucket_origin(ck, block, kind, what, ctx)
     if kind != "servers":
@@ -195,10 +210,7 @@ def _origin(ck: Checker, raw: Any, where: Where, what: str, ctx: Context) -> Ori
     https = servers(ck, block.get("https"), block.at("https"), f"{what} https")
     if not http and not https:
         ck.add(block.where, f"{what} needs servers: http: [...] and/or https: [...]")
-    retry = block.get("retry_5xx", True)
-    if not isinstance(retry, bool):
-        ck.add(block.at("retry_5xx"), f"{what}.retry_5xx must be true or false")
-        retry = True
+    retry = ck.flag(block, "retry_5xx", True, what)
     return Origin(protocol, tuple(http), tuple(https), ck.text(block, "host_header", what),
                   ck.choice(block, "balancing", Balancing, Balancing.ROUND_ROBIN, what), retry,
                   ck.number(block, "timeout", 0.1, 600, what, default=10.0) or 10.0,
@@ -218,7 +230,7 @@ def _bucket_origin(ck: Checker, block: LineDict, kind: str, what: str, ctx: Cont
         ck.add(block.at("address"), f"{what}.address must be a host name only, without "
                                     f"http:// or https:// or a path, got {address!r}")
     host, port = split_host_port(address) if address and "/" not in address else ("", None)
-    addressing = str(block.get("addressing", "virtual"))
+    addressing = ck.text(block, "addressing", what, "virtual")
     if addressing not in ("virtual", "path"):
         ck.add(block.at("addressing"), f"{what}.addressing must be virtual or path")
     name = ck.text(block, "bucket", what)
@@ -229,7 +241,7 @@ def _bucket_origin(ck: Checker, block: LineDict, kind: str, what: str, ctx: Cont
     region = ck.text(block, "region", what)
     if kind == "oss" and not region:
         ck.add(block.where, f"{what}: an oss origin needs region: (e.g. cn-hangzhou)")
-    signature = str(block.get("signature", "v4"))
+    signature = ck.text(block, "signature", what, "v4")
     if signature not in (("v4",) if kind == "s3" else ("v4", "v1")):
         ck.add(block.at("signature"), f"{what}.signature must be "
                                       f"{'v4' if kind == 's3' else 'v4 or v1'}")
@@ -238,11 +250,11 @@ def _bucket_origin(ck: Checker, block: LineDict, kind: str, what: str, ctx: Cont
         ck.add(block.at("protocol"), f"{what}.protocol of a bucket must be http or https")
         protocol = Protocol.HTTPS
     key_id, secret = _credentials(ck, block, what, ctx)
-    private = block.get("private", bool(secret))
+    private = ck.flag(block, "private", bool(secret), what)
     if private and not secret:
         ck.add(block.where, f"{what}: a private bucket needs access_key_id and "
                             f"secret_access_key (or their _env forms, or credentials_file)")
-    flags = {k: block.get(k, False) is True for k in ("expose_errors", "cache_errors")}
+    flags = {k: ck.flag(block, k, False, what) for k in ("expose_errors", "cache_errors")}
     bucket = Bucket(kind, name, address, region, addressing, signature, key_id,
                     Secret(secret) if private and secret else None, **flags)
     servers = (Server(host, port),) if host else ()
@@ -260,26 +272,29 @@ def _credentials(ck: Checker, block: LineDict, what: str, ctx: Context) -> tuple
     """(access key id, secret) from the config, environment variables or a file."""
     found = {}
     for name in ("access_key_id", "secret_access_key"):
-        value = block.get(name)
-        env = block.get(f"{name}_env")
+        # Typed, and never echoed: `secret_access_key: [SECRET, 1]` was taken as a secret.
+        value = ck.text(block, name, what) if name in block else None
+        value = value or None
+        env = ck.text(block, f"{name}_env", what) if f"{name}_env" in block else None
+        env = env or None
         if value is not None and env is not None:
             ck.add(block.at(name), f"{what}: give {name} or {name}_env, not both")
         if env is not None and not ctx.local_refs:
             ck.add(block.at(f"{name}_env"), f"{what}: {name}_env names a variable of the "
                    f"machine that loads it; give {name} itself (it is stored encrypted)")
         elif env is not None:
-            value = os.environ.get(str(env))
+            value = os.environ.get(env)
             if value is None:
                 ck.add(block.at(f"{name}_env"), f"{what}: environment variable {env} "
                                                 f"(for {name}) is not set")
         if value is not None:
             found[name] = str(value)
-    path = block.get("credentials_file")
+    path = ck.text(block, "credentials_file", what) or None
     if path is not None and not ctx.local_refs:
         ck.add(block.at("credentials_file"), f"{what}: credentials_file is a file of the "
                "machine that loads it; give access_key_id and secret_access_key")
     elif path is not None:
-        file = ctx.base / str(path)
+        file = ctx.base / path
         try:
             for line in file.read_text().splitlines():
                 key, sep, value = line.partition("=")
@@ -306,8 +321,7 @@ def _under(host: str, domains: tuple[str, ...]) -> str:
 def customer(ck: Checker, body: Any, where: Where, label: str, ctx: Context) -> Customer:
     """One customer entry; problems go to `ck` (the returned value is usable regardless)."""
     c = ck.mapping(body, where, f"customer {label}")
-    raw_directory = c.get("directory", "")
-    directory = str(raw_directory).strip("/") if raw_directory is not None else ""
+    directory = ck.text(c, "directory", f"customer {label}", numbers=True).strip("/")
     what = f"customer {directory or label}"
     ck.keys(c, CUSTOMER_KEYS, what)
     if not directory or "/" in directory:
@@ -316,8 +330,8 @@ def customer(ck: Checker, body: Any, where: Where, label: str, ctx: Context) -> 
         ck.add(c.at("directory"), f"{what}: directory {directory!r} may hold letters, digits "
                "and . _ ~ - (at most 64, first a letter or digit)")
     cnames = []
-    for value, w in ck.items(c.get("cnames"), c.at("cnames"), f"{what} cnames"):
-        name = str(value).lower().rstrip(".")
+    for value, w in ck.texts(c.get("cnames"), c.at("cnames"), f"{what} cnames"):
+        name = value.lower().rstrip(".")
         if not HOSTNAME.fullmatch(name):
             ck.add(w, f"{what}: edge CNAME {value!r} is not a host name")
         elif name in cnames:

@@ -30,8 +30,8 @@ def parse_shields(ck: Checker, raw: Any, where: Where) -> tuple[Shield, ...]:
     for index, (item, w) in enumerate(ck.items(raw, where, "shields") if raw else []):
         block = ck.mapping(item, w, f"shield #{index + 1}")
         ck.keys(block, ("name", "address", "region", "lat", "lon"), "shield")
-        name = str(block.get("name", ""))
-        address = str(block.get("address", ""))
+        name = ck.text(block, "name", f"shield #{index + 1}")
+        address = ck.text(block, "address", f"shield #{index + 1}")
         if not name:
             ck.add(block.where, "a shield needs name:")
         try:
@@ -47,7 +47,7 @@ def parse_shields(ck: Checker, raw: Any, where: Where) -> tuple[Shield, ...]:
             if "lat" in block else None
         lon = ck.number(block, "lon", -180, 180, f"shield {name}", default=None) \
             if "lon" in block else None
-        out.append(Shield(name, server, str(block.get("region", "")), lat, lon))
+        out.append(Shield(name, server, ck.text(block, "region", f"shield {name}"), lat, lon))
     names = [s.name for s in out]
     for name in {n for n in names if names.count(n) > 1}:
         ck.add(where, f"shield {name} is listed twice")

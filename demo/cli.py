@@ -21,13 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cdnkit.check import ConfigError
+from cdnkit.check import ConfigError, describe
 from cdnkit.listen import listener_arg
 from gslb.config import DEFAULT_CONFIG, load_config
 from gslb.model import Config
 
 from .cdn import Plan, children
-from .procs import Child, pid_of, start, stop, stop_all
+from .procs import Child, busy, pid_of, start, stop, stop_all
 
 TRIES = (
     ("192.0.2.0/24", "a client in New York"),
@@ -63,6 +63,10 @@ class Demo:
             self.children = children(plan, work)
         self.expected: dict[str, bool] = {}     # name -> should be running
         self.server: socket.socket | None = None
+
+    def taken(self) -> list[tuple[str, list[str]]]:
+        """(part, its addresses already held by another process), for every part."""
+        return [(c.name, found) for c in self.children if (found := busy(c.binds, c.udp))]
 
     def find(self, name: str) -> Child | None:
         by_name = {c.name: c for c in self.children}
@@ -165,7 +169,8 @@ def banner(demo: Demo) -> str:
         lines.append(f"  dig {at} {name} A +subnet={subnet} +norec    # {who}")
     lines += [f"  dig {at} {name} AAAA +norec",
               f"  dig {at} {config.zones[0].origin} SOA +norec",
-              f"  {program()} explain{_config_option(plan)} {name} --ecs 198.51.100.0/24"]
+              f"  {program()} explain{_config_option(plan)}{_server_option(plan)} {name} "
+              "--ecs 198.51.100.0/24"]
     if plan.http is not None:
         lines += [f"  open http://{plan.http}/            # health dashboard",
                   f"  curl -s http://{plan.http}/metrics | grep gslb_"]
@@ -197,6 +202,13 @@ def banner(demo: Demo) -> str:
     return "\n".join(lines)
 
 
+def _server_option(plan: Plan) -> str:
+    """`explain` finds the server at the config's dashboard listener; say where it is not."""
+    if plan.http is None or plan.http == plan.config.dashboard.listen:
+        return ""
+    return f" --server http://{plan.http}"
+
+
 def _config_option(plan: Plan) -> str:
     return "" if plan.config_path == DEFAULT_CONFIG.resolve() else f" -c {plan.config_path}"
 
@@ -223,12 +235,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(describe(exc.problems, args.config), file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="gslb-demo-"))   # configs, caches, logs, state
     demo = Demo(_plan(args, config), work, args.control, fleet=_fleet(args))
+    taken = demo.taken()
+    if taken:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"demo: cannot start: the addresses of {len(taken)} part(s) are in use (another "
+              f"demo? `{program()} demo status` lists a running one):", file=sys.stderr)
+        for name, addresses in taken:
+            print(f"  {name:<11} {', '.join(addresses)}", file=sys.stderr)
+        return 1
     stopping: list[bool] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -315,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "127.0.0.1:8090; edges and DNS follow it (docs/control.md)")
     p.add_argument("--etcd", default="127.0.0.1:2379", metavar="ADDR:PORT",
                    help="--fleet: etcd's client address (default: %(default)s)")
-    p.add_argument("--etcd-peer", default="127.0.0.1:2380", metavar="ADDR:PORT")
+    p.add_argument("--etcd-peer", default="127.0.0.1:2380", metavar="ADDR:PORT",
+                   help="--fleet: etcd's peer address (default: %(default)s)")
     p.add_argument("--cdnctl", default="127.0.0.1:8090", metavar="ADDR:PORT",
                    help="--fleet: the control plane's API and page (default: %(default)s)")
     p.add_argument("--control", default=default_control(), metavar="PATH",

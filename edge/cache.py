@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from .disk import DiskObject, DiskStore, Meta
 from .freshness import Policy
+from .parts import Parts
 
 PASS_MEMORY = 120.0          # seconds a key whose response was not storable skips coalescing
 
@@ -140,11 +141,18 @@ class Fill:
     revalidated: bool = False
     from_cache: bool = False     # the object is in the cache now: waiters are served from it
     leader_headers: object = None   # the first client's request headers (for Vary)
+    interim: object = None       # where 1xx responses go: the first client's reply
+    fwd: str = "uri-miss"        # why the request went forward (Cache-Status)
+    failed_status: int = 502     # what a failed fill answers (504 when the origin timed out)
+    stored: bool = False         # its response is being stored
+    policy: Policy | None = None
     spilled: bool = False        # past `keep` bytes: `chunks` dropped, reads come from the file
     _file: int = -1              # read fd on the part file the body is also written to
     _file_offset: int = 0        # where the body starts in that file
     _keep: int = 0
     _ends: list[int] = field(default_factory=list)    # where each of `chunks` ends
+    _trim: bool = False          # not stored after all: read chunks may be dropped
+    _trimmed: int = 0
     _more: asyncio.Future | None = None
 
     def spill_to(self, fd: int, offset: int, keep: int) -> None:
@@ -153,9 +161,21 @@ class Fill:
         self._file, self._file_offset, self._keep = fd, offset, keep
         weakref.finalize(self, os.close, fd)
 
+    def overflowed(self) -> None:
+        """The body (of unknown length) will not be stored: with one reader, what it has
+        read need not be held any more."""
+        self.shareable = False
+        self._trim = True
+
     def read(self, offset: int, size: int) -> bytes:
         """Some bytes of the body from `offset` (< received), at most `size`; possibly fewer
         (one chunk's worth), so callers loop."""
+        if self._trim and self.readers <= 1 and not self.spilled:
+            # Only the reader at `offset` is left: the chunks before it can go.
+            index = bisect.bisect_right(self._ends, offset)
+            for i in range(self._trimmed, index):
+                self.chunks[i] = b""
+            self._trimmed = max(self._trimmed, index)
         if self.spilled:
             return os.pread(self._file, min(size, self.received - offset),
                             self._file_offset + offset)
@@ -188,8 +208,11 @@ class Fill:
         self.done = True
         self._wake()
 
-    def fail(self) -> None:
-        self.failed = True
+    def header(self, name: str) -> str | None:
+        return header(self.headers, name)
+
+    def fail(self, status: int = 502) -> None:
+        self.failed, self.failed_status = True, status
         if not self.headers_ready.done():
             self.headers_ready.set_result(False)
         self._wake()
@@ -239,6 +262,8 @@ class Cache:
         self.verified: set[tuple[int, int]] = set()     # on-disk bodies whose CRC we checked
         self._pass: dict[str, float] = {}
         self._vary: dict[str, tuple[str, ...]] = {}     # primary key -> varied header names
+        self._invalid: dict[str, float] = {}            # url id -> when it was invalidated
+        self.parts = Parts(memory_bytes // 4)            # 206s of objects not held whole
 
     @property
     def vary_keys(self) -> dict[str, tuple[str, ...]]:
@@ -332,11 +357,13 @@ class Cache:
         """Drop a key from this process only (its disk file was found bad or replaced)."""
         self.memory.delete(key)
         self.files.pop(key, None)
+        self.parts.delete(key)
 
     def purge(self, matches: "Callable[[str], bool]") -> int:
         """Drop every stored object whose key matches; returns how many."""
         gone = {key for key in self.memory.keys() if matches(key)}
         gone |= {key for key in self.files if matches(key)}
+        gone |= {key for key in self.parts.keys() if matches(key)}
         for key in gone:
             self.forget(key)
         if self.disk is not None:
@@ -345,6 +372,22 @@ class Cache:
                     gone.add(key)
                     self.disk.delete(key)
         return len(gone)
+
+    def invalidate(self, url: str, keys: list[str], when: float) -> None:
+        """A successful unsafe request made `url` obsolete (RFC 9111 4.4): its `keys` go,
+        and no variant of it stored before `when` is used again."""
+        if len(self._invalid) > 100_000:
+            self._invalid.clear()
+        self._invalid[url] = max(when, self._invalid.get(url, 0.0))
+        for key in keys:
+            self.forget(key)
+            self._vary.pop(key, None)
+            if self.disk is not None:
+                self.disk.delete(key)
+
+    def invalidated_since(self, url: str, stored_at: float) -> bool:
+        when = self._invalid.get(url)
+        return when is not None and stored_at <= when
 
     def passing(self, key: str, now: float | None = None) -> bool:
         until = self._pass.get(key)

@@ -1,11 +1,12 @@
 """Requests through the cache: look up, serve a hit, or fill from the origin once for all.
 
-`cached` is the entry: a fresh stored object is served (`_serve_stored`, from
-memory or with sendfile from the disk tier); otherwise one `Fill` per key
-fetches it (`_fill`), or follows another worker's fetch through the disk tier
-(`_follow`), and every waiting client is streamed the body as it arrives
-(`_serve_fill`), ranges included. Stale copies answer while a fill refreshes
-them, or when the origin fails, as RFC 5861 and the customer's grace allow.
+`cached` is the entry: a fresh stored object is served (serve.py, from memory
+or with sendfile from the disk tier); otherwise one `Fill` per key fetches it
+(fill.py), or follows another worker's fetch through the disk tier, and every
+waiting client is streamed the body as it arrives, ranges included. Stale
+copies answer while a fill refreshes them, or when the origin fails, as RFC
+5861 and the customer's grace allow. `invalidate` drops what a successful
+unsafe request made obsolete (RFC 9111 4.4).
 """
 from __future__ import annotations
 
@@ -13,62 +14,77 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
+from urllib.parse import urljoin, urlsplit
 
-from aiohttp import web
-
-from . import ranges
-from .cache import Cache, Fill, Stored, header, secondary_key, vary_names
-from .fill import COALESCE_TIMEOUT, FillJob, fill_or_follow
-from .freshness import http_date, request_wants_fresh
-from .model import Customer, EdgeConfig
+from .cache import Cache, Fill, Stored, secondary_key, vary_names
+from .fill import COALESCE_TIMEOUT, FillJob, customer_policy, fill_or_follow, storable
+from .forward import end_to_end
+from .freshness import initial_age, request_wants_fresh
+from .headers import cache_status
+from .model import Customer
 from .origin import OriginPool
+from .parts import content_range
+from .route import BadPath, canonical, host_name, keys_host
+from .serve import (
+    Exchange,
+    OpenBody,
+    serve_fill,
+    serve_part,
+    serve_stored,
+    stale_on_error,
+    wait_headers,
+)
+from .server import Reply, Request
 from .state import EdgeState
-from .upstream import CHUNK, pull, relay, via_header
+from .upstream import Unreachable, own_error, pull, relay, relay_range
 
 
-def cache_eligible(request: web.Request, customer: Customer) -> bool:
+def cache_eligible(request: Request, customer: Customer) -> bool:
     return (customer.cache.enabled and request.method in ("GET", "HEAD")
-            and not request.body_exists)
+            and request.body is None)
 
 
 def cache_key(scheme: str, customer: Customer, path: str,
-              request_headers: "Mapping[str, str]") -> str:
-    """scheme + customer + path (+ query, + chosen request headers), per the customer's rules."""
+              request_headers: "Mapping[str, str]", host: str) -> str:
+    """scheme + customer + path (+ query, + the origin's Host when it can vary, + chosen
+    request headers), per the customer's rules."""
     rules = customer.cache
     if rules.ignore_query:
         path = path.split("?", 1)[0]
     key = f"{scheme}://{customer.directory}{path}"
+    if keys_host(customer):
+        key += f"\x00host={host.lower()}"
     for name in rules.key_headers:
         key += f"\x00{name}={request_headers.get(name, '')}"
     return key
 
 
-async def cached(request: web.Request, state: EdgeState, customer: Customer,
-                  pool: OriginPool, scheme: str, host: str, path: str,
-                  headers: list[tuple[str, str]]) -> web.StreamResponse:
+def url_id(customer: Customer, path: str) -> str:
+    """What an invalidation names: the customer and the path as the key holds it."""
+    return customer.directory + (path.split("?", 1)[0] if customer.cache.ignore_query else path)
+
+
+async def cached(request: Request, reply: Reply, state: EdgeState, customer: Customer,
+                 pool: OriginPool, scheme: str, host: str, path: str,
+                 headers: list[tuple[str, str]]) -> None:
     cache = state.cache
-    primary = cache_key(request.scheme, customer, path, request.headers)
+    primary = cache_key(request.scheme, customer, path, request.headers, host)
     key = cache.key_for(primary, request.headers)
-    async with _opened(cache, key) as (stored, body):
-        return await _lookup_done(request, state, customer, pool, scheme, host, path, headers,
-                                  primary, key, stored, body)
-
-
-@dataclass
-class OpenBody:
-    """An on-disk body opened for sendfile; the open file survives eviction and renames."""
-
-    file: "object"
-    offset: int
+    ex = Exchange(request, reply, state, customer, pool, scheme, host, path, headers, key)
+    async with _opened(cache, key, url_id(customer, path)) as (stored, body):
+        await _lookup_done(ex, primary, key, stored, body)
 
 
 @contextlib.asynccontextmanager
-async def _opened(cache: Cache, key: str) -> AsyncIterator[tuple[Stored | None, OpenBody | None]]:
+async def _opened(cache: Cache, key: str,
+                  url: str = "") -> AsyncIterator[tuple[Stored | None, OpenBody | None]]:
     """The stored object for `key` and, when its body is on disk only, that body opened
-    (closed afterwards); (None, None) when there is none or its file is unusable."""
+    (closed afterwards); (None, None) when there is none, its file is unusable, or a
+    successful unsafe request invalidated it since it was stored."""
     stored = cache.get(key)
+    if stored is not None and url and cache.invalidated_since(url, stored.stored_at):
+        stored = None
     body = None
     if stored is not None and stored.file is not None:
         body = await _open_body(cache, key, stored)
@@ -107,136 +123,123 @@ async def _open_body(cache: Cache, key: str, stored: Stored) -> OpenBody | None:
     return OpenBody(f, obj.offset)
 
 
-async def _lookup_done(request: web.Request, state: EdgeState, customer: Customer,
-                       pool: OriginPool, scheme: str, host: str, path: str,
-                       headers: list[tuple[str, str]], primary: str, key: str,
-                       stored: Stored | None, body: OpenBody | None) -> web.StreamResponse:
+async def _lookup_done(ex: Exchange, primary: str, key: str, stored: Stored | None,
+                       body: OpenBody | None) -> None:
+    request, state, customer = ex.request, ex.state, ex.customer
     cache = state.cache
     wants_fresh = request_wants_fresh(request.headers.getall("Cache-Control", []),
                                       customer.cache.honour_client_no_cache)
     now = time.time()
     if stored is not None and not wants_fresh and stored.fresh(now):
-        return await _serve_stored(request, state, customer, stored, "HIT", body)
+        return await serve_stored(ex, stored, "HIT", body)
+    if stored is None and request.method == "GET" and "Range" in request.headers:
+        part = cache.parts.get(key)       # an object too big to hold: ranges of it, maybe
+        if part is not None and part.fresh(now) and await serve_part(ex, part, now):
+            return
     # A HEAD miss fills the cache with a GET, as nginx's proxy_cache_convert_head does:
     # the next GET is a hit, and the origin sees one request either way.
     if cache.passing(key):
-        return await _pass(request, state, customer, pool, scheme, host, path, headers, "PASS")
+        return await _pass(ex, "PASS", "uri-miss")
     fill = cache.fills.get(key)
     leader = fill is None
     if fill is None:
         fill = Fill(key)
         fill.leader_headers = request.headers
+        fill.interim = ex.reply.interim           # 1xx go to the client that asked
+        fill.fwd = ("request" if wants_fresh else "stale" if stored is not None else
+                    "vary-miss" if key != primary else "uri-miss")
         cache.fills[key] = fill
-        job = FillJob(state, customer, pool, scheme, host, path, headers, stored,
-                      request.headers.getall("Cache-Control", []),
-                      "Authorization" in request.headers, primary, request.headers)
+        job = FillJob(ex, stored, primary)
         fill.task = asyncio.get_running_loop().create_task(fill_or_follow(job, fill))
     if stored is not None and not wants_fresh and stored.policy.stale_allowed(
             stored.age(now) - stored.policy.ttl, stored.policy.stale_while_revalidate):
         # RFC 5861: answer now from the stale copy; the fill above refreshes it.
         fill.readers += 1
         fill.task.add_done_callback(lambda _task, f=fill: _background_done(f))
-        return await _serve_stored(request, state, customer, stored, "STALE", body)
-    return await _serve_fill(request, state, customer, pool, scheme, host, path, headers, fill,
-                             leader, stored)
+        return await serve_stored(ex, stored, "STALE", body)
+    await _wait_fill(ex, fill, leader, stored)
 
 
-async def _pass(request: web.Request, state: EdgeState, customer: Customer, pool: OriginPool,
-                scheme: str, host: str, path: str, headers: list[tuple[str, str]],
-                label: str) -> web.StreamResponse:
-    resp = await pull(state, customer, pool, scheme, host, request.method, path, headers, None,
-                      True)
-    if resp is None:
-        state.metrics.requests.labels(customer.directory, "502").inc()
-        raise web.HTTPBadGateway(text="no origin server answered\n")
-    state.metrics.cache.labels(customer.directory, label).inc()
-    return await relay(request, resp, customer, state, state.config, label)
+async def _pass(ex: Exchange, result: str, fwd: str) -> None:
+    request = ex.request
+    sent = time.time()
+    try:
+        resp = await pull(ex.state, ex.customer, ex.pool, ex.scheme, ex.host,
+                          request.method, ex.path, ex.headers, None, True, ex.reply.interim)
+    except Unreachable as exc:
+        return _unreachable(ex, exc, fwd)
+    ex.state.metrics.cache.labels(ex.customer.directory, result).inc()
+    # A range of an object not held whole: its 206 is kept as partial content.
+    tee: list[bytes] | None = [] if (resp.status == 206 and ex.key and request.method == "GET"
+                                     and ex.customer.origin.bucket is None) else None
+    whole = await relay(request, ex.reply, resp, ex.customer, ex.state, result,
+                        cache_status(ex.config.name, fwd=fwd, fwd_status=resp.status), tee)
+    if tee is not None and whole:
+        _keep_part(ex, resp.headers, b"".join(tee), sent)
 
 
-def _client_headers(out: web.StreamResponse, headers: "list[tuple[str, str]] | tuple",
-                    age: float, label: str, request: web.Request, customer: Customer,
-                    config: EdgeConfig) -> None:
-    for key, value in headers:
-        if key.lower() not in ("content-length", "age"):
-            out.headers.add(key, value)
-    out.headers["Age"] = str(int(age))
-    out.headers["X-Cache"] = label
-    out.headers["Via"] = via_header(out.headers.get("Via"), request, config.via)
-    if customer.alt_svc:
-        out.headers["Alt-Svc"] = customer.alt_svc
+def _keep_part(ex: Exchange, headers, data: bytes, sent: float) -> None:
+    """Store a 206 from the origin as partial content (RFC 9111 3.3), when it has a strong
+    validator to combine it by (3.4) and may be stored at all."""
+    span = content_range(headers.get("Content-Range"))
+    etag = headers.get("ETag")
+    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
+    if span is None or not validator or len(data) != span[1] - span[0] + 1:
+        return
+    if len(data) > ex.customer.cache.max_object:
+        return
+    now = time.time()
+    request = ex.request
+    # 206 is heuristically cacheable as 200 is (RFC 9110 15.1).
+    policy = customer_policy(ex.customer, ex.path, request.headers.getall("Cache-Control", []),
+                             "Authorization" in request.headers, 200, headers, now)
+    if not policy.store:
+        return
+    kept = tuple((k, v) for k, v in storable(end_to_end(headers), policy)
+                 if k.lower() not in ("content-range", "content-length"))
+    ex.state.cache.parts.add(ex.key, validator, span[0], data, span[2], kept, now,
+                             initial_age(headers, now, sent), policy)
 
 
-async def _serve_fill(request: web.Request, state: EdgeState, customer: Customer,
-                      pool: OriginPool, scheme: str, host: str, path: str,
-                      headers: list[tuple[str, str]], fill: Fill,
-                      leader: bool, stale: Stored | None = None) -> web.StreamResponse:
-    label = customer.directory
+def _unreachable(ex: Exchange, exc: Unreachable, fwd: str) -> None:
+    own_error(ex.reply, ex.request, ex.state, exc.status, exc.text, fwd, ex.customer.directory)
+
+
+async def _wait_fill(ex: Exchange, fill: Fill, leader: bool, stale: Stored | None) -> None:
+    """Serve a client from the fill of its key, once the fill has a response head."""
+    request = ex.request
     fill.readers += 1
     try:
-        try:
-            async with asyncio.timeout(None if leader else COALESCE_TIMEOUT):
-                ok = await asyncio.shield(fill.headers_ready)
-        except TimeoutError:
-            ok = None     # the first fetch stalls: this client goes to the origin itself
+        ok = await wait_headers(fill, None if leader else COALESCE_TIMEOUT)
         if ok is None or (not leader and not fill.shareable and not fill.failed) or (
                 not leader and ok and _other_variant(fill, request)):
-            return await _pass(request, state, customer, pool, scheme, host, path, headers,
-                               "MISS")
+            # The first fetch stalls, or its answer is not for us: go ourselves.
+            return await _pass(ex, "MISS", "uri-miss")
         if not ok:
-            if stale is not None and _stale_on_error(stale, customer):
-                return await _serve_stored(request, state, customer, stale, "STALE")
-            state.metrics.requests.labels(label, "502").inc()
-            raise web.HTTPBadGateway(text="no origin server answered\n")
+            if stale is not None and stale_on_error(stale, ex.customer):
+                return await serve_stored(ex, stale, "STALE", entry=cache_status(
+                    ex.config.name, fwd="stale", fwd_status=fill.failed_status,
+                    ttl=stale.policy.ttl - stale.age(time.time())))
+            return _unreachable(ex, Unreachable(fill.failed_status), fill.fwd or "uri-miss")
         if fill.from_cache:
-            return await _serve_now_cached(request, state, customer, pool, scheme, host, path,
-                                           headers, fill)
+            return await _serve_now_cached(ex, fill, leader)
         if fill.direct is not None:
             resp, fill.direct = fill.direct, None
-            if "Range" in request.headers:
-                # Too big (or not ours) to cache: ask the origin for just the range.
-                resp.close()
-                return await _pass(request, state, customer, pool, scheme, host, path, headers,
-                                   "PASS")
-            state.metrics.cache.labels(label, "PASS").inc()
-            return await relay(request, resp, customer, state, state.config, "PASS")
+            ex.state.metrics.cache.labels(ex.customer.directory, "PASS").inc()
+            entry = cache_status(ex.config.name, fwd=fill.fwd, fwd_status=resp.status)
+            if "Range" in request.headers and resp.status == 200:
+                # Too big (or not ours) to cache: the range is cut from this response
+                # rather than asked for again (one origin request per client request).
+                return await relay_range(ex, resp, entry)
+            return await relay(request, ex.reply, resp, ex.customer, ex.state, "PASS", entry)
         result = "REVALIDATED" if fill.revalidated else "MISS"
-        state.metrics.cache.labels(label, result).inc()
-        wanted = _wanted_ranges(request, fill.status, fill.length or 0,
-                                header(fill.headers, "ETag"), header(fill.headers, "Last-Modified"))
-        if wanted is not None and fill.length is not None:
-            # A range on a miss: the whole object is being fetched into the cache;
-            # this client gets its bytes as soon as they are there.
-            return await _serve_ranges(request, state, customer, wanted, fill.length,
-                                       fill.headers, fill.initial_age, result, fill)
-        state.metrics.requests.labels(label, str(fill.status)).inc()
-        out = web.StreamResponse(status=fill.status, reason=fill.reason)
-        _client_headers(out, fill.headers, fill.initial_age, result, request, customer,
-                        state.config)
-        if fill.length is not None:
-            out.content_length = fill.length
-        await out.prepare(request)
-        if request.method == "HEAD":
-            await out.write_eof()     # the fill goes on for the cache
-            return out
-        sent = 0
-        to_clients = state.metrics.to_clients.labels(label)
-        while True:
-            while sent < fill.received:
-                piece = fill.read(sent, CHUNK)
-                sent += len(piece)
-                await out.write(piece)
-                to_clients.inc(len(piece))
-            if fill.failed:
-                if request.transport is not None:
-                    request.transport.abort()     # never a short response that looks whole
-                return out
-            if fill.done:
-                break
-            await fill.more()
-        await out.write_eof()
-        return out
-    except (ConnectionResetError, ConnectionError):
-        return web.Response(status=499)       # the client went away
+        ttl = fill.policy.ttl - fill.initial_age if fill.stored else None
+        entry = cache_status(ex.config.name, fwd=fill.fwd,
+                             fwd_status=304 if fill.revalidated else fill.status, ttl=ttl,
+                             stored=fill.stored, collapsed=not leader)
+        await serve_fill(ex, fill, result, entry)
+    except ConnectionError:
+        ex.reply.abort()                      # the client went away
     finally:
         fill.readers -= 1
         if fill.readers == 0 and not fill.done and fill.task is not None and not fill.shareable:
@@ -246,157 +249,21 @@ async def _serve_fill(request: web.Request, state: EdgeState, customer: Customer
             fill.task.cancel()
 
 
-async def _serve_now_cached(request: web.Request, state: EdgeState, customer: Customer,
-                            pool: OriginPool, scheme: str, host: str, path: str,
-                            headers: list[tuple[str, str]], fill: Fill) -> web.StreamResponse:
+async def _serve_now_cached(ex: Exchange, fill: Fill, leader: bool) -> None:
     """A waiter whose fill put the object in the cache (revalidated, or another worker's)."""
-    async with _opened(state.cache, fill.key) as (stored, body):
+    async with _opened(ex.state.cache, fill.key) as (stored, body):
         if stored is None:
-            return await _pass(request, state, customer, pool, scheme, host, path, headers,
-                               "MISS")
-        return await _serve_stored(request, state, customer, stored,
-                                   "REVALIDATED" if fill.revalidated else "HIT", body)
+            return await _pass(ex, "MISS", "uri-miss")
+        result = "REVALIDATED" if fill.revalidated else "HIT"
+        entry = ""
+        if fill.revalidated:
+            entry = cache_status(ex.config.name, fwd=fill.fwd, fwd_status=304, stored=True,
+                                 ttl=stored.policy.ttl - stored.age(time.time()),
+                                 collapsed=not leader)
+        await serve_stored(ex, stored, result, body, entry)
 
 
-async def _serve_stored(request: web.Request, state: EdgeState, customer: Customer,
-                        stored: Stored, result: str,
-                        body: OpenBody | None = None) -> web.StreamResponse:
-    """A cache hit: headers rendered from the stored object, body from memory or, for
-    objects kept on disk only, with sendfile from the open file `body`."""
-    label = customer.directory
-    now = time.time()
-    state.metrics.cache.labels(label, result).inc()
-    if _not_modified(request, stored):
-        out = web.StreamResponse(status=304)
-        _client_headers(out, [(k, v) for k, v in stored.headers
-                              if k.lower() in NOT_MODIFIED_HEADERS],
-                        stored.age(now), result, request, customer, state.config)
-        state.metrics.requests.labels(label, "304").inc()
-        await out.prepare(request)
-        await out.write_eof()
-        return out
-    wanted = _wanted_ranges(request, stored.status, stored.size, stored.header("ETag"),
-                            stored.header("Last-Modified"))
-    if wanted is not None:
-        return await _serve_ranges(request, state, customer, wanted, stored.size,
-                                   stored.headers, stored.age(now), result,
-                                   body if body is not None else stored.chunks)
-    out = web.StreamResponse(status=stored.status, reason=stored.reason)
-    _client_headers(out, stored.headers, stored.age(now), result, request, customer,
-                    state.config)
-    out.headers["Accept-Ranges"] = "bytes"
-    out.content_length = stored.size
-    state.metrics.requests.labels(label, str(stored.status)).inc()
-    await out.prepare(request)
-    if request.method != "HEAD":
-        if body is not None:
-            await _sendfile(request, body, 0, stored.size)
-        else:
-            for chunk in stored.chunks:
-                await out.write(chunk)
-        state.metrics.to_clients.labels(label).inc(stored.size)
-    await out.write_eof()
-    return out
-
-
-async def _sendfile(request: web.Request, body: OpenBody, first: int, count: int) -> None:
-    """`count` bytes of an on-disk body from `first`, by the kernel (after the headers)."""
-    if request.transport is None:
-        raise ConnectionResetError("client gone")
-    await asyncio.get_running_loop().sendfile(request.transport, body.file,
-                                              body.offset + first, count)
-
-
-def _wanted_ranges(request: web.Request, status: int, size: int, etag: str | None,
-                   last_modified: str | None) -> list[tuple[int, int]] | None:
-    if status != 200 or request.method != "GET":
-        return None
-    if not ranges.if_range_holds(request.headers.get("If-Range"), etag, last_modified):
-        return None
-    return ranges.parse(request.headers.get("Range"), size)
-
-
-async def _serve_ranges(request: web.Request, state: EdgeState, customer: Customer,
-                        wanted: list[tuple[int, int]], size: int, headers, age: float,
-                        result: str, chunks) -> web.StreamResponse:
-    """206 with one range or multipart/byteranges; 416 when none is satisfiable.
-
-    `chunks` is the body so far: a stored tuple, or a fill's growing list, in
-    which case `_await_bytes` waits for the bytes a range needs.
-    """
-    label = customer.directory
-    base = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-range")]
-    content_type = next((v for k, v in headers if k.lower() == "content-type"),
-                        "application/octet-stream")
-    if not wanted:
-        out = web.StreamResponse(status=416)
-        _client_headers(out, base, age, result, request, customer, state.config)
-        out.headers["Content-Range"] = f"bytes */{size}"
-        out.content_length = 0
-        state.metrics.requests.labels(label, "416").inc()
-        await out.prepare(request)
-        await out.write_eof()
-        return out
-    out = web.StreamResponse(status=206)
-    _client_headers(out, base, age, result, request, customer, state.config)
-    out.headers["Accept-Ranges"] = "bytes"
-    state.metrics.requests.labels(label, "206").inc()
-    if len(wanted) == 1:
-        first, last = wanted[0]
-        out.headers["Content-Type"] = content_type
-        out.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        out.content_length = last - first + 1
-        await out.prepare(request)
-        await _write_range(request, out, state, label, chunks, first, last)
-        await out.write_eof()
-        return out
-    boundary = "gslb-edge-" + format(id(out), "x")
-    parts = [(f"--{boundary}\r\nContent-Type: {content_type}\r\n"
-              f"Content-Range: bytes {a}-{b}/{size}\r\n\r\n").encode() for a, b in wanted]
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    out.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
-    out.content_length = (sum(len(p) for p in parts) + sum(b - a + 1 for a, b in wanted)
-                          + 2 * (len(wanted) - 1) + len(tail))
-    await out.prepare(request)
-    for index, ((first, last), head) in enumerate(zip(wanted, parts)):
-        await out.write((b"\r\n" if index else b"") + head)
-        await _write_range(request, out, state, label, chunks, first, last)
-    await out.write(tail)
-    await out.write_eof()
-    return out
-
-
-async def _write_range(request: web.Request, out: web.StreamResponse, state: EdgeState,
-                       label: str, chunks,
-                       first: int, last: int) -> None:
-    if isinstance(chunks, OpenBody):
-        await _sendfile(request, chunks, first, last - first + 1)
-        state.metrics.to_clients.labels(label).inc(last - first + 1)
-        return
-    if isinstance(chunks, Fill):
-        fill = chunks
-        await _await_bytes(fill, last + 1)
-        offset = first
-        while offset <= last:
-            piece = fill.read(offset, last + 1 - offset)
-            offset += len(piece)
-            await out.write(piece)
-            state.metrics.to_clients.labels(label).inc(len(piece))
-        return
-    for piece in ranges.slice_chunks(chunks, first, last):
-        await out.write(piece)
-        state.metrics.to_clients.labels(label).inc(len(piece))
-
-
-async def _await_bytes(fill: Fill, needed: int) -> None:
-    """Wait until a fill holds `needed` bytes (or ends); a failed fill aborts the client."""
-    while fill.received < needed and not fill.done and not fill.failed:
-        await fill.more()
-    if fill.failed:
-        raise ConnectionResetError("origin fetch failed")
-
-
-def _other_variant(fill: Fill, request: web.Request) -> bool:
+def _other_variant(fill: Fill, request: Request) -> bool:
     """Whether the response varies on a header in which this waiter differs from the leader."""
     names = vary_names(fill.headers)
     if not names or fill.leader_headers is None:
@@ -413,28 +280,28 @@ def _background_done(fill: Fill) -> None:
         fill.direct = None
 
 
-def _stale_on_error(stale: Stored, customer: Customer) -> bool:
-    """RFC 5861 stale-if-error, or the customer's grace period, covers this copy."""
-    staleness = stale.age(time.time()) - stale.policy.ttl
-    window = max(stale.policy.stale_if_error, customer.cache.grace)
-    return stale.policy.stale_allowed(staleness, window)
-
-
-NOT_MODIFIED_HEADERS = frozenset({"cache-control", "content-location", "date", "etag",
-                                  "expires", "vary", "last-modified"})
-
-
-def _not_modified(request: web.Request, stored: Stored) -> bool:
-    """RFC 9110 13.1: answer a client's conditional GET from the cache with 304."""
-    if stored.status != 200:
-        return False
-    etag = stored.header("ETag")
-    inm = request.headers.get("If-None-Match")
-    if inm is not None:
-        if not etag:
-            return False
-        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
-        return "*" in tags or etag.removeprefix("W/") in tags      # weak comparison
-    ims = http_date(request.headers.get("If-Modified-Since"))
-    modified = http_date(stored.header("Last-Modified"))
-    return ims is not None and modified is not None and modified <= ims
+def invalidate(state: EdgeState, customer: Customer, path: str, host: str,
+               response_headers: "Mapping[str, str]") -> None:
+    """RFC 9111 4.4: after a successful unsafe request, the stored responses for its URL,
+    and for a same-origin Location / Content-Location, are not used again."""
+    paths = [path]
+    base = f"http://{host}{path}"
+    for name in ("Location", "Content-Location"):
+        value = response_headers.get(name)
+        if not value:
+            continue
+        target = urlsplit(urljoin(base, value))
+        if host_name(target.netloc) != host_name(host) and (
+                host_name(target.netloc) not in customer.cnames):
+            continue                       # another origin: not ours to invalidate
+        try:
+            paths.append(canonical(customer, (target.path or "/") + (
+                f"?{target.query}" if target.query else "")))
+        except BadPath:
+            continue
+    cache = state.cache
+    now = time.time()
+    for p in dict.fromkeys(paths):
+        keys = [cache_key(scheme, customer, p, {}, host) for scheme in ("http", "https")]
+        cache.invalidate(url_id(customer, p), keys, now)
+        state.tell_workers_invalidated(url_id(customer, p), keys, now)

@@ -1,4 +1,4 @@
-"""`edge serve`: the edge proxy."""
+"""`edge serve | validate | purge | whitelist`: the edge proxy and its tools."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +6,14 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
+from cdnkit.check import describe
 from cdnkit.listen import Listener, listener_arg
 from cdnkit.store import store_arg
 
 from . import config as edge_config
-from .front import Listeners
-from .proxy import DRAINING, make_app
-from .state import EdgeState
 
 log = logging.getLogger("edge")
 
@@ -33,66 +28,6 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
     if listen:
         cfg = dataclasses.replace(cfg, listen=listen)
     return cfg
-
-
-async def serve(args: argparse.Namespace, cfg: edge_config.EdgeConfig,
-                reuse_port: bool = False, worker: int = 0) -> int:
-    state = EdgeState(cfg)
-    follower = None
-    if args.store is not None and args.store.kind == "etcd":
-        from .fleet import Follower
-        follower = Follower(state, Path(args.config), _fleet_options(args, cfg, worker),
-                            tuple(args.listen or ()))
-        await follower.start()        # the store's customers (or the snapshot's) first
-        cfg = state.config
-    app = make_app(state)
-    if follower is not None and follower.sealer is not None:
-        from .fleet import SEALER
-        app[SEALER] = follower.sealer
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    listeners = Listeners(state, runner)
-    for listener in cfg.listen:
-        await listeners.add(listener.host, listener.port, reuse_port=reuse_port)
-    tls = state.certs.server_context()
-    for listener in cfg.tls_listen:
-        await listeners.add(listener.host, listener.port, ssl=tls, reuse_port=reuse_port)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def reload() -> None:
-        if args.origin:
-            return
-        if follower is not None:       # the local part of the config; customers stay
-            if follower.snap is not None:
-                follower.apply(follower.snap, save=False)
-            return
-        try:
-            new = _load(args)
-        except edge_config.ConfigError as exc:
-            log.error("reload of %s rejected, keeping the previous config:\n  %s",
-                      args.config, "\n  ".join(exc.problems))
-            return
-        state.apply(new)
-        log.info("reloaded %s: %d customers", args.config, len(new.customers))
-
-    def drain(on: bool) -> None:
-        app[DRAINING] = on
-        log.info("draining: /healthz answers %s", 503 if on else 200)
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: drain(True))
-    loop.add_signal_handler(signal.SIGUSR2, lambda: drain(False))
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    log.info("ready: %d customers on %s", len(cfg.customers),
-             ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
-    await stop.wait()
-    if follower is not None:
-        await follower.stop()
-    listeners.close()
-    await runner.cleanup()
-    return 0
 
 
 def _fleet_options(args: argparse.Namespace, cfg: edge_config.EdgeConfig, worker: int):
@@ -144,103 +79,146 @@ def cmd_whitelist(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the edge proxy")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
-    p.add_argument("--listen", action="append", type=listener_arg, metavar="ADDR:PORT")
-    p.add_argument("--origin", help="quick mode: proxy every Host to this origin URL")
-    p.add_argument("--host", help="quick mode: Host header to send to the origin")
-    p.add_argument("--workers", type=int, default=0,
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge", description="The CDN edge proxy: routes by edge CNAME or CDN URL, pulls "
+        "from the customer's origin, caches (RFC 9111). Docs: docs/edge.md.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG), metavar="FILE",
+                       help="edge config (default: data/edge.yaml)")
+
+    p = sub.add_parser("serve", help="run the edge proxy",
+                       description="Serve the config's customers. SIGHUP reloads, SIGUSR1/2 "
+                                   "drain/undrain /healthz, SIGTERM stops after the drain bound.")
+    with_config(p)
+    p.add_argument("--listen", action="append", type=listener_arg, metavar="ADDR:PORT",
+                   help="listen here instead of the config's listen; repeatable "
+                        "(default: the config's, 127.0.0.1:8081)")
+    p.add_argument("--origin", metavar="URL",
+                   help="quick mode: proxy every Host to this origin URL, no config "
+                        "(default: off)")
+    p.add_argument("--host", metavar="HOST",
+                   help="quick mode: Host header to send to the origin (default: the "
+                        "client's)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="processes sharing the port with SO_REUSEPORT and the disk cache "
                         "(default: one per CPU, as nginx's worker_processes auto)")
+    p.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, how long requests in flight may take before they are "
+                        "cut off (default: %(default)g; an idle edge exits at once)")
     fleet = p.add_argument_group("fleet (customers from the store; docs/control.md)")
     fleet.add_argument("--store", type=store_arg, metavar="STORE",
                        help="file:PATH (the -c file, the default) or etcd://HOST:PORT[,...]")
     fleet.add_argument("--node-id", help="this edge in the fleet (default: the config's name)")
-    fleet.add_argument("--kind", choices=["edge", "shield"], default="edge")
-    fleet.add_argument("--site", default="", help="the gslb site this edge belongs to")
+    fleet.add_argument("--kind", choices=["edge", "shield"], default="edge",
+                       help="what this node is to the fleet (default: %(default)s)")
+    fleet.add_argument("--site", default="",
+                       help="the gslb site this edge belongs to (default: none)")
     fleet.add_argument("--address", action="append", metavar="IP",
                        help="an address DNS answers for this edge (repeatable; default: "
                             "the listen addresses)")
-    fleet.add_argument("--key-file", help="opens the bucket secrets sealed in the store")
-    fleet.add_argument("--snapshot", help="where the last applied store config is kept "
-                                          "(default: STATE_DIR/store-NODE.json)")
+    fleet.add_argument("--key-file", metavar="FILE",
+                       help="opens the bucket secrets sealed in the store (default: none)")
+    fleet.add_argument("--snapshot", metavar="FILE",
+                       help="where the last applied store config is kept "
+                            "(default: STATE_DIR/store-NODE.json)")
     p.set_defaults(func=None)
 
-    p = sub.add_parser("validate", help="GET the validation path from every origin server")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p = sub.add_parser("validate", help="GET the validation path from every origin server",
+                       description="Fetch the customer's validation path from each origin "
+                                   "server; exit 1 unless every one returns 200.")
+    with_config(p)
     p.add_argument("name", help="customer directory name or edge CNAME")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="per request (default: %(default)g)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("purge", help="remove cached objects in every worker")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
+    p = sub.add_parser("purge", help="remove cached objects in every worker",
+                       description="Append a ban to the config's state_dir; every worker "
+                                   "applies it within a second.")
+    with_config(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--url", help="one URL, e.g. http://www.test.com/a.mp4")
-    what.add_argument("--prefix", help="every URL under this one")
-    what.add_argument("--customer", help="everything of this directory name (a ban)")
+    what.add_argument("--prefix", metavar="URL", help="every URL under this one")
+    what.add_argument("--customer", metavar="DIRECTORY",
+                      help="everything of this directory name (a ban)")
     p.set_defaults(func=cmd_purge)
 
-    p = sub.add_parser("whitelist", help="print the source blocks origins must allow")
-    p.add_argument("-c", "--config", default=str(edge_config.DEFAULT_CONFIG))
-    p.add_argument("--gslb", help="also every edge address of this gslb config")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("whitelist", help="print the source blocks origins must allow",
+                       description="The egress blocks of the config and, with --gslb, every "
+                                   "edge address of a gslb config, collapsed.")
+    with_config(p)
+    p.add_argument("--gslb", metavar="FILE",
+                   help="also every edge address of this gslb config (default: none)")
+    p.add_argument("--json", action="store_true", help="JSON instead of text (default: text)")
     p.set_defaults(func=cmd_whitelist)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.func is not None:
         try:
             return args.func(args)
         except edge_config.ConfigError as exc:
-            print("\n".join(exc.problems), file=sys.stderr)
+            print(describe(exc.problems, args.config), file=sys.stderr)
             return 1
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    return cmd_serve(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cdnkit.logs import setup
+
+    from .eventloop import run as run_loop
+    from .scratch import remove, shared_dirs
+    from .serving import bind, fork_workers, serve
+
+    setup(logging.INFO)
     try:
         cfg = _load(args)
     except edge_config.ConfigError as exc:
-        print(f"{len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(describe(exc.problems, args.config), file=sys.stderr)
         return 1
     workers = args.workers or os.cpu_count() or 1
+    try:
+        plain, tls = bind(cfg, workers)     # before anything else: one clear line if taken
+    except OSError as exc:          # cdnkit.ports.AddressInUse, CannotListen
+        print(f"edge: cannot listen on {exc}", file=sys.stderr)
+        return 1
+
+    def reload() -> edge_config.EdgeConfig | None:
+        if args.origin:
+            return None
+        try:
+            return _load(args)
+        except edge_config.ConfigError as exc:
+            log.error("reload of %s rejected, keeping the previous config:\n  %s",
+                      args.config, "\n  ".join(exc.problems))
+            return None
+
+    def follower(index: int):
+        """Worker `index`'s store follower, made around its EdgeState (None: no store)."""
+        if args.store is None or args.store.kind != "etcd":
+            return None
+        from .fleet import Follower
+
+        return lambda state: Follower(state, Path(args.config), _fleet_options(args, cfg, index),
+                                      tuple(args.listen or ()))
+
+    def run(index: int) -> int:
+        return run_loop(serve(cfg, [o.sockets[index] for o in plain],
+                              [o.sockets[index] for o in tls], reload, args.drain_timeout,
+                              follower(index)))
+
     if workers == 1:
-        return asyncio.run(serve(args, cfg))
-    return _fork_workers(args, cfg, workers)
-
-
-def _fork_workers(args: argparse.Namespace, cfg: edge_config.EdgeConfig, workers: int) -> int:
-    """N processes sharing the listeners with SO_REUSEPORT; signals are relayed to them.
-
-    Forked before any event loop exists, so each child starts clean.
-    """
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(asyncio.run(serve(args, cfg, reuse_port=True, worker=len(children))))
-        children.append(pid)
-
-    def relay(sig: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, sig)
-            except ProcessLookupError:
-                pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, relay)
-    status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                status = status or os.waitstatus_to_exitcode(code)
-                break
-            except InterruptedError:
-                continue
-    return status
+        return run(0)
+    cfg, scratch = shared_dirs(cfg, workers)       # one cache, whatever the worker count
+    try:
+        return fork_workers(run, workers, plain + tls)
+    finally:
+        remove(scratch)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from cdnkit.check import Checker, ConfigError
 from cdnkit.listen import Listener, parse_listener, split_host_port
 from cdnkit.schema import MAX_CUSTOMERS, Context, is_ip, size
 from cdnkit.shields import parse_shields
-from cdnkit.yamlsrc import Where, YamlError, load_yaml
+from cdnkit.yamlsrc import ConfigFileError, Where, YamlError, read_config
 
 from .model import (
     Balancing,
@@ -52,10 +52,10 @@ def _tls(ck: Checker, raw: Any, where: Where, base: Path) -> tuple[tuple[Listene
     block = ck.mapping(raw, where, "tls")
     ck.keys(block, ("listen", "certificates"), "tls")
     listen = []
-    for value, w in ck.items(block.get("listen", "127.0.0.1:8443"), block.at("listen"),
+    for value, w in ck.texts(block.get("listen", "127.0.0.1:8443"), block.at("listen"),
                              "tls listen"):
         try:
-            listen.append(parse_listener(str(value)))
+            listen.append(parse_listener(value))
         except ValueError as exc:
             ck.add(w, f"tls listen: {exc}")
     specs = []
@@ -64,8 +64,8 @@ def _tls(ck: Checker, raw: Any, where: Where, base: Path) -> tuple[tuple[Listene
         w = items.at(index) if hasattr(items, "at") else block.where
         c = ck.mapping(item, w, "tls certificate")
         ck.keys(c, ("names", "cert", "key"), "tls certificate")
-        names = tuple(str(n).lower() for n, _ in ck.items(c.get("names"), c.at("names"),
-                                                            "tls names"))
+        names = tuple(n.lower() for n, _ in ck.texts(c.get("names"), c.at("names"),
+                                                       "tls names"))
         paths = []
         for key in ("cert", "key"):
             path = base / ck.text(c, key, "tls certificate")
@@ -98,7 +98,8 @@ def build(raw: Any, source: str, base: Path | None = None, *,
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
                   "origin_ca_file", "cache_memory", "cache_disk", "cache_disk_size", "state_dir",
-                  "admin_token_env", "name", "region", "lat", "lon", "shields"),
+                  "admin_token_env", "name", "region", "lat", "lon", "shields",
+                  "trusted_proxies"),
             "the top level")
     state_dir = ck.text(top, "state_dir", "config")
     if state_dir:
@@ -116,28 +117,38 @@ def build(raw: Any, source: str, base: Path | None = None, *,
         if not Path(origin_ca).is_file():
             ck.add(top.at("origin_ca_file"), f"origin_ca_file {origin_ca} does not exist")
     egress = []
-    for value, w in ck.items(top.get("egress"), top.at("egress"), "egress"):
+    for value, w in ck.texts(top.get("egress"), top.at("egress"), "egress"):
         try:
-            egress.append(str(ipaddress.ip_network(str(value), strict=False)))
+            egress.append(str(ipaddress.ip_network(value, strict=False)))
         except ValueError:
             ck.add(w, f"egress: {value!r} is not an address or CIDR")
+    # Our own tiers send from the egress blocks: by default their chains are kept.
+    trusted_proxies = [ipaddress.ip_network(e) for e in egress]
+    if "trusted_proxies" in top:
+        trusted_proxies = []
+    for value, w in ck.items(top.get("trusted_proxies"), top.at("trusted_proxies"),
+                             "trusted_proxies"):
+        try:
+            trusted_proxies.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            ck.add(w, f"trusted_proxies: {value!r} is not an address or CIDR")
     nameservers = []
-    for value, w in ck.items(top.get("resolver"), top.at("resolver"), "resolver"):
-        found = _nameserver(str(value).strip())
+    for value, w in ck.texts(top.get("resolver"), top.at("resolver"), "resolver"):
+        found = _nameserver(value.strip())
         if found is None:
             ck.add(w, f"resolver: {value!r} must be IP, IP:PORT or [IPv6]:PORT")
         else:
             nameservers.append(found)
     listen = []
-    for value, w in ck.items(top.get("listen", "127.0.0.1:8081"), top.at("listen"), "listen"):
+    for value, w in ck.texts(top.get("listen", "127.0.0.1:8081"), top.at("listen"), "listen"):
         try:
-            listen.append(parse_listener(str(value)))
+            listen.append(parse_listener(value))
         except ValueError as exc:
             ck.add(w, f"listen: {exc}")
-    account = str(top.get("account", "800001"))
-
-    me = str(top.get("name", top.get("via", "gslb-edge")))
-    region = str(top.get("region", ""))
+    account = ck.text(top, "account", "config", "800001", numbers=True)
+    via = ck.text(top, "via", "config", "gslb-edge")
+    me = ck.text(top, "name", "config", via)
+    region = ck.text(top, "region", "config")
     location = None
     if "lat" in top and "lon" in top:
         lat = ck.number(top, "lat", -90, 90, "config")
@@ -150,20 +161,19 @@ def build(raw: Any, source: str, base: Path | None = None, *,
     if ck.problems:
         raise ConfigError(ck.problems)
     return EdgeConfig(source, tuple(listen), account, tuple(found.items),
-                      str(top.get("via", "gslb-edge")), tuple(egress), tls_listen, certs,
+                      via, tuple(egress), tls_listen, certs,
                       origin_ca, cache_memory, cache_disk, cache_disk_size, state_dir,
                       admin_token, name=me, region=region, location=location,
-                      shields=shields, nameservers=tuple(nameservers), by_cname=found.by_cname,
+                      shields=shields, nameservers=tuple(nameservers),
+                      trusted_proxies=tuple(trusted_proxies), by_cname=found.by_cname,
                       by_directory=found.by_directory)
 
 
 def load(path: str | os.PathLike[str]) -> EdgeConfig:
     source = str(path)
     try:
-        raw = load_yaml(Path(path))
-    except FileNotFoundError:
-        raise ConfigError([f"{source}:0: file not found"]) from None
-    except YamlError as exc:
+        raw = read_config(path)
+    except (ConfigFileError, YamlError) as exc:
         raise ConfigError([str(exc)]) from None
     return build(raw, source, Path(path).resolve().parent)
 

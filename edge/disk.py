@@ -38,6 +38,7 @@ TOUCH_EVERY = 60.0                  # seconds between mtime refreshes of a hot o
 SWEEP_TARGET = 0.9                  # an eviction sweep frees space down to 90 % of the cap
 READ_CHUNK = 256 * 1024
 SWEEP_LOCK = 0                      # lock byte of the sweeper; keys lock bytes >= 1
+UNKNOWN = 2**64 - 1                 # body length in a part file whose length is not known yet
 
 
 def digest(key: str) -> str:
@@ -65,9 +66,10 @@ class Meta:
     @classmethod
     def decode(cls, raw: bytes) -> "Meta":
         d = json.loads(raw)
+        policy = {**d["policy"], "strip": tuple(d["policy"].get("strip", ()))}
         return cls(d["key"], int(d["status"]), d["reason"],
                    tuple((str(k), str(v)) for k, v in d["headers"]), float(d["stored_at"]),
-                   float(d["initial_age"]), Policy(**d["policy"]), tuple(d.get("vary", ())))
+                   float(d["initial_age"]), Policy(**policy), tuple(d.get("vary", ())))
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,9 @@ class _Entry:
 class PartWriter:
     """An object being written under tmp/; `commit` makes it visible, `abort` drops it."""
 
-    def __init__(self, store: "DiskStore", name: str, meta: Meta, length: int):
-        self.store, self.name, self.meta, self.length = store, name, meta, length
+    def __init__(self, store: "DiskStore", name: str, meta: Meta, length: int | None):
+        self.store, self.name, self.meta = store, name, meta
+        self.length = UNKNOWN if length is None else length
         self.path = store.part_path(name)
         raw = meta.encode()
         self._meta_len = len(raw)
@@ -203,8 +206,11 @@ class PartWriter:
                 self.written += n
         self._crc = obj.crc
 
-    def commit(self) -> bool:
-        """Rename into place when every promised byte is there; False (and gone) otherwise."""
+    def commit(self, size: int | None = None) -> bool:
+        """Rename into place when every promised byte is there (`size`: the length of a
+        body whose length was not known up front); False (and gone) otherwise."""
+        if self.length == UNKNOWN and size is not None:
+            self.length = size
         if self._fd < 0 or self.written != self.length:
             self.abort()
             return False
@@ -351,7 +357,7 @@ class DiskStore:
 
     # --- writing --------------------------------------------------------------------------
 
-    def writer(self, meta: Meta, length: int) -> PartWriter | None:
+    def writer(self, meta: Meta, length: int | None) -> PartWriter | None:
         """A part file for `meta.key` (the caller holds the key's lock); None if unwritable."""
         try:
             return PartWriter(self, digest(meta.key), meta, length)

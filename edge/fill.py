@@ -13,43 +13,64 @@ import time
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-import aiohttp
+from multidict import CIMultiDict
 
 from .cache import Fill, Stored
-from .disk import DiskStore, PartWriter, digest, part_meta
+from .client import OriginError
+from .disk import UNKNOWN, DiskStore, PartWriter, digest, part_meta
+from .forward import end_to_end
 from .freshness import Policy, initial_age, request_wants_fresh, response_policy
 from .model import Customer
-from .origin import OriginPool
-from .state import EdgeState
-from .upstream import CHUNK, end_to_end, pull
+from .serve import Exchange
+from .upstream import Unreachable, pull
 
 COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by then goes itself
 
 
 @dataclass(frozen=True)
 class FillJob:
-    """What a fill needs to fetch one object for everyone waiting on it."""
+    """What a fill needs to fetch one object for everyone waiting on it: the first
+    client's exchange (what to ask of whom), the stale copy, the primary key."""
 
-    state: EdgeState
-    customer: Customer
-    pool: OriginPool
-    scheme: str
-    host: str
-    path: str
-    headers: list[tuple[str, str]]
+    ex: Exchange
     stale: Stored | None
-    request_cc: list[str]
-    authorization: bool
     primary: str
-    request_headers: "Mapping"
+
+    @property
+    def request_headers(self) -> "Mapping":
+        return self.ex.request.headers
+
+    @property
+    def request_cc(self) -> list[str]:
+        return self.ex.request.headers.getall("Cache-Control", [])
+
+    @property
+    def authorization(self) -> bool:
+        return "Authorization" in self.ex.request.headers
 
 
 FOLLOW_POLL = 0.005     # seconds between looks at another worker's growing part file
+READ_CHUNK = 64 * 1024
 
 
 async def fill_or_follow(job: FillJob, fill: Fill) -> None:
-    """Fill from the origin, or, when another worker is filling this key, follow its file."""
-    disk = job.state.cache.disk
+    """Fill from the origin, or, when another worker is filling this key, follow its file.
+
+    However it ends, the fill is no longer the key's once it has: a later request must
+    look at the cache again, never be served this fill's (by then old) response.
+    """
+    try:
+        await _fill_or_follow(job, fill)
+    finally:
+        fills = job.ex.state.cache.fills
+        if fills.get(fill.key) is fill:
+            del fills[fill.key]
+        if not fill.headers_ready.done():
+            fill.fail()                       # nobody may wait on it for ever
+
+
+async def _fill_or_follow(job: FillJob, fill: Fill) -> None:
+    disk = job.ex.state.cache.disk
     if disk is None:
         return await _fill(job, fill, None)
     name = digest(fill.key)
@@ -69,8 +90,8 @@ async def fill_or_follow(job: FillJob, fill: Fill) -> None:
 def _stored_meanwhile(job: FillJob, fill: Fill) -> bool:
     """If the disk tier now holds a fresh copy newer than the one this fill started from,
     end the fill with it: its waiters are served from the cache."""
-    state = job.state
-    if request_wants_fresh(job.request_cc, job.customer.cache.honour_client_no_cache):
+    state = job.ex.state
+    if request_wants_fresh(job.request_cc, job.ex.customer.cache.honour_client_no_cache):
         return False
     stored = state.cache.get(fill.key)
     if (stored is None or not stored.fresh(time.time())
@@ -106,24 +127,30 @@ async def _follow(job: FillJob, fill: Fill, disk: DiskStore, name: str) -> bool:
                     return False
                 await asyncio.sleep(FOLLOW_POLL)
         meta, length = meta
-        fill.start(meta.status, meta.reason, list(meta.headers), length, True, meta.initial_age)
-        fill.spill_to(os.dup(f.fileno()), f.tell(), job.state.cache.promote_bytes)
+        known = length != UNKNOWN
+        fill.start(meta.status, meta.reason, list(meta.headers), length if known else None,
+                   True, meta.initial_age)
+        fill.spill_to(os.dup(f.fileno()), f.tell(), job.ex.state.cache.promote_bytes)
         while fill.received < length:
-            chunk = f.read(CHUNK)
+            chunk = f.read(READ_CHUNK)
             if chunk:
                 fill.append(chunk)
                 continue
             if not disk.locked_elsewhere(name):
-                chunk = f.read(CHUNK)       # written just before the lock was let go?
-                if not chunk:
+                chunk = f.read(READ_CHUNK)       # written just before the lock was let go?
+                if chunk:
+                    fill.append(chunk)
+                    continue
+                obj = None if known else disk.lookup(fill.key)
+                if obj is None or obj.size != fill.received:
                     fill.fail()             # the other worker's fetch failed mid-body
                     return True
-                fill.append(chunk)
-                continue
+                length = fill.received      # a body of unknown length, now complete
+                break
             await asyncio.sleep(FOLLOW_POLL)
     fill.finish()
     if not fill.spilled:     # a big one is on disk; the next hit finds it there
-        job.state.cache.put_variant(
+        job.ex.state.cache.put_variant(
             job.primary, job.request_headers,
             Stored(meta.status, meta.reason, meta.headers, tuple(fill.chunks), length,
                    meta.stored_at, meta.initial_age, meta.policy), fill.key)
@@ -136,11 +163,11 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
     With `disk` (this worker holds the key's lock) the body is also written to
     a part file as it arrives, renamed into the disk tier when complete.
     """
-    state, customer, path = job.state, job.customer, job.path
+    state, customer, path = job.ex.state, job.ex.customer, job.ex.path
     stale, primary, request_headers = job.stale, job.primary, job.request_headers
     cache, label = state.cache, customer.directory
     # The fill fetches the whole object for everyone; a client's range is cut from it.
-    headers = [(k, v) for k, v in job.headers if k.lower() not in ("range", "if-range")]
+    headers = [(k, v) for k, v in job.ex.headers if k.lower() not in ("range", "if-range")]
     if stale is not None:
         # RFC 9111 4.3.1: revalidate with the validators we hold; without any,
         # this is an unconditional GET.
@@ -154,19 +181,22 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
     handed_over = False
     sent = time.time()
     try:
-        resp = await pull(state, customer, job.pool, job.scheme, job.host, "GET", path, headers,
-                          None, True)
-        if resp is None or (resp.status >= 500 and stale is not None):
-            fill.fail()          # with a stale copy, an origin error may be answered from it
+        try:
+            resp = await pull(state, customer, job.ex.pool, job.ex.scheme, job.ex.host, "GET", path,
+                              headers, None, True, fill.interim)
+        except Unreachable as exc:
+            fill.fail(exc.status)
+            return
+        if resp.status >= 500 and stale is not None:
+            fill.fail(resp.status)   # with a stale copy, an origin error may be answered from it
             return
         now = time.time()
         age = initial_age(resp.headers, now, sent)
         if resp.status == 304 and stale is not None:
             merged = stale.revalidated(end_to_end(resp.headers), stale.policy, now, age)
-            policy = policy_for(customer, path, merged.status, dict(merged.headers),
-                             [v for k, v in merged.headers if k.lower() == "cache-control"],
-                             job.request_cc, job.authorization, now)
-            fresh = replace(merged, policy=policy)
+            policy = policy_for(job, merged.status, CIMultiDict(merged.headers), now)
+            fresh = replace(merged, policy=policy,
+                            headers=storable(list(merged.headers), policy))
             if policy.store:
                 cache.put_variant(primary, request_headers, fresh)
             else:
@@ -179,14 +209,13 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                 fill.append(chunk)
             fill.finish()
             return
-        policy = policy_for(customer, path, resp.status, resp.headers,
-                         resp.headers.getall("Cache-Control", []), job.request_cc, job.authorization, now)
+        policy = policy_for(job, resp.status, resp.headers, now)
         bucket = customer.origin.bucket
         if bucket is not None and resp.status >= 400 and not bucket.cache_errors:
             policy = replace(policy, store=False, reason="bucket error")
         length = resp.content_length
-        shareable = (policy.store and length is not None
-                     and length <= customer.cache.max_object)
+        limit = customer.cache.max_object
+        shareable = policy.store and (length is None or length <= limit)
         if not shareable:
             # Not ours to share (or too big to hold): the first client gets the
             # response directly; later ones go to the origin themselves.
@@ -195,18 +224,19 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             handed_over = True
             fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, False, age)
             return
+        fill.policy, fill.stored = policy, True
         fill.start(resp.status, resp.reason, end_to_end(resp.headers), length, True, age)
-        stored = Stored(resp.status, resp.reason or "", tuple(fill.headers), (), length or 0,
-                        now, age, policy)
+        stored = Stored(resp.status, resp.reason or "", storable(fill.headers, policy), (),
+                        length or 0, now, age, policy)
         if disk is not None:
-            part = disk.writer(stored.meta(fill.key), length or 0)   # None if unwritable
+            part = disk.writer(stored.meta(fill.key), length)      # None if unwritable
             if part is not None:
                 # Big bodies are read back from the part file, not held in memory.
                 fill.spill_to(os.open(part.path, os.O_RDONLY), part.body_offset,
                               cache.promote_bytes)
         size = 0
         from_origin = state.metrics.from_origin.labels(label)
-        async for chunk in resp.content.iter_chunked(CHUNK):
+        async for chunk in resp.chunks():
             size += len(chunk)
             from_origin.inc(len(chunk))
             if part is not None:
@@ -214,16 +244,24 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
                 if not part.ok and fill.spilled:
                     raise OSError("cache file write failed with the body only there")
             fill.append(chunk)
-        if size != length:
-            raise aiohttp.ClientPayloadError("origin closed early")
-        on_disk = part is not None and part.commit()
+            if size > limit and fill.stored:
+                # A body of unknown length turned out too big to keep: it still goes to
+                # the clients reading it, and is not stored.
+                fill.stored = False
+                fill.overflowed()
+                cache.remember_pass(fill.key)
+        if length is not None and size != length:
+            raise OriginError("origin closed early")
+        on_disk = fill.stored and part is not None and part.commit(size)
+        if part is not None and not on_disk:
+            part.abort()
         part = None
         fill.finish()
-        if on_disk or not fill.spilled:
+        if fill.stored and (on_disk or not fill.spilled):
             cache.put_variant(primary, request_headers,
-                              replace(stored, chunks=tuple(fill.chunks)),
+                              replace(stored, chunks=tuple(fill.chunks), size=size),
                               fill.key if on_disk else None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (OriginError, OSError):
         state.metrics.origin_errors.labels(label, "?", "truncated").inc()
         fill.fail()            # nothing is stored: an origin failure never corrupts the cache
     except asyncio.CancelledError:
@@ -238,12 +276,28 @@ async def _fill(job: FillJob, fill: Fill, disk: DiskStore | None) -> None:
             del cache.fills[fill.key]
 
 
-def policy_for(customer: Customer, path: str, status: int, headers: Mapping[str, str],
-            cache_control: list[str], request_cc: list[str], authorization: bool,
-            now: float) -> Policy:
-    """RFC 9111 freshness with the customer's default TTL and its first matching TTL rule."""
-    rule = customer.cache.ttl_rule(path)
-    default = rule.ttl if rule and not rule.override else customer.cache.default_ttl
+def policy_for(job: FillJob, status: int, headers, now: float) -> Policy:
+    """RFC 9111 freshness (RFC 9213 targeted fields first) with the customer's default
+    TTL and its first matching TTL rule."""
+    return customer_policy(job.ex.customer, job.ex.path, job.request_cc, job.authorization, status,
+                           headers, now)
+
+
+def customer_policy(customer: Customer, path: str, request_cc: list[str], authorization: bool,
+                    status: int, headers, now: float) -> Policy:
+    rules = customer.cache
+    rule = rules.ttl_rule(path)
+    default = rule.ttl if rule and not rule.override else rules.default_ttl
     override = rule.ttl if rule and rule.override else None
-    return response_policy("GET", status, headers, cache_control, request_cc, authorization,
-                           now, default, override)
+    return response_policy(status, headers, request_cc, authorization, now, default,
+                           override, rules.targeted)
+
+
+# Describes one fetch, not the object: the next hit gets this edge's entry alone.
+NOT_STORED = frozenset({"cache-status"})
+
+
+def storable(headers: list[tuple[str, str]], policy: Policy) -> tuple[tuple[str, str], ...]:
+    """The response headers that are kept with the object (RFC 9111 3.1, 5.2.2.4/7)."""
+    drop = NOT_STORED.union(policy.strip)
+    return tuple((k, v) for k, v in headers if k.lower() not in drop)

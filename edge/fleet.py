@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from cdnkit import snapshot as snapfile
 from cdnkit.check import ConfigError
 from cdnkit.jsondoc import lines
@@ -43,7 +41,6 @@ from .state import EdgeState
 
 log = logging.getLogger("edge.fleet")
 
-SEALER = web.AppKey("sealer", Sealer)
 START_WAIT = 3.0        # how long a starting edge waits for the store before its snapshot
 SECRET_FIELD = "secret_access_key"
 
@@ -264,12 +261,12 @@ class Follower:
         await stop_following(self._tasks, self.registration, self.store)
 
 
-async def validate_request(request: Any, state: EdgeState) -> Any:
+async def validate_request(request: Any, state: EdgeState,
+                           sealer: Sealer | None) -> tuple[int, Any]:
     """POST /.edge/validate {"customer": DOC}, with the admin token: `edge validate` for a
-    document (saved or not), from this edge, as the control plane's Validate button."""
+    document (saved or not), from this edge, as the control plane's Validate button.
+    Returns (status, JSON answer)."""
     import hmac
-
-    from aiohttp import web
 
     from cdnkit import schema
     from cdnkit.check import Checker
@@ -279,29 +276,29 @@ async def validate_request(request: Any, state: EdgeState) -> Any:
     token = state.config.admin_token
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not token or not hmac.compare_digest(given.encode(), token.encode()):
-        raise web.HTTPUnauthorized(text="a valid admin token is needed\n")
+        return 401, {"error": "a valid admin token is needed"}
     try:
-        body = await request.json()
+        raw = await request.body.read(1 << 20) if request.body is not None else b""
+        body = json.loads(raw)
         doc = body["customer"]
         where = str(body.get("key", ""))
-        sealer = request.app.get(SEALER)
         doc = open_secrets(doc, where, sealer) if where else doc
     except (ValueError, KeyError, TypeError, SealError) as exc:
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        return 400, {"error": str(exc)}
     cfg = state.config
     ck = Checker("api")
     found = schema.customer(ck, lines(doc), lines(doc).where, "", schema.Context(
         cfg.shields, cfg.name, cfg.region, cfg.location, local_refs=False))
     if ck.problems:
-        return web.json_response({"problems": ck.problems}, status=422)
+        return 422, {"problems": ck.problems}
     probes = await validate(cfg, found, float(body.get("timeout", 5.0)))
-    return web.json_response({"edge": cfg.name, "path": found.origin.validation_path or "/",
-                              "ok": bool(probes) and all(p.ok for p in probes),
-                              "probes": [{"protocol": p.scheme, "server": p.server.host +
-                                          (f":{p.server.port}" if p.server.port else ""),
-                                          "address": p.address, "status": p.status,
-                                          "ms": round(p.seconds * 1000, 1), "error": p.error}
-                                         for p in probes]})
+    return 200, {"edge": cfg.name, "path": found.origin.validation_path or "/",
+                 "ok": bool(probes) and all(p.ok for p in probes),
+                 "probes": [{"protocol": p.scheme, "server": p.server.host +
+                             (f":{p.server.port}" if p.server.port else ""),
+                             "address": p.address, "status": p.status,
+                             "ms": round(p.seconds * 1000, 1), "error": p.error}
+                            for p in probes]}
 
 
 def _retiring(snap: Snapshot, folder: str) -> dict[str, list[str]]:

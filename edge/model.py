@@ -46,6 +46,8 @@ class EdgeConfig:
     location: tuple[float, float] | None = None     # lat, lon: "blank" picks the nearest shield
     shields: tuple[Shield, ...] = ()
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
+    # Peers whose Forwarded / X-Forwarded-* chains are kept (our own tiers); default: egress.
+    trusted_proxies: tuple = ()
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
 

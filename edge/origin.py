@@ -31,6 +31,7 @@ class OriginPool:
         self.state = {s: ServerState() for s in servers}
         self._clock = clock
         self._turn = itertools.count()
+        self._failing = 0              # servers with failures recorded (0: nothing to clear)
 
     def order(self) -> list[Server]:
         """Servers to try for one request: usable ones first, then those backing off.
@@ -39,6 +40,8 @@ class OriginPool:
         starts at the primary. Servers in back-off come last (soonest retry
         first), so a request still has somewhere to go when all are failing.
         """
+        if len(self.servers) == 1:
+            return list(self.servers)          # one server: nothing to order
         now = self._clock()
         servers = list(self.servers)
         if self.origin.balancing is Balancing.ROUND_ROBIN and servers:
@@ -49,13 +52,24 @@ class OriginPool:
                          key=lambda s: self.state[s].until)
         return ready + waiting
 
+    def adopt(self, states: dict[Server, ServerState]) -> None:
+        """Take over the back-off of the servers this pool shares with an older one."""
+        self.state.update({k: v for k, v in states.items() if k in self.state})
+        self._failing = sum(1 for s in self.state.values() if s.failures or s.until)
+
     def succeeded(self, server: Server) -> None:
+        if not self._failing:
+            return                     # the usual case, per request: nothing to look up
         state = self.state[server]
-        state.failures, state.until, state.last_error = 0, 0.0, ""
+        if state.failures or state.until:
+            state.failures, state.until, state.last_error = 0, 0.0, ""
+            self._failing -= 1
 
     def failed(self, server: Server, reason: str) -> float:
         """Record a failure; returns how long the server is now skipped."""
         state = self.state[server]
+        if not state.failures and not state.until:
+            self._failing += 1
         state.failures += 1
         period = min(self.origin.backoff * 2 ** (state.failures - 1), self.origin.backoff_max)
         state.until = self._clock() + period

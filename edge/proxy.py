@@ -1,165 +1,107 @@
 """The edge proxy: route a request to its customer, pull from the origin, stream back.
 
-Thin handlers: `route` (Host = edge CNAME, or the CDN URL `/<account>/<directory>/`),
-then `cached` (cached.py) for GET/HEAD, or `pull` and `relay` (upstream.py) for
-everything else. Anything that routes nowhere is 404: this is never an open
-proxy and never fetches a URL the client chose. Also here: the app, WebSocket pass-through, purge, /healthz and /metrics.
+`EdgeApp.handle` is what the server (server.py) calls for every request the hit
+shortcut did not answer: /healthz and /metrics, then `proxy` -- `route` (Host =
+edge CNAME, or the CDN URL `/<account>/<directory>/`), then `cached`
+(cached.py) for GET/HEAD, a tunnel for WebSocket upgrades, or `pull` and
+`relay` (upstream.py) for everything else. Anything that routes nowhere is
+404: this is never an open proxy and never fetches a URL the client chose.
+Also here: purge, and the edge's background tasks.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import socket
-import ssl
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
 from prometheus_client import generate_latest
 
-from .cached import cache_eligible, cached
+from .cached import cache_eligible, cached, invalidate
+from .client import Upload
 from .disk import DiskStore
-from .model import Customer, Protocol, Server
-from .origin import OriginPool
-from .route import route
+from .forward import to_origin, trusted
+from .headers import cache_status, via
+from .model import Protocol
+from .route import BadPath, origin_host, route, split_target
+from .server import Reply, Request
 from .state import EdgeState
-from .upstream import MAX_TIERS, SAFE_METHODS, describe, end_to_end, pull, relay, via_header
+from .tunnel import wants_upgrade, websocket
+from .upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, own_headers, pull, relay
 
 log = logging.getLogger("edge.proxy")
 
-STATE = web.AppKey("state", EdgeState)
+SCHEMES = {p: p.value for p in Protocol}      # enum .value is slow to reach per request
 
 
-async def proxy(request: web.Request) -> web.StreamResponse:
-    state: EdgeState = request.app[STATE]
+async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
+    state = app.state
     config = state.config
-    customer, path = route(config, request)
+    client_host = request.host
+    try:
+        customer, path = route(config, client_host, request.target)
+        if request.target[:1] != "/":
+            client_host = split_target(client_host, request.target)[0]
+    except BadPath:
+        return own_error(reply, request, state, 400, "bad request\n")
     if customer is None:
         if request.path == PURGE_PATH and request.method == "POST":
-            return await _purge(request, state)      # only where no customer routes
+            return await _purge(request, reply, state)      # only where no customer routes
         if request.path == VALIDATE_PATH and request.method == "POST":
             from .fleet import validate_request  # the control plane's Validate button
-            return await validate_request(request, state)
-        raise web.HTTPNotFound(text="no such CDN host or directory\n")
+            status, answer = await validate_request(request, state, app.sealer)
+            if "error" in answer:
+                return own_error(reply, request, state, status, f"{answer['error']}\n")
+            return send_json(reply, state, status, answer)
+        return own_error(reply, request, state, 404, "no such CDN host or directory\n")
     passed = [e.split(";", 1)[0].strip() for v in request.headers.getall("CDN-Loop", [])
               for e in v.split(",")]
     if config.name in passed or len(passed) > MAX_TIERS:
         # RFC 8586: this request has been through us already; forwarding it again would
         # start a storm between misconfigured tiers.
-        state.metrics.requests.labels(customer.directory, "508").inc()
-        log.warning("request loop for %s%s via %s", request.host, request.path, passed)
-        return web.Response(status=508, text=f"loop detected at {config.name}: "
-                                             f"{', '.join(passed)}\n")
+        log.warning("request loop for %s%s via %s", client_host, request.path, passed)
+        return own_error(reply, request, state, 508, f"loop detected at {config.name}: "
+                         f"{', '.join(passed)}\n", directory=customer.directory)
     origin = customer.origin
     edge_scheme = request.scheme
-    scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
+    scheme = edge_scheme if origin.protocol is Protocol.FOLLOW else SCHEMES[origin.protocol]
     pool = state.pool_for(customer, edge_scheme)
-    host = origin.host_header or request.host
-    headers = end_to_end(request.headers)
-    headers = [(k, v) for k, v in headers
-               if k.lower() not in ("host", "via", "x-forwarded-for", "cdn-loop")]
-    peer = request.remote or ""
-    forwarded = request.headers.get("X-Forwarded-For")
-    headers += [("Host", host), ("Via", via_header(request.headers.get("Via"), request, config.via)),
-                ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
-                ("X-Forwarded-Proto", edge_scheme),
+    host = origin_host(customer, client_host)
+    peer = request.peer
+    headers = to_origin(request.headers, peer=peer, scheme=edge_scheme,
+                        host=client_host, keyed=customer.cache.key_headers,
+                        trust=trusted(peer, config.trusted_proxies))
+    headers += [("Host", host), ("Via", via(request.headers.get("Via"), request.version,
+                                            config.via)),
                 ("CDN-Loop", ", ".join(passed + [config.name]))]
-    if _wants_websocket(request):
-        upgraded = await _websocket(request, state, customer, scheme, pool, host, path, headers)
-        if upgraded is not None:
-            return upgraded
-        # The origin would not upgrade: carry on over plain HTTP, as the seed says.
+    if request.upgrade and wants_upgrade(request):
+        if await websocket(request, reply, state, customer, scheme, pool, host, path,
+                           headers):
+            return
+        # The origin would not upgrade: it answered as plain HTTP, and so do we.
     if cache_eligible(request, customer):
-        return await cached(request, state, customer, pool, scheme, host, path, headers)
-    has_body = request.body_exists
-    resp = await pull(state, customer, pool, scheme, host, request.method, path, headers,
-                      request.content if has_body else None,
-                      request.method in SAFE_METHODS and not has_body)
-    if resp is None:
-        state.metrics.requests.labels(customer.directory, "502").inc()
-        raise web.HTTPBadGateway(text="no origin server answered\n")
-    return await relay(request, resp, customer, state, config)
-
-
-
-
-
-
-
-
-
-def _wants_websocket(request: web.Request) -> bool:
-    return (request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
-            and "upgrade" in request.headers.get("Connection", "").lower())
-
-
-WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-                    "sec-websocket-protocol"})
-
-
-async def _websocket(request: web.Request, state: EdgeState, customer: Customer, scheme: str,
-                     pool: OriginPool, host: str, path: str,
-                     headers: list[tuple[str, str]]) -> web.WebSocketResponse | None:
-    """Open the same WebSocket to the origin and pump frames both ways; None if refused."""
-    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                 if p.strip()]
-    upstream_headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN]
-    assert state.session is not None
-    for server in pool.order():
-        try:
-            address = (await state.resolver.resolve(server.host, customer.origin.ip_version))[0]
-            url = (f"{'wss' if scheme == 'https' else 'ws'}://"
-                   f"{Server(address, server.port).authority(scheme)}{path}")
-            extra = {"server_hostname": host.rsplit(":", 1)[0]} if scheme == "https" else {}
-            upstream = await state.session.ws_connect(
-                url, headers=upstream_headers, protocols=protocols, autoping=False,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10), **extra)
-        except aiohttp.WSServerHandshakeError:
-            pool.succeeded(server)        # it answered; it just does not speak WebSocket here
-            return None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            pool.failed(server, f"{describe(exc)}: {exc}")
-            state.metrics.origin_errors.labels(customer.directory, server.host,
-                                               describe(exc)).inc()
-            continue
-        pool.succeeded(server)
-        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (),
-                                       autoping=False)
-        await client.prepare(request)
-        state.metrics.requests.labels(customer.directory, "101").inc()
-        await _pump(client, upstream)
-        return client
-    raise web.HTTPBadGateway(text="no origin server answered\n")
-
-
-async def _pump(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    async def one_way(src, dst) -> None:
-        async for msg in src:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-            elif msg.type == aiohttp.WSMsgType.PING:
-                await dst.ping(msg.data)
-            elif msg.type == aiohttp.WSMsgType.PONG:
-                await dst.pong(msg.data)
-            else:
-                break
-        await dst.close(code=src.close_code or 1000)
-
-    tasks = [asyncio.ensure_future(one_way(client, upstream)),
-             asyncio.ensure_future(one_way(upstream, client))]
+        return await cached(request, reply, state, customer, pool, scheme, host, path,
+                            headers)
+    body = request.body
+    upload = None
+    if body is not None:
+        upload = Upload(body.chunks(), body.length is None)
+        if body.length is None:
+            headers.append(("Transfer-Encoding", "chunked"))
+    fwd = "method" if request.method not in ("GET", "HEAD") else "bypass"
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await upstream.close()
-        await client.close()
-
-
-
+        resp = await pull(state, customer, pool, scheme, host, request.method, path, headers,
+                          upload, request.method in SAFE_METHODS and body is None,
+                          reply.interim)
+    except Unreachable as exc:
+        return own_error(reply, request, state, exc.status, exc.text, "uri-miss" if
+                         fwd == "bypass" else fwd, customer.directory)
+    unsafe = request.method not in SAFE_METHODS and request.method != "TRACE"
+    if unsafe and resp.status < 400:
+        # RFC 9111 4.4: a successful unsafe request invalidates what we hold for the URL.
+        invalidate(state, customer, path, host, resp.headers)
+    await relay(request, reply, resp, customer, state, "", cache_status(
+        config.name, fwd=fwd, fwd_status=resp.status))
 
 
 PURGE_PATH = "/.edge/purge"
@@ -167,7 +109,7 @@ VALIDATE_PATH = "/.edge/validate"
 BAN_POLL = 0.2
 
 
-async def _purge(request: web.Request, state: EdgeState) -> web.Response:
+async def _purge(request: Request, reply: Reply, state: EdgeState) -> None:
     """POST /.edge/purge {"url": U} | {"prefix": P} | {"customer": D}, with the admin token."""
     import hmac
 
@@ -175,38 +117,55 @@ async def _purge(request: web.Request, state: EdgeState) -> web.Response:
 
     token = state.config.admin_token
     if not token:
-        raise web.HTTPForbidden(text="purge is disabled: set EDGE_ADMIN_TOKEN\n")
+        return own_error(reply, request, state, 403, "purge is disabled: set EDGE_ADMIN_TOKEN\n")
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), token.encode()):
-        raise web.HTTPUnauthorized(text="a valid admin token is needed\n")
+        return own_error(reply, request, state, 401, "a valid admin token is needed\n")
     try:
-        body = await request.json()
+        raw = await request.body.read(65536) if request.body is not None else b""
+        body = json.loads(raw)
         ban = ban_for(state.config, body.get("url"), body.get("prefix"), body.get("customer"))
     except (ValueError, AttributeError) as exc:
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        return own_error(reply, request, state, 400, f"{exc}\n")
     purged = state.cache.purge(ban.matches)
     if state.config.state_dir:
         append(Path(state.config.state_dir) / "bans.jsonl", ban)   # for the other workers
-    return web.json_response({"purged_here": purged, "directory": ban.directory,
-                              "path": ban.path, "prefix": ban.prefix})
+    send_json(reply, state, 200, {"purged_here": purged, "directory": ban.directory,
+                                  "path": ban.path, "prefix": ban.prefix})
+
+
+def send_json(reply: Reply, state: EdgeState, status: int, value: object) -> None:
+    body = json.dumps(value).encode()
+    reply.start(status, "", [("Content-Type", "application/json; charset=utf-8"),
+                             *own_headers(state, reply.request.version)], len(body))
+    reply.write_now(body)
+    reply.end()
 
 
 async def _follow_bans(state: EdgeState) -> None:
-    from .purge import BanFollower
+    from .purge import BanFollower, Invalidation
 
     follower = BanFollower(Path(state.config.state_dir) / "bans.jsonl")
     while True:
         await asyncio.sleep(BAN_POLL)
         for ban in follower.new():
-            state.cache.purge(ban.matches)
+            if isinstance(ban, Invalidation):
+                state.cache.invalidate(ban.url, list(ban.keys), ban.at)
+            else:
+                state.cache.purge(ban.matches)
 
 
 SWEEP_INTERVAL = 10.0
 
 
 async def _sweep_forever(disk: DiskStore) -> None:
-    """Keep the disk tier under its cap: every few seconds, sooner after many writes."""
+    """Keep the disk tier under its cap: every few seconds, sooner after many writes.
+
+    A sweep that fails is one log line, repeated only when the reason changes; a
+    cache directory that vanished (removed by hand) is made again, empty.
+    """
     waited = 0.0
+    trouble = ""
     while True:
         await asyncio.sleep(0.5)
         waited += 0.5
@@ -216,8 +175,35 @@ async def _sweep_forever(disk: DiskStore) -> None:
         disk.written_since_sweep = 0
         try:
             disk.forget(await asyncio.to_thread(disk.sweep))
-        except OSError:
-            log.exception("disk cache sweep failed")
+        except OSError as exc:
+            why = _remake(disk)
+            if why == "":
+                trouble = ""          # made again: the next sweep will tell
+                continue
+            why = why or f"{exc.strerror or exc}: {exc.filename or disk.root}"
+            if why != trouble:
+                log.warning("disk cache %s: sweep failed: %s (logged again when this changes)",
+                            disk.root, why)
+                trouble = why
+            continue
+        if trouble:
+            log.info("disk cache %s: sweeping works again", disk.root)
+            trouble = ""
+
+
+def _remake(disk: DiskStore) -> str | None:
+    """Make a vanished cache directory again: None when it was there, "" when it was made
+    again, else why it cannot be."""
+    objects, tmp = disk.root / "objects", disk.root / "tmp"
+    if objects.is_dir() and tmp.is_dir():
+        return None
+    try:
+        objects.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(exist_ok=True)
+    except OSError as exc:
+        return f"the directory is gone and cannot be made again ({exc.strerror or exc})"
+    log.warning("disk cache %s had vanished: made it again (what it held is gone)", disk.root)
+    return ""
 
 
 RANK_INTERVAL = 60.0
@@ -248,57 +234,50 @@ async def _rank_forever(state: EdgeState) -> None:
         await asyncio.sleep(RANK_INTERVAL)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    state: EdgeState = request.app[STATE]
-    status = 503 if request.app.get(DRAINING, False) else 200
-    origins = {f"{d}/{s}": pool.summary() for (d, s), pool in state.pools.items()}
-    return web.json_response({"status": "draining" if status == 503 else "ok",
+class EdgeApp:
+    """One edge process's request handler and background tasks around its `EdgeState`."""
+
+    def __init__(self, state: EdgeState):
+        self.state = state
+        self.draining = False
+        self.sealer = None                 # opens sealed bucket secrets (edge serve --store)
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """The origin client and the background tasks (ranking, bans, disk sweep)."""
+        state = self.state
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(_rank_forever(state))]
+        if state.config.state_dir:
+            self._tasks.append(loop.create_task(_follow_bans(state)))
+        if state.cache.disk is not None:
+            self._tasks.append(loop.create_task(_sweep_forever(state.cache.disk)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self.state.client.close()
+
+    async def handle(self, request: Request, reply: Reply) -> None:
+        path = request.path
+        if request.method in ("GET", "HEAD") and path in ("/healthz", "/metrics"):
+            return self._healthz(reply) if path == "/healthz" else self._metrics(reply)
+        await proxy(self, request, reply)
+
+    def _healthz(self, reply: Reply) -> None:
+        state = self.state
+        status = 503 if self.draining else 200
+        origins = {f"{d}/{s}": pool.summary() for (d, s), pool in state.pools.items()}
+        send_json(reply, state, status, {"status": "draining" if status == 503 else "ok",
                               "name": state.config.name, "config": state.config.source,
                               "customers": len(state.config.customers), "origins": origins,
-                              "shields": state.shield_pool.summary()},
-                             status=status)
+                              "shields": state.shield_pool.summary()})
 
-
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[STATE].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
-
-
-DRAINING = web.AppKey("draining", bool)
-
-
-def make_app(state: EdgeState) -> web.Application:
-    """A fresh edge app around `state`; the HTTP client lives in cleanup_ctx."""
-    app = web.Application()
-    app[STATE] = state
-    app[DRAINING] = False
-
-    async def client(app_: web.Application):
-        trust = ssl.create_default_context()
-        if state.config.origin_ca_file:
-            trust.load_verify_locations(state.config.origin_ca_file)
-        state.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=30,
-                                           family=socket.AF_UNSPEC, ssl=trust),
-            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
-        yield
-        await state.session.close()
-
-    async def ranking(app_: web.Application):
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(_rank_forever(state))]
-        if state.config.state_dir:
-            tasks.append(loop.create_task(_follow_bans(state)))
-        if state.cache.disk is not None:
-            tasks.append(loop.create_task(_sweep_forever(state.cache.disk)))
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    app.cleanup_ctx.append(client)
-    app.cleanup_ctx.append(ranking)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_route("*", "/{tail:.*}", proxy)
-    return app
+    def _metrics(self, reply: Reply) -> None:
+        body = generate_latest(self.state.metrics.registry)
+        reply.start(200, "", [("Content-Type", "text/plain; version=0.0.4"),
+                              *own_headers(self.state, reply.request.version)], len(body))
+        reply.write_now(body)
+        reply.end()

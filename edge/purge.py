@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .model import EdgeConfig
+from .route import BadPath, canonical
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,31 @@ def ban_for(config: EdgeConfig, url: str | None = None, prefix: str | None = Non
             path = "/" + rest
     if found is None:
         raise ValueError(f"{target!r} is not a URL of any customer")
+    try:
+        path = canonical(found, path)          # the key a request for it is stored under
+    except BadPath:
+        raise ValueError(f"{target!r} climbs out of the customer's root") from None
     return Ban(found.directory, path, url is None)
 
 
-def append(bans_file: Path, ban: Ban) -> None:
+@dataclass(frozen=True)
+class Invalidation:
+    """RFC 9111 4.4 for the other workers: `url` (cached.url_id) is obsolete since `at`."""
+
+    url: str
+    keys: tuple[str, ...]
+    at: float
+
+
+def append(bans_file: Path, ban: "Ban | Invalidation") -> None:
     """Record a ban for every worker (one small append: atomic on a local file)."""
     bans_file.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"at": time.time(), "directory": ban.directory, "path": ban.path,
-                       "prefix": ban.prefix}) + "\n"
+    if isinstance(ban, Invalidation):
+        entry = {"at": ban.at, "invalidate": ban.url, "keys": list(ban.keys)}
+    else:
+        entry = {"at": time.time(), "directory": ban.directory, "path": ban.path,
+                 "prefix": ban.prefix}
+    line = json.dumps(entry) + "\n"
     fd = os.open(bans_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, line.encode())
@@ -79,7 +97,7 @@ class BanFollower:
         self.path = bans_file
         self.offset = 0 if from_start or not bans_file.exists() else bans_file.stat().st_size
 
-    def new(self) -> list[Ban]:
+    def new(self) -> "list[Ban | Invalidation]":
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
@@ -97,7 +115,11 @@ class BanFollower:
         for line in data[:complete].splitlines():
             try:
                 entry = json.loads(line)
-                bans.append(Ban(entry["directory"], entry["path"], entry["prefix"]))
+                if "invalidate" in entry:
+                    bans.append(Invalidation(entry["invalidate"], tuple(entry["keys"]),
+                                             float(entry["at"])))
+                else:
+                    bans.append(Ban(entry["directory"], entry["path"], entry["prefix"]))
             except (ValueError, KeyError, TypeError):
                 continue
         return bans

@@ -57,15 +57,26 @@ class Resolver:
         self._clock = clock
         self._cache: dict[tuple[str, int], _Cached] = {}
         self._inflight: dict[tuple[str, int], asyncio.Future] = {}
+        self._literal: dict[str, bool] = {}     # name -> is it an IP address already
         self.queries = 0
+
+    def literal(self, name: str) -> bool:
+        """Whether `name` is an IP address (remembered: this runs per origin request)."""
+        known = self._literal.get(name)
+        if known is None:
+            try:
+                ipaddress.ip_address(name)
+                known = True
+            except ValueError:
+                known = False
+            if len(self._literal) < 10_000:
+                self._literal[name] = known
+        return known
 
     async def resolve(self, name: str, policy: IPVersion) -> list[str]:
         """Addresses to try for `name`, in order; ResolveError when none is allowed."""
-        try:
-            ipaddress.ip_address(name)
+        if self.literal(name):
             return [name]
-        except ValueError:
-            pass
         order = {IPVersion.DEFAULT: (1,), IPVersion.V4_ONLY: (1,), IPVersion.V6_ONLY: (28,),
                  IPVersion.V4_PREFERRED: (1, 28), IPVersion.V6_PREFERRED: (28, 1)}[policy]
         for qtype in order:

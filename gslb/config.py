@@ -15,9 +15,9 @@ from typing import Any
 
 import dnslib
 
-from cdnkit.check import Checker, ConfigError
+from cdnkit.check import Checker, ConfigError, suggest
 from cdnkit.listen import Listener, listener, split_host_port
-from cdnkit.yamlsrc import LineDict, LineList, Where, YamlError, load_yaml
+from cdnkit.yamlsrc import ConfigFileError, LineDict, LineList, Where, YamlError, read_config
 
 from . import capacity
 from .dnssec_config import parse_dnssec
@@ -78,10 +78,7 @@ def _server(ck: Checker, raw: Any, where: Where) -> ServerSettings:
     idle = ck.number(block, "tcp_idle_timeout", 0.1, 3600, "server", default=10.0)
     payload = ck.integer(block, "edns_payload", 1232, 512, 4096, "server")
     read = ck.number(block, "tcp_read_timeout", 0.1, 600, "server", default=5.0)
-    cookies = block.get("cookies", True)
-    if not isinstance(cookies, bool):
-        ck.add(block.at("cookies"), "server.cookies must be true or false")
-        cookies = True
+    cookies = ck.flag(block, "cookies", True, "server")
     secret = b""
     env = ck.text(block, "cookie_secret_env", "server")
     if env:
@@ -92,7 +89,7 @@ def _server(ck: Checker, raw: Any, where: Where) -> ServerSettings:
         except ValueError:
             ck.add(block.at("cookie_secret_env"), f"${env} must hold at least 16 bytes in hex")
             secret = b""
-    nsid = ck.text(block, "nsid", "server").encode()
+    nsid = ck.text(block, "nsid", "server", numbers=True).encode()
     if len(nsid) > 255:
         ck.add(block.at("nsid"), "server.nsid is longer than 255 bytes")
     return ServerSettings(
@@ -109,10 +106,7 @@ def _rate_limit(ck: Checker, raw: Any, where: Where) -> RateLimit:
     block = ck.mapping(raw, where, "server.rate_limit")
     what = "server.rate_limit"
     ck.keys(block, ("enabled", "responses_per_second", "slip", "ipv4_prefix", "ipv6_prefix"), what)
-    enabled = block.get("enabled", bool(block))
-    if not isinstance(enabled, bool):
-        ck.add(block.at("enabled"), f"{what}.enabled must be true or false")
-        enabled = False
+    enabled = ck.flag(block, "enabled", bool(block), what)
     rate = ck.number(block, "responses_per_second", 0.1, 1_000_000, what, default=20.0)
     return RateLimit(enabled, float(rate or 20.0), ck.integer(block, "slip", 2, 0, 100, what),
                      ck.integer(block, "ipv4_prefix", 24, 8, 32, what),
@@ -127,7 +121,10 @@ def _geoip(ck: Checker, raw: Any, where: Where, base: Path) -> str | None:
     if "database" not in block:
         ck.add(block.where, "geoip needs database: PATH (a GeoIP2/GeoLite2 City or Country .mmdb)")
         return None
-    path = Path(os.path.expandvars(str(block["database"])))
+    text = ck.text(block, "database", "geoip")
+    if not text:
+        return None
+    path = Path(os.path.expandvars(text))
     if not path.is_absolute():
         path = base / path
     from .geo import GeoError, open_database  # deferred: geo imports model only
@@ -150,9 +147,12 @@ def _location(ck: Checker, raw: Any, where: Where, what: str) -> Location | None
                     ck.text(block, "continent", what))
 
 
-def _probe_target(ck: Checker, text: Any, where: Where, what: str) -> tuple[str, int]:
+def _probe_target(ck: Checker, raw: Any, where: Where, what: str) -> tuple[str, int]:
     """`HOST`, `HOST:PORT` or `[V6]:PORT` -> (host, port or 0)."""
-    text = str(text).strip()
+    text = ck.word(raw, where, f"{what}: probe")
+    if text is None:
+        return "", 0
+    text = text.strip()
     host, port = split_host_port(text)
     try:
         number = int(port) if port else 0
@@ -240,9 +240,9 @@ def _nets(ck: Checker, raw: Any, where: Where, sites: dict[str, Site]) -> list[N
                 out.append(NetOverride(network, location=loc))
             continue
         names = []
-        for value, sw in ck.items(entry["sites"], entry.at("sites"), f"{what} sites"):
+        for value, sw in ck.texts(entry["sites"], entry.at("sites"), f"{what} sites"):
             if value not in sites:
-                ck.add(sw, f"{what}: unknown site {value!r}")
+                ck.add(sw, f"{what}: unknown site {value!r}{suggest(value, sites)}")
             else:
                 names.append(str(value))
         if names:
@@ -287,7 +287,9 @@ def _records(ck: Checker, raw: Any, where: Where, origin: str, default_ttl: int)
             what = f"record {name}"
             rec = ck.mapping(entry, ew, what)
             ck.keys(rec, ("type", "ttl", "value", "values"), what)
-            rtype = str(rec.get("type", "")).upper()
+            rtype = ck.text(rec, "type", what).upper()
+            if "type" in rec and not isinstance(rec["type"], str):
+                continue                          # said so; which type is unknown
             if rtype not in STATIC_TYPES:
                 ck.add(rec.at("type"), f"{what}: type {rec.get('type')!r} is not one of "
                        f"{', '.join(STATIC_TYPES)}")
@@ -302,7 +304,8 @@ def _records(ck: Checker, raw: Any, where: Where, origin: str, default_ttl: int)
                 continue
             key = "value" if "value" in rec else "values"
             rdatas, texts = [], []
-            for value, vw in ck.items(rec[key], rec.at(key), f"{what} {key}"):
+            for value, vw in ck.texts(rec[key], rec.at(key), f"{what} {rtype} {key}",
+                                      numbers=True):
                 parsed = _parse_rdata(ck, name, rtype, ttl, value, vw)
                 if parsed:
                     rdatas.append(parsed[0])
@@ -336,12 +339,13 @@ def _zones(ck: Checker, raw: Any, where: Where, base: Path = Path("."),
         soa_block = ck.mapping(zone.get("soa"), zone.at("soa"), f"{what} soa")
         ck.keys(soa_block, ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
                             "ttl"), f"{what} soa")
-        ns_names = [normalize_name(str(v)) for v, _ in ck.items(zone.get("ns"), zone.at("ns"),
-                                                               f"{what} ns")]
+        ns_names = [normalize_name(v) for v, _ in ck.texts(zone.get("ns"), zone.at("ns"),
+                                                          f"{what} ns")]
         if not ns_names:
             ck.add(zone.where, f"{what} needs ns: [name server names]")
-        mname = normalize_name(str(soa_block.get("mname", ns_names[0] if ns_names else origin)))
-        rname = normalize_name(str(soa_block.get("rname", f"hostmaster.{origin}")))
+        mname = normalize_name(ck.text(soa_block, "mname", f"{what} soa",
+                                       ns_names[0] if ns_names else origin))
+        rname = normalize_name(ck.text(soa_block, "rname", f"{what} soa", f"hostmaster.{origin}"))
         soa = Soa(mname, rname,
                   ck.integer(soa_block, "serial", 1, 0, 2**32 - 1, f"{what} soa"),
                   ck.integer(soa_block, "refresh", 3600, 0, MAX_TTL, f"{what} soa"),
@@ -385,9 +389,9 @@ def _services(ck: Checker, raw: Any, where: Where, sites: dict[str, Site],
         if (name, 1) in static or (name, 28) in static or name in cnames:
             ck.add(w, f"{what} clashes with static A/AAAA/CNAME records of the same name")
         pool: list[str] = []
-        for value, pw in ck.items(svc.get("pool"), svc.at("pool"), f"{what} pool"):
+        for value, pw in ck.texts(svc.get("pool"), svc.at("pool"), f"{what} pool"):
             if value not in sites:
-                ck.add(pw, f"{what}: unknown site {value!r} in pool")
+                ck.add(pw, f"{what}: unknown site {value!r} in pool{suggest(value, sites)}")
             elif value in pool:
                 ck.add(pw, f"{what}: site {value!r} is in the pool twice")
             else:
@@ -459,10 +463,7 @@ def _checks(ck: Checker, raw: Any, where: Where) -> dict[str, CheckSpec]:
                 ck.add(w, f"{what}: expect {value!r} is not an HTTP status code")
             else:
                 expect.append(value)
-        verify = c.get("verify_tls", True)
-        if not isinstance(verify, bool):
-            ck.add(c.at("verify_tls"), f"{what}: verify_tls must be true or false")
-            verify = True
+        verify = ck.flag(c, "verify_tls", True, what)
         interval = ck.number(c, "interval", 0.1, 3600, what, default=5.0) or 5.0
         timeout = ck.number(c, "timeout", 0.05, 600, what, default=2.0) or 2.0
         if timeout > interval:
@@ -481,17 +482,18 @@ def _check_refs(ck: Checker, top: LineDict, sites: dict[str, Site],
         where = raw_sites.at(site.name) if isinstance(raw_sites, LineDict) else top.where
         for name in {site.check} | {a.check for a in site.addresses}:
             if name and name not in checks:
-                ck.add(where, f"site {site.name!r}: unknown check {name!r} "
-                       f"(defined: {', '.join(checks) or 'none'})")
+                ck.add(where, f"site {site.name!r}: unknown check {name!r}"
+                       f"{suggest(name, checks)} (defined: {', '.join(checks) or 'none'})")
 
 
 def _health(ck: Checker, raw: Any, where: Where, base: Path) -> HealthSettings:
     block = ck.mapping(raw, where, "health")
     ck.keys(block, ("state_file", "max_concurrent", *capacity.HEALTH_KEYS), "health")
-    state = block.get("state_file", "gslb-state.json")
+    state = "" if "state_file" in block and block["state_file"] is None else \
+        ck.text(block, "state_file", "health", "gslb-state.json")      # null: none
     path = None
     if state:
-        path = Path(os.path.expandvars(str(state)))
+        path = Path(os.path.expandvars(state))
         path = path if path.is_absolute() else base / path
     return HealthSettings(str(path) if path else None,
                           ck.integer(block, "max_concurrent", 256, 1, 100_000, "health"),
@@ -514,11 +516,14 @@ def _dashboard(ck: Checker, raw: Any, where: Where) -> DashboardSettings:
         ck.add(block.at("edges"), "dashboard.edges must map edge names to their /metrics URLs")
         raw_edges = {}
     for name, url in raw_edges.items():
-        if not str(url).startswith(("http://", "https://")):
-            ck.add(raw_edges.at(name) if hasattr(raw_edges, "at") else block.at("edges"),
-                   f"dashboard.edges.{name} must be an http:// or https:// URL, got {url!r}")
+        at = raw_edges.at(name) if hasattr(raw_edges, "at") else block.at("edges")
+        url = ck.word(url, at, f"dashboard.edges.{name}")
+        if url is None:
             continue
-        edges.append((str(name), str(url)))
+        if not url.startswith(("http://", "https://")):
+            ck.add(at, f"dashboard.edges.{name} must be an http:// or https:// URL, got {url!r}")
+            continue
+        edges.append((str(name), url))
     return DashboardSettings(listen, token, tuple(edges))
 
 
@@ -534,12 +539,8 @@ def load_config(path: str | os.PathLike[str], dnssec_keys: bool = True) -> Confi
     path = Path(path)
     source = str(path)
     try:
-        raw = load_yaml(path)
-    except FileNotFoundError:
-        raise ConfigError([f"{source}:0: file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{source}:0: cannot read ({exc})"]) from None
-    except YamlError as exc:
+        raw = read_config(path)
+    except (ConfigFileError, YamlError) as exc:
         raise ConfigError([str(exc)]) from None
     return build_config(raw, source, path.resolve().parent, dnssec_keys)
 

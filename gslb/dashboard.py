@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cdnkit.listen import Listener
+from cdnkit.ports import TCP, own
 
 from . import fleetapi, select
 from .geo import Decision
-from .health import HealthBoard, HealthView, Target, view_to_json
+from .health import HealthBoard, HealthView, Target, site_summary, view_to_json
 from .model import AdminState, Location
 
 
@@ -107,13 +108,15 @@ def _metrics(board: HealthBoard, sup: Supervisor) -> CollectorRegistry:
     registry = CollectorRegistry()
     results = Counter("gslb_check_results", "Health check results", ["site", "address", "result"],
                       registry=registry)
-    latency = Histogram("gslb_check_latency_seconds", "Health check latency", ["address"],
+    latency = Histogram("gslb_check_latency_seconds", "Latency of successful health checks",
+                        ["address"],
                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                         registry=registry)
 
     def observe(target: Target, ok: bool, seconds: float) -> None:
         results.labels(target.site, target.ip, "ok" if ok else "fail").inc()
-        latency.labels(target.ip).observe(seconds)
+        if ok:          # a failure's time is its timeout or a refusal: not a latency
+            latency.labels(target.ip).observe(seconds)
 
     board.result_listeners.append(observe)
     registry.register(_Collector(sup))
@@ -124,12 +127,16 @@ def _metrics(board: HealthBoard, sup: Supervisor) -> CollectorRegistry:
 def health_json(board: HealthBoard, view: HealthView | None = None) -> dict[str, Any]:
     """The health page's data; `view` is what the answers use (the fleet's, with a store)."""
     config = board.config
+    view = board.current(view)
     return {
         "generated": time.time(),
+        "config": str(Path(config.source).resolve()),
         "first_round_done": board.first_round_done,
-        "addresses": view_to_json(view or board.view),
+        "admin": {"enabled": bool(config.dashboard.token)},
+        "addresses": view_to_json(view),
         "sites": {name: {"city": s.city, "lat": s.lat, "lon": s.lon, "state": s.state.value,
-                         "check": s.check, "addresses": [a.ip for a in s.addresses]}
+                         "check": s.check, "addresses": [a.ip for a in s.addresses],
+                         "overall": site_summary(view, [a.ip for a in s.addresses])}
                   for name, s in config.sites.items()},
         "overrides": board.overrides(),
         "history": [{"at": c.at, "site": c.site, "address": c.ip, "from": c.old.value,
@@ -260,7 +267,15 @@ def make_app(sup: Supervisor) -> web.Application:
 
 
 async def start_dashboard(sup: Supervisor, listen: Listener) -> web.AppRunner:
-    runner = web.AppRunner(make_app(sup), access_log=None)
+    """Serve the dashboard on `listen`; `cdnkit.ports.AddressInUse` if another has it."""
+    owned = own(listen, TCP)
+    app = make_app(sup)
+
+    async def release(_app: web.Application) -> None:
+        owned.close()          # the claim lives as long as the dashboard
+
+    app.on_cleanup.append(release)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, listen.host, listen.port).start()
+    await web.SockSite(runner, owned.sockets[0]).start()
     return runner

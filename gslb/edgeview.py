@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from .probe import describe_error
+
 HIT_RESULTS = frozenset({"HIT", "STALE", "REVALIDATED"})
 SCRAPE_TIMEOUT = 1.5
 
@@ -54,7 +56,8 @@ async def scrape(edges: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
                     if resp.status != 200:
                         return {"name": name, "url": url, "error": f"HTTP {resp.status}"}
                     return {"name": name, "url": url, **summarise(await resp.text())}
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                return {"name": name, "url": url,
-                        "error": type(exc).__name__ if not str(exc) else str(exc)[:120]}
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                return {"name": name, "url": url, "error": describe_error(exc)}
+            except ValueError:
+                return {"name": name, "url": url, "error": "not Prometheus text"}
         return list(await asyncio.gather(*(one(n, u) for n, u in edges)))

@@ -3,18 +3,22 @@
 It builds a real query, feeds it to the same `Responder.answer` the server
 uses and decodes the bytes that come back, so the explanation and the server
 cannot disagree. The intermediate steps are read from the same caches and
-pure functions the answer was built from.
+pure functions the answer was built from. The health is the running
+server's, read from its API (`server_health`), when one answers.
 """
 from __future__ import annotations
 
 import ipaddress
+import json
+import urllib.request
+from pathlib import Path
 
 import dnslib
 
 from . import select
 from .answers import Dynamic
 from .config import Config, normalize_name
-from .health import HealthView
+from .health import HealthView, view_from_json
 from .server import TCP_LIMIT, Responder
 
 
@@ -31,6 +35,40 @@ def build_query(name: str, qtype: str, ecs: str | None) -> bytes:
                                          + bytes((net.prefixlen, 0)) + raw))
     q.add_ar(dnslib.EDNS0(udp_len=1232, opts=options))
     return bytes(q.pack())
+
+
+class NoServer(Exception):
+    """No server answered at the URL (the message says why)."""
+
+
+def server_health(url: str, config_path: str, timeout: float = 2.0) -> tuple[HealthView | None,
+                                                                          str]:
+    """The health a running server sees, from its `/api/health`, and a line saying so.
+
+    (None, why) when it runs another config than `config_path` (its addresses and
+    checks could differ). NoServer when nothing answers there.
+    """
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/health", timeout=timeout) as resp:
+            data = json.load(resp)
+        view = view_from_json(data["addresses"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise NoServer(f"no server answers at {url} ({getattr(reason, 'strerror', None) or reason})"
+                       ) from None
+    theirs = data.get("config")
+    if theirs and Path(theirs).resolve() != Path(config_path).resolve():
+        return None, (f"health: none: the server at {url} runs another config ({theirs}); "
+                      "every address counts as not yet checked")
+    return view, f"health: from the running server at {url}"
+
+
+def default_server(config: Config) -> str:
+    """The dashboard of a server running `config` on this machine: its configured listener
+    (a wildcard address is reached on loopback)."""
+    listen = config.dashboard.listen
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
+    return f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
 
 
 def ecs_scope(response: dnslib.DNSRecord) -> int | None:

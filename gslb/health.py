@@ -1,8 +1,8 @@
-"""Health of edge addresses: probes, hysteresis, admin overrides, snapshots.
+"""Health of edge addresses: hysteresis, admin overrides, snapshots.
 
 Three parts, as in gdnsd: *how* to check (`CheckSpec`, from config) is separate
-from *what* to check (`Target`, one per address); `Prober` only reports raw
-results; `HealthBoard` applies rise/fall once for all of them, merges the
+from *what* to check (`Target`, one per address); the prober (probe.py) only
+reports raw results; `HealthBoard` applies rise/fall once for all of them, merges the
 operator's overrides, keeps history, and publishes a frozen `HealthView` to
 subscribers (the answer builders), which rebuild their tables off the query
 path. Nothing here runs on the DNS query path.
@@ -15,20 +15,18 @@ import enum
 import json
 import logging
 import os
-import random
-import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-import aiohttp
-
-from .model import AdminState, CheckKind, CheckSpec, Config
+from .model import AdminState, CheckSpec, Config
 
 log = logging.getLogger("gslb.health")
 
 HISTORY = 200
+PUBLISH_DELAY = 0.05
+CLEARED = ("override cleared;", "config state removed;")
 BODY_LIMIT = 65536
 
 
@@ -52,8 +50,9 @@ class AddressHealth:
     check: str = ""                  # check name, "" when unchecked
     last_ok: bool | None = None
     last_detail: str = ""
-    last_latency_ms: float | None = None
+    last_latency_ms: float | None = None     # None when the last check failed
     last_checked: float | None = None
+    probed: str = ""                         # where the checks go when not the address itself
 
 
 @dataclass(frozen=True)
@@ -146,6 +145,8 @@ class HealthBoard:
         self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
         self.change_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._version = 0
+        self._pending: asyncio.TimerHandle | None = None
+        self._deciders: dict[str, str] = {}       # per address: who decided its state
         self.view = HealthView()
         self._load_overrides()
         self._sync_targets()
@@ -196,7 +197,8 @@ class HealthBoard:
             return
         now = self._clock()
         probe.last_ok, probe.last_detail = ok, detail
-        probe.last_latency_ms, probe.last_checked = latency * 1000, now
+        # A failed check's time is its timeout or how fast it was refused: not a latency.
+        probe.last_latency_ms, probe.last_checked = (latency * 1000 if ok else None), now
         for listener in self.result_listeners:
             listener(target, ok, latency)
         spec = target.spec
@@ -228,7 +230,22 @@ class HealthBoard:
         if first and not self._first_round:
             self._publish()          # the first round just completed: one rebuild for all
         elif new is not old and not self._first_round:
+            self._publish_soon()
+
+    def _publish_soon(self) -> None:
+        """Publish within PUBLISH_DELAY, once for every change until then.
+
+        Each publication makes every worker rebuild its answer tables; a storm of
+        flapping checks must not turn into a rebuild per result. Without a running
+        loop (tools, tests) it publishes at once.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self._publish()
+            return
+        if self._pending is None:
+            self._pending = loop.call_later(PUBLISH_DELAY, self._publish)
 
     # --- admin overrides ----------------------------------------------------------------
 
@@ -282,190 +299,133 @@ class HealthBoard:
         old = self.view.addresses
         gated = bool(self._first_round)
         out: dict[str, AddressHealth] = {}
+        deciders: dict[str, str] = {}
         for site in self._config.sites.values():
             for addr in site.addresses:
                 probe = self._probes.get(addr.ip)
-                state, reason, forced = self._effective(site.name, site.state, addr.ip,
-                                                        addr.state, probe, gated)
-                previous = old.get(addr.ip)
-                since = previous.since if previous and previous.state is state else now
-                if probe is not None and not forced and probe.state is state:
-                    since = probe.since or since
+                state, reason, forced, decider = self._effective(
+                    site.name, site.state, addr.ip, addr.state, probe, gated)
+                since, reason = self._since_and_reason(
+                    old.get(addr.ip), self._deciders.get(addr.ip), state, reason, decider,
+                    probe, now)
+                deciders[addr.ip] = decider
                 out[addr.ip] = AddressHealth(
                     site.name, state, reason, since,
                     probe.state if probe else State.UNKNOWN, forced,
                     addr.check or site.check if probe else "",
                     probe.last_ok if probe else None, probe.last_detail if probe else "",
                     probe.last_latency_ms if probe else None,
-                    probe.last_checked if probe else None)
+                    probe.last_checked if probe else None,
+                    _probe_text(addr.probe_host, addr.probe_port) if probe else "")
+        self._deciders = deciders
         return HealthView(out, self._version)
 
+    @staticmethod
+    def _since_and_reason(previous: AddressHealth | None, decided_by: str | None, state: State,
+                          reason: str, decider: str, probe: _Probe | None,
+                          now: float) -> tuple[float, str]:
+        """When the address entered `state`, and why, as the dashboard shows them.
+
+        The time changes only with the state. When an override (or a config state)
+        gives way to the checks, the checks' last word may be old ("first check: ..."
+        an hour ago): the reason says the override was cleared, and stays so until
+        the checks themselves change the state.
+        """
+        by_checks = decider == "probe" and probe is not None
+        if previous is not None and previous.state is state:
+            since = previous.since
+        elif by_checks and probe.since and decided_by in (None, "probe", "gated"):
+            since = probe.since          # the checks changed it (published a moment later)
+        else:
+            since = now
+        if not by_checks or decided_by is None or decided_by == "gated":
+            return since, reason
+        if decided_by != "probe":
+            what = "override cleared" if decided_by.endswith("override") else \
+                "config state removed"
+            return since, (f"{what}; the checks say {state.value} "
+                           f"(last check: {probe.last_detail})")
+        if previous is not None and previous.reason.startswith(CLEARED) \
+                and probe.since <= previous.since:
+            return since, previous.reason
+        return since, reason
+
+    def current(self, base: HealthView | None = None) -> HealthView:
+        """The published view (or `base`, the fleet's) with every address's latest check
+        result, for display.
+
+        Results that change no state are not published (that would rebuild the
+        answers for nothing); this shows them anyway.
+        """
+        base = base or self.view
+        addresses = {}
+        for ip, entry in base.addresses.items():
+            probe = self._probes.get(ip)
+            if probe is not None:
+                entry = replace(entry, last_ok=probe.last_ok, last_detail=probe.last_detail,
+                                last_latency_ms=probe.last_latency_ms,
+                                last_checked=probe.last_checked)
+            addresses[ip] = entry
+        return HealthView(addresses, base.version, base.shed, base.shed_notes)
+
     def _effective(self, site: str, site_state: AdminState, ip: str, addr_state: AdminState,
-                   probe: _Probe | None, gated: bool) -> tuple[State, str, str]:
-        # The most specific statement wins: runtime address override, runtime
-        # site override, the config's address and site states, then the checks.
+                   probe: _Probe | None, gated: bool) -> tuple[State, str, str, str]:
+        """(state, reason, forced, who decided): the most specific statement wins --
+        runtime address override, runtime site override, the config's address and
+        site states, then the checks."""
         if ip in self._addr_override:
             s = self._addr_override[ip]
-            return _ADMIN[s], f"forced {s.value} by an operator (address)", "address"
+            return (_ADMIN[s], f"forced {s.value} by an operator (address)", "address",
+                    "address-override")
         if site in self._site_override:
             s = self._site_override[site]
-            return _ADMIN[s], f"forced {s.value} by an operator (site {site})", "site"
+            return (_ADMIN[s], f"forced {s.value} by an operator (site {site})", "site",
+                    "site-override")
         if addr_state is not AdminState.UP:
-            return _ADMIN[addr_state], f"{addr_state.value} in config (address)", ""
+            return _ADMIN[addr_state], f"{addr_state.value} in config (address)", "", "config"
         if site_state is not AdminState.UP:
-            return _ADMIN[site_state], f"{site_state.value} in config (site)", ""
+            return _ADMIN[site_state], f"{site_state.value} in config (site)", "", "config"
         if probe is None:
-            return State.UNKNOWN, "no health check configured", ""
+            return State.UNKNOWN, "no health check configured", "", "unchecked"
         if gated or probe.state is State.UNKNOWN:
-            return State.UNKNOWN, "first round of checks not complete", ""
-        return probe.state, probe.reason, ""
+            return State.UNKNOWN, "first round of checks not complete", "", "gated"
+        return probe.state, probe.reason, "", "probe"
 
     def _publish(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()       # this publication covers the pending one
+            self._pending = None
         self._version += 1
         before = self.view.addresses
         self.view = self._compute()
-        now = self._clock()
-        for ip, entry in self.view.addresses.items():
-            old = before.get(ip)
-            if old is not None and old.state is not entry.state:
-                change = Change(now, entry.site, ip, old.state, entry.state, entry.reason)
-                self.history.append(change)
-                self.change_counts[(ip, entry.state.value)] += 1
-                level = logging.WARNING if entry.state is State.DOWN else logging.INFO
-                log.log(level, "%s (site %s): %s -> %s: %s", ip, entry.site, old.state.value,
-                        entry.state.value, entry.reason)
+        changes = sorted((Change(entry.since, entry.site, ip, old.state, entry.state,
+                                 entry.reason)
+                          for ip, entry in self.view.addresses.items()
+                          if (old := before.get(ip)) is not None and old.state is not entry.state),
+                         key=lambda c: c.at)      # one publication may carry several
+        for change in changes:
+            self.history.append(change)
+            self.change_counts[(change.ip, change.new.value)] += 1
+            level = logging.WARNING if change.new is State.DOWN else logging.INFO
+            log.log(level, "%s (site %s): %s -> %s: %s", change.ip, change.site,
+                    change.old.value, change.new.value, change.reason)
         for callback in list(self._subscribers):
             callback(self.view)
 
 
-# --- probing ---------------------------------------------------------------------------------
+# --- display ---------------------------------------------------------------------------------
 
 
-def _host_for_url(host: str) -> str:
+def url_host(host: str) -> str:
+    """A host as it goes into a URL or HOST:PORT (IPv6 in brackets)."""
     return f"[{host}]" if ":" in host else host
 
 
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate rejected: {exc.certificate_error}"
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return f"TLS error: {exc}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS lookup failed: {exc.os_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connect failed: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"bad HTTP response: {exc.message}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "bad HTTP body"
-    if isinstance(exc, OSError):
-        return f"connect failed: {exc.strerror or exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class Prober:
-    """Probes every target on its own jittered schedule, in one event loop."""
-
-    def __init__(self, board: HealthBoard):
-        self.board = board
-        self._tasks: dict[Target, asyncio.Task] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._sem = asyncio.Semaphore(board.config.health.max_concurrent)
-        self._insecure = ssl.create_default_context()
-        self._insecure.check_hostname = False
-        self._insecure.verify_mode = ssl.CERT_NONE
-        self._first_deadline: asyncio.TimerHandle | None = None
-        self._stopping = False
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=10),
-            auto_decompress=False)
-        self.retarget(self.board.config)
-
-    def retarget(self, config: Config) -> None:
-        """Start, keep or stop probe loops to match `config` (after a reload)."""
-        wanted = set(targets(config))
-        for target in set(self._tasks) - wanted:
-            self._tasks.pop(target).cancel()
-        for target in wanted - set(self._tasks):
-            self._tasks[target] = asyncio.get_running_loop().create_task(self._loop(target))
-        if wanted and not self.board.first_round_done:
-            # A target that never answers (a hanging check) must not hold the
-            # first round open for ever: close it after the slowest check's
-            # first attempt could have finished.
-            slowest = max(min(t.spec.interval, 1.0) + t.spec.timeout for t in wanted)
-            if self._first_deadline is not None:
-                self._first_deadline.cancel()
-            self._first_deadline = asyncio.get_running_loop().call_later(
-                slowest + 1.0, self.board.end_first_round)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.wait(list(self._tasks.values()), timeout=5) if self._tasks else None
-        self._tasks.clear()
-        if self._first_deadline is not None:
-            self._first_deadline.cancel()
-        if self._session is not None:
-            await self._session.close()
-
-    async def _loop(self, target: Target) -> None:
-        spec = target.spec
-        loop = asyncio.get_running_loop()
-        # Spread the first checks over up to a second so they do not all fire at once.
-        await asyncio.sleep(random.uniform(0, min(spec.interval, 1.0)))
-        while not self._stopping:
-            start = loop.time()
-            ok, detail = await self.probe(target)
-            self.board.record(target, ok, detail, loop.time() - start)
-            # +-10 % jitter keeps thousands of checks from aligning.
-            await asyncio.sleep(spec.interval * random.uniform(0.9, 1.1))
-
-    async def probe(self, target: Target) -> tuple[bool, str]:
-        """One check of one target: (passed, what was seen)."""
-        spec = target.spec
-        async with self._sem:
-            try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
-                # cancellation that lands as the probe finishes.
-                async with asyncio.timeout(spec.timeout):
-                    return await self._probe(target)
-            except asyncio.CancelledError:
-                raise
-            except asyncio.TimeoutError:
-                return False, f"timed out after {spec.timeout:g} s"
-            except Exception as exc:  # every failure is a result, never a crash
-                return False, _describe_error(exc)
-
-    async def _probe(self, target: Target) -> tuple[bool, str]:
-        spec = target.spec
-        if spec.kind is CheckKind.TCP:
-            _, writer = await asyncio.open_connection(target.host, target.port)
-            writer.close()
-            return True, f"TCP connect to port {target.port} ok"
-        assert self._session is not None
-        scheme = "https" if spec.kind is CheckKind.HTTPS else "http"
-        url = f"{scheme}://{_host_for_url(target.host)}:{target.port}{spec.path}"
-        headers = {"Host": spec.host} if spec.host else {}
-        kwargs: dict = {}
-        if spec.kind is CheckKind.HTTPS:
-            kwargs["ssl"] = None if spec.verify_tls else self._insecure
-            if spec.host:
-                kwargs["server_hostname"] = spec.host
-        async with self._session.get(url, headers=headers, allow_redirects=False,
-                                     **kwargs) as resp:
-            body = await resp.content.read(BODY_LIMIT) if spec.body else b""
-            if resp.status not in spec.expect:
-                return False, f"HTTP {resp.status} (expected {', '.join(map(str, spec.expect))})"
-            if spec.body and spec.body.encode() not in body:
-                return False, f"HTTP {resp.status} but the body lacks {spec.body!r}"
-            return True, f"HTTP {resp.status}"
+def _probe_text(host: str, port: int) -> str:
+    """An address's `probe:` as written (HOST, HOST:PORT, [V6]:PORT); "" without one."""
+    if not host:
+        return f":{port}" if port else ""
+    return f"{url_host(host)}:{port}" if port else host
 
 
 def view_to_json(view: HealthView) -> dict:
@@ -473,6 +433,35 @@ def view_to_json(view: HealthView) -> dict:
     return {ip: {"site": h.site, "state": h.state.value, "reason": h.reason, "since": h.since,
                  "probe": h.probe.value, "forced": h.forced, "check": h.check,
                  "last_ok": h.last_ok, "last_detail": h.last_detail,
-                 "last_latency_ms": h.last_latency_ms, "last_checked": h.last_checked}
+                 "last_latency_ms": h.last_latency_ms, "last_checked": h.last_checked,
+                 "probed": h.probed}
             for ip, h in view.addresses.items()}
+
+
+def view_from_json(data: Mapping[str, Mapping]) -> HealthView:
+    """The inverse of `view_to_json` (what `gslb explain` reads from a running server)."""
+    return HealthView({ip: AddressHealth(
+        str(h["site"]), State(h["state"]), str(h.get("reason", "")), float(h.get("since") or 0),
+        State(h.get("probe", "unknown")), str(h.get("forced", "")), str(h.get("check", "")),
+        h.get("last_ok"), str(h.get("last_detail", "")), h.get("last_latency_ms"),
+        h.get("last_checked"), str(h.get("probed", "")))
+        for ip, h in data.items()})
+
+
+def site_summary(view: HealthView, ips: list[str]) -> dict:
+    """A site's overall state from its addresses': up, down, drain, degraded (some usable,
+    some not) or unknown (usable but not checked yet); with the usable count."""
+    states = [view.state(ip) for ip in ips]
+    usable = sum(1 for s in states if s in (State.UP, State.UNKNOWN))
+    if states and all(s is State.UP for s in states):
+        overall = "up"
+    elif usable == len(states):
+        overall = "unknown"
+    elif usable:
+        overall = "degraded"
+    elif all(s is State.DRAIN for s in states):
+        overall = "drain"
+    else:
+        overall = "down"
+    return {"state": overall, "usable": usable, "addresses": len(states)}
 

@@ -1,6 +1,8 @@
 """The DNS server's sockets around one `Responder` (responder.py).
 
-UDP is read with `loop.add_reader` and a drain loop (asyncio's datagram
+`DnsServer` serves the sockets the supervisor bound (`bind_sockets`, one
+SO_REUSEPORT socket per worker: cdnkit.ports keeps any other process off the
+port). UDP is read with `loop.add_reader` and a drain loop (asyncio's datagram
 transport allocates 256 KiB per packet; see anchors/performance.md); when the
 optional C helper `gslb._udpbatch` is built, each wake-up reads and answers
 up to 64 datagrams with one recvmmsg and one sendmmsg, else with recvfrom and
@@ -17,6 +19,7 @@ import socket
 import time
 
 from cdnkit.listen import Listener
+from cdnkit.ports import TCP, UDP, Owned, own_all
 
 from .config import Config
 from .health import HealthView
@@ -43,32 +46,22 @@ def batching() -> bool:
 
 # --- sockets -----------------------------------------------------------------------------
 
-
-def _bind_udp(listener: Listener, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((listener.host, listener.port))
-    sock.setblocking(False)
-    return sock
+UDP_RCVBUF = 4 << 20
 
 
-def _bind_tcp(listener: Listener, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((listener.host, listener.port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+def bind_sockets(listeners: tuple[Listener, ...], workers: int) -> list[tuple[Owned, Owned]]:
+    """Own UDP and TCP on every listener, one socket of each per worker.
+
+    Called by the supervisor before any worker exists, so a second server on
+    the same address fails here (`cdnkit.ports.AddressInUse`) instead of
+    sharing the port with SO_REUSEPORT.
+    """
+    owned = own_all(listeners, (UDP, TCP), workers)
+    for item in owned:
+        if item.kind == UDP:
+            for sock in item.sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+    return [(owned[i], owned[i + 1]) for i in range(0, len(owned), 2)]
 
 
 def _raise_fd_limit() -> None:
@@ -81,11 +74,11 @@ def _raise_fd_limit() -> None:
 class DnsServer:
     """UDP and TCP listeners around one Responder."""
 
-    def __init__(self, config: Config, listeners: tuple[Listener, ...], reuse_port: bool = False,
+    def __init__(self, config: Config, sockets: list[tuple[socket.socket, socket.socket]],
                  health: HealthView | None = None, signatures: Signatures | None = None):
+        """``sockets``: a bound UDP socket and a listening TCP socket per listener."""
         self.responder = Responder(config, health, signatures)
-        self.listeners = listeners
-        self.reuse_port = reuse_port
+        self.sockets = sockets
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._conns: dict[asyncio.Task, list] = {}       # task -> [client, last activity]
@@ -114,13 +107,14 @@ class DnsServer:
     async def start(self) -> None:
         _raise_fd_limit()
         loop = asyncio.get_running_loop()
-        for listener in self.listeners:
-            sock = _bind_udp(listener, self.reuse_port)
-            self._udp.append(sock)
+        for udp, tcp in self.sockets:
+            udp.setblocking(False)
+            tcp.setblocking(False)
+            self._udp.append(udp)
             drain = self._drain_batched if batching() else self._drain_udp
-            loop.add_reader(sock.fileno(), drain, sock)
-            tcp = _bind_tcp(listener, self.reuse_port)
-            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp))
+            loop.add_reader(udp.fileno(), drain, udp)
+            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp,
+                                                        backlog=1024))
         self._schedule_signing()
 
     def _drain_udp(self, sock: socket.socket) -> None:

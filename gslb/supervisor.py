@@ -1,8 +1,11 @@
 """The serving process tree: one supervisor and N DNS workers.
 
 The supervisor owns everything that must exist once: the config (parsed once
-per reload), the health prober and its board, the dashboard. Workers own only
-sockets and a `Responder`. They talk over a socketpair with length-prefixed
+per reload), the health prober and its board, the dashboard, and the listening
+sockets -- bound before any worker starts, one SO_REUSEPORT socket per worker
+and listener, so the kernel spreads the load over the workers but refuses a
+second server (cdnkit.ports). Workers serve the sockets they are handed with a
+`Responder`. They talk over a socketpair with length-prefixed
 pickles (both ends are this program): the supervisor sends the config, every
 health snapshot and every reload; a worker sends "ready" and, each second,
 its query counters. So every worker answers from the same health, and a
@@ -23,17 +26,20 @@ from typing import Any
 
 from cdnkit.check import ConfigError
 from cdnkit.listen import Listener
+from cdnkit.ports import Owned
 
 from .config import load_config
 from .dashboard import start_dashboard
 from .gate import OPEN, Gate
-from .health import HealthBoard, HealthView, Prober
+from .health import HealthBoard, HealthView
 from .model import Config
+from .probe import Prober
 from .responder import presigned
 
 log = logging.getLogger("gslb.supervisor")
 
 EXIT_BIND_FAILED = 3
+MAX_EARLY_DEATHS = 3        # a worker slot whose workers die this often before ready stops us
 STATS_INTERVAL = 1.0
 _LEN = struct.Struct("!I")
 
@@ -60,8 +66,9 @@ async def worker_main(fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=sock)
     hello = await receive(reader)
     config: Config = hello["config"]
-    server = DnsServer(config, hello["listeners"], hello["reuse_port"], hello["health"],
-                       hello.get("signatures"))
+    # The supervisor bound these (it owns the port); we only serve them.
+    sockets = [(socket.socket(fileno=udp), socket.socket(fileno=tcp)) for udp, tcp in hello["fds"]]
+    server = DnsServer(config, sockets, hello["health"], hello.get("signatures"))
     if hello.get("gate") is not None:
         server.responder.set_gate(hello["gate"])
     try:
@@ -153,6 +160,9 @@ class Supervisor:
         self.reloads = {"ok": 0, "rejected": 0}
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self.owned: list[tuple[Owned, Owned]] = []
+        self._slots: dict[int, asyncio.Future] = {}     # worker index -> ready at start
+        self._early_deaths: dict[int, int] = {}
         self.gate = OPEN                   # the store's customer names (gslb/fleet.py)
         self.on_gate_applied: Any = None
         self.fleet: Any = None             # a gslb.fleet.Fleet with --store etcd://
@@ -165,7 +175,20 @@ class Supervisor:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT. Raises OSError (`cdnkit.ports.AddressInUse` among
+        them) when a listener cannot be had; nothing has started then."""
+        from .server import bind_sockets
 
+        # Bound here, once, before any worker exists: only our workers share them.
+        self.owned = bind_sockets(self.listeners, self.n_workers)
+        try:
+            return await self._run()
+        finally:
+            for udp, tcp in self.owned:
+                udp.close()
+                tcp.close()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,12 +205,15 @@ class Supervisor:
                 self.board.subscribe(self.on_view)
             if self.http is not None:
                 runner = await start_dashboard(self, self.http)
-            for index in range(self.n_workers):
-                await self._spawn(index)
-            results = await asyncio.gather(*(w.ready for w in self.workers.values()))
-            if not all(results):
-                log.error("a worker could not listen on %s; stopping",
-                          ", ".join(map(str, self.listeners)))
+            loop = asyncio.get_running_loop()
+            self._slots = {index: loop.create_future() for index in range(self.n_workers)}
+            # Side by side: a big hello (10k signed services) takes a while to read,
+            # and one worker after the other would add up their start-ups.
+            await asyncio.gather(*(self._spawn(index) for index in range(self.n_workers)))
+            # Each slot is ready once one of its workers is (one that dies first is
+            # replaced, as later on); a slot whose workers keep dying stops us.
+            if not all(await asyncio.gather(*self._slots.values())):
+                log.error("workers could not start (see above); stopping")
                 return 1
             if self.ready_line:
                 log.info("%s", self.ready_line)
@@ -211,17 +237,23 @@ class Supervisor:
 
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()
+        # Worker i serves socket i of each listener (its own SO_REUSEPORT share); a
+        # replacement gets the same sockets, with whatever queued while it was gone.
+        fds = [(udp.sockets[index].fileno(), tcp.sockets[index].fileno())
+               for udp, tcp in self.owned]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gslb.cli", "worker", "--control-fd", str(theirs.fileno()),
-            pass_fds=(theirs.fileno(),))
+            pass_fds=(theirs.fileno(), *(fd for pair in fds for fd in pair)))
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         ready = asyncio.get_running_loop().create_future()
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
-        await send(writer, {"config": self.config, "listeners": self.listeners,
-                            "reuse_port": True, "health": self.view, "gate": self.gate,
-                            "signatures": self.signatures})
+        try:
+            await send(writer, {"config": self.config, "fds": fds, "health": self.view,
+                                "gate": self.gate, "signatures": self.signatures})
+        except (ConnectionError, OSError):
+            pass         # it died at once: _read_worker sees it go and replaces it
         worker.gate_applied = self.gate.revision
         self._spawn_task(self._read_worker(worker))
         return worker
@@ -232,10 +264,12 @@ class Supervisor:
                 message = await receive(worker.reader)
                 if "ready" in message and not worker.ready.done():
                     worker.ready.set_result(True)
+                    self._slot_ready(worker.index, True)
                 elif "bind_error" in message:
                     log.error("worker %d: %s", worker.proc.pid, message["bind_error"])
                     if not worker.ready.done():
                         worker.ready.set_result(False)
+                    self._slot_ready(worker.index, False)
                 elif "gate_applied" in message:
                     worker.gate_applied = message["gate_applied"]
                     if self.on_gate_applied is not None:
@@ -246,8 +280,16 @@ class Supervisor:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         code = await worker.proc.wait()
-        if not worker.ready.done():
+        early = not worker.ready.done()
+        if early:
             worker.ready.set_result(False)
+            self._early_deaths[worker.index] = self._early_deaths.get(worker.index, 0) + 1
+            if self._early_deaths[worker.index] >= MAX_EARLY_DEATHS:
+                log.error("worker %d exited with %s before it was ready, the %d. time in a "
+                          "row; not starting another", worker.proc.pid, code,
+                          MAX_EARLY_DEATHS)
+                self._slot_ready(worker.index, False)
+                code = EXIT_BIND_FAILED          # do not replace it
         self.workers.pop(worker.proc.pid, None)
         for key, value in worker.counts.items():
             self.retired[key] = self.retired.get(key, 0) + value
@@ -261,6 +303,13 @@ class Supervisor:
         await asyncio.sleep(0.5)   # do not spin on a worker that dies at once
         if not self._stopping:
             await self._spawn(worker.index)
+
+    def _slot_ready(self, index: int, ok: bool) -> None:
+        slot = self._slots.get(index)
+        if slot is not None and not slot.done():
+            slot.set_result(ok)
+        if ok:
+            self._early_deaths.pop(index, None)
 
     async def _stop_workers(self) -> None:
         for worker in list(self.workers.values()):

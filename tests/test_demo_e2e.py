@@ -7,11 +7,11 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port, load_default, stop, wait_ready, write_config
@@ -35,9 +35,13 @@ def curl(edge_ip: str, port: str, path: str) -> dict[str, str]:
     return headers
 
 
+def api(http: int, what: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/{what}", timeout=10) as r:
+        return json.load(r)
+
+
 def edge_view(http: int) -> dict[str, dict]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/edges", timeout=10) as r:
-        return {e["name"]: e for e in json.load(r)["edges"]}
+    return {e["name"]: e for e in api(http, "edges")["edges"]}
 
 
 def dashboard_edge_rows(http: int) -> dict[str, list[str]]:
@@ -89,27 +93,57 @@ def demo_config(tmp: Path) -> tuple[Path, list[str]]:
                                     "--control", str(tmp / "demo.sock")]
 
 
-def test_the_demo_end_to_end(tmp_path):
-    port, http = free_port(), free_port()
-    config, options = demo_config(tmp_path)
-    log = tmp_path / "demo.log"
+def data_files() -> dict[str, int]:
+    """Every file under data/ with its modification time."""
+    return {str(p.relative_to(ROOT)): p.stat().st_mtime_ns
+            for p in (ROOT / "data").rglob("*") if p.is_file()}
+
+
+def start_demo(tmp: Path, config: Path, port: int, http: int, options: list[str],
+               log: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`gslb demo` on this test's ports; its banner once every part is up. Fails at once
+    (not after a timeout) when a part did not start."""
     proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "-c", str(config),
                              "--dns", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}",
                              *options],
                             stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=ROOT)
+    banner = []
+    for line in proc.stdout:
+        banner.append(line.rstrip())
+        if line.startswith("Stop with"):
+            break
+    if proc.poll() is not None or any("NOT RUNNING" in l for l in banner):
+        stop(proc)
+        raise AssertionError("the demo did not start every part:\n" + "\n".join(banner)
+                             + log.read_text())
+    wait_ready(port, proc, log)
+    return proc, banner
+
+
+def pids_in(banner: list[str]) -> list[int]:
+    return [int(m.group(1)) for l in banner if (m := re.search(r"\(pid (\d+)\)$", l))]
+
+
+def test_the_demo_end_to_end(tmp_path):
+    port, http = free_port(), free_port()
+    config, options = demo_config(tmp_path)
+    log = tmp_path / "demo.log"
+    data_before = data_files()
+    proc, banner = start_demo(tmp_path, config, port, http, options, log)
     try:
-        banner = []
-        for line in proc.stdout:
-            banner.append(line.rstrip())
-            if line.startswith("Stop with"):
-                break
-        wait_ready(port, proc, log)
         text = "\n".join(banner)
         digs = {subnet: next(l.strip() for l in banner if f"+subnet={subnet}" in l)
                 for subnet in (FRANKFURT, NEW_YORK)}
         # The health checks must see the edges up before DNS answers with them.
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 15), text
         assert dig(digs[NEW_YORK]) == ["127.0.0.11"]
+        # The printed explain line explains with the running demo's health.
+        assert wait_for(lambda: api(http, "health")["first_round_done"], 15)
+        words = shlex.split(next(l for l in banner if " explain " in l))
+        out = subprocess.run([sys.executable, "-m", "gslb.cli", *words[1:]], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60).stdout
+        assert out.startswith(f"health: from the running server at http://127.0.0.1:{http}")
+        assert "127.0.0.12 up" in out and "A 127.0.0.12" in out, out
 
         curl_line = next(l for l in banner if l.strip().startswith("curl -s -o /dev/null"))
         edge_ip, edge_port = re.search(r"www\.test\.com:(\d+):([\d.]+)", curl_line).group(2, 1)
@@ -139,17 +173,63 @@ def test_the_demo_end_to_end(tmp_path):
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.11"], 15)
         moved_after = time.monotonic() - killed
         assert moved_after < 2 * 3 + 3          # interval x fall, plus a check's timeout
-        assert "error" in edge_view(http)["edge-fra"]          # the dashboard sees it gone
+        assert edge_view(http)["edge-fra"]["error"] == "connection refused"   # seen gone
 
         # Bring it back with the printed command: the demo starts it as its own child.
         words = shlex.split(next(l for l in banner if "start edge-fra" in l).split("#")[0])
         assert words[0].endswith("gslb") and words[1] == "demo", words
+        # ... but not while a stray process holds its port: said so, not reported started.
+        with socket.socket() as stray:
+            stray.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            stray.bind(("127.0.0.12", int(edge_port)))
+            stray.listen(1)
+            refused = subprocess.run([sys.executable, "-m", "gslb.cli", *words[1:]],
+                                     cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 1, refused
+        assert f"127.0.0.12:{edge_port} already in use by another process" in refused.stdout
         again = subprocess.run([sys.executable, "-m", "gslb.cli", *words[1:]],
                                cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert again.returncode == 0 and "started the fra edge" in again.stdout, again
         assert wait_for(lambda: dig(digs[FRANKFURT]) == ["127.0.0.12"], 20)
         restarted = int(re.search(r"pid (\d+)", again.stdout).group(1))
+
+        # A second demo while this one runs is refused, clearly and at once.
+        again = subprocess.run([sys.executable, "-m", "gslb.cli", "demo", "-c", str(config),
+                                "--dns", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}",
+                                *options], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "a demo is already running" in again.stderr, again
+        elsewhere = [*options[:-1], str(tmp_path / "other.sock")]      # another control socket
+        again = subprocess.run([sys.executable, "-m", "gslb.cli", "demo", "-c", str(config),
+                                "--dns", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}",
+                                *elsewhere], cwd=ROOT, capture_output=True, text=True,
+                               timeout=30)
+        assert again.returncode == 1, again
+        lines = again.stderr.splitlines()
+        assert lines[0].startswith("demo: cannot start: the addresses of 6 part(s) are in use")
+        assert any(l.split() == ["gslb", f"127.0.0.1:{port},", f"127.0.0.1:{http},",
+                                 f"127.0.0.1:{port}/udp"] for l in lines), lines
+        assert "start" not in again.stdout and len(lines) == 7
+        assert dig(digs[NEW_YORK]) == ["127.0.0.11"]                  # this one is untouched
     finally:
         stop(proc)
     # Ctrl-C took every part with it, the restarted edge too.
     assert restarted is not None and not os.path.exists(f"/proc/{restarted}")
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in pids_in(banner))
+    assert data_files() == data_before                 # nothing written into data/
+
+
+def test_the_demo_twice_in_a_row(tmp_path):
+    """Stopped, the demo leaves nothing behind: the same ports serve a new demo at once."""
+    port, http = free_port(), free_port()
+    config, options = demo_config(tmp_path)
+    for run in range(2):
+        proc, banner = start_demo(tmp_path, config, port, http, options,
+                                  tmp_path / f"demo-{run}.log")
+        try:
+            assert len(pids_in(banner)) == 6, banner     # origin, shield, 3 edges, gslb
+            frankfurt = next(l.strip() for l in banner if "+subnet=198.51.100.0/24" in l)
+            assert wait_for(lambda: dig(frankfurt) == ["127.0.0.12"], 15)
+        finally:
+            stop(proc)
+        assert proc.returncode == 0
+        assert all(not os.path.exists(f"/proc/{pid}") for pid in pids_in(banner))

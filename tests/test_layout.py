@@ -4,7 +4,6 @@ imports inside functions count); no module over 600 lines."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from tests.conftest import ROOT
 

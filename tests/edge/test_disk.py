@@ -266,3 +266,75 @@ async def _wait_up(client: aiohttp.ClientSession, port: int) -> None:
             pass
         await asyncio.sleep(0.1)
     raise AssertionError(f"edge on {port} did not start")
+
+
+async def test_quick_mode_workers_are_one_cache_and_one_fill(tmp_path):
+    """`edge serve --origin` with several workers and no config: still one cache (a disk
+    tier in a temp dir), one origin request for a burst of misses, and an invalidation
+    by POST reaches every worker."""
+    async with CountingOrigin() as origin:
+        origin.routes["/q"] = {"headers": {"Cache-Control": "max-age=60"}}
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--origin",
+                                 f"http://127.0.0.81:{origin.port}", "--host", "www.test.com",
+                                 "--listen", f"127.0.0.1:{port}", "--workers", "2"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)   # spread over both
+            async with aiohttp.ClientSession(connector=connector) as client:
+                await _wait_up(client, port)
+
+                async def one(path: str = "/q") -> tuple[bytes, str]:
+                    async with client.get(f"http://127.0.0.1:{port}{path}") as r:
+                        return await r.read(), r.headers["X-Cache"]
+
+                results = await asyncio.gather(*(one() for _ in range(50)))
+                assert origin.hits["/q"] == 1
+                assert {body for body, _ in results} == {b"body of /q #1"}
+                later = await asyncio.gather(*(one() for _ in range(20)))
+                assert {state for _, state in later} == {"HIT"}           # in both workers
+                origin.routes["/q"]["post"] = (200, {})
+                async with client.post(f"http://127.0.0.1:{port}/q", data=b"x") as r:
+                    assert r.status == 200
+                await asyncio.sleep(0.6)            # workers follow the bans file every 0.2 s
+                after = await asyncio.gather(*(one() for _ in range(20)))
+                assert b"body of /q #1" not in {body for body, _ in after}
+        finally:
+            stop(proc)
+            err = proc.stderr.read().decode() if proc.stderr else ""
+        assert "Traceback" not in err, err
+
+
+async def test_edge_serve_sends_disk_objects_on_its_own_event_loop(tmp_path):
+    """`edge serve` runs on uvloop, which has no loop.sendfile: bodies on the disk tier go
+    out through the edge's own sendfile path, whole and in ranges, pipelined too."""
+    async with CountingOrigin() as origin:
+        origin.routes["/big"] = {"body": BIG, "headers": {"Cache-Control": "max-age=60"}}
+        config = tmp_path / "edge.yaml"
+        config.write_text(yaml.safe_dump(disk_cfg(origin, tmp_path / "cache",
+                                                  cache_memory="1M")))
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(config),
+                                 "--listen", f"127.0.0.1:{port}", "--workers", "1"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            async with aiohttp.ClientSession() as client:
+                await _wait_up(client, port)
+                url = f"http://127.0.0.1:{port}/big"
+                for want in ("MISS", "HIT", "HIT"):
+                    async with client.get(url, headers={"Host": "www.test.com"}) as r:
+                        assert r.headers["X-Cache"] == want and await r.read() == BIG
+                async with client.get(url, headers={"Host": "www.test.com",
+                                                    "Range": "bytes=2000000-2000099"}) as r:
+                    assert r.status == 206 and await r.read() == BIG[2000000:2000100]
+            # two hits pipelined on one connection: the second starts after the first ends
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /big HTTP/1.1\r\nHost: www.test.com\r\n\r\n" * 2)
+            for _ in range(2):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert b" 200 " in head.split(b"\r\n")[0]
+                assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
+            writer.close()
+            assert origin.hits["/big"] == 1
+        finally:
+            stop(proc)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from edge import front
+from edge import front, server
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.test_proxy import Edge
 
@@ -47,8 +47,8 @@ async def test_shortcut_answers_like_the_long_way(monkeypatch):
             served = []
             real = front.Hits.answer
 
-            def spy(self, head, scheme):
-                out = real(self, head, scheme)
+            def spy(self, method, target, raw_headers, scheme):
+                out = real(self, method, target, raw_headers, scheme)
                 served.append(out is not None)
                 return out
 
@@ -117,7 +117,7 @@ async def test_what_must_not_take_the_shortcut():
 
 
 async def test_idle_connections_are_closed(monkeypatch):
-    monkeypatch.setattr(front, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(server, "IDLE_TIMEOUT", 0.3)
     async with CountingOrigin() as origin:
         async with Edge(cfg(origin)) as edge:
             reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)

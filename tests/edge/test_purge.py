@@ -36,7 +36,10 @@ def test_operator_input_becomes_a_ban():
     assert ban_for(config, prefix="https://www.test.com/v/") == Ban("t", "/v/", True)
     assert ban_for(config, url="http://cdn.example/800001/t/b.png") == Ban("t", "/b.png")
     assert ban_for(config, customer="t") == Ban("t", "", True)
-    for bad in ({"url": "http://elsewhere.org/a"}, {"customer": "nope"}, {}):
+    # the path is made canonical as a request's is: the ban names the object that is stored
+    assert ban_for(config, url="http://www.test.com/a/%2e%2e/b/./c") == Ban("t", "/b/c")
+    for bad in ({"url": "http://elsewhere.org/a"}, {"customer": "nope"}, {},
+                {"url": "http://www.test.com/../etc"}):
         with pytest.raises(ValueError):
             ban_for(config, **bad)
 

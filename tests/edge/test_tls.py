@@ -13,7 +13,7 @@ from aiohttp import web
 from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
 from edge.front import Listeners
-from edge.proxy import make_app
+from edge.proxy import EdgeApp
 from edge.state import EdgeState
 from tests.conftest import free_port
 from tests.tlsutil import CA
@@ -59,10 +59,10 @@ async def test_sni_picks_the_certificate_and_follow_pulls_over_https(tmp_path):
                                      "https": [f"127.0.0.51:{tls_port}"]}}]}
     raw = load_yaml_text(yaml.safe_dump(cfg), "edge.yaml")
     state = EdgeState(edge_config.build(raw, "edge.yaml"))
-    runner = web.AppRunner(make_app(state))
-    await runner.setup()
+    app = EdgeApp(state)
+    await app.start()
     eport, hport = free_port(), free_port()
-    listeners = Listeners(state, runner)           # as `edge serve` listens
+    listeners = Listeners(state, app.handle)       # as `edge serve` listens
     await listeners.add("127.0.0.1", eport, ssl=state.certs.server_context())
     await listeners.add("127.0.0.1", hport)
     client_tls = ssl.create_default_context(cafile=str(ca.path))
@@ -95,7 +95,8 @@ async def test_sni_picks_the_certificate_and_follow_pulls_over_https(tmp_path):
             assert "renewed.test.com" in [v for _, v in peer["subjectAltName"]]
     finally:
         listeners.close()
-        await runner.cleanup()
+        await listeners.wait_closed(1.0)
+        await app.stop()
         await origin_runner.cleanup()
 
 

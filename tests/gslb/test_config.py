@@ -166,3 +166,80 @@ def test_default_config_loads_into_frozen_values():
     with pytest.raises(Exception):
         cfg.services[0].ttl = 1  # type: ignore[misc]
     assert Path(cfg.geoip_database).name == "demo-city.mmdb"
+
+
+def check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gslb.cli", "check", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_check_lists_problems_in_file_order_without_doubled_dots(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    out = check(path)
+    lines = [int(l.split(":")[1]) for l in out.stderr.splitlines()[1:]]
+    assert lines == sorted(lines) and len(lines) >= len(EXPECTED)
+    assert ".." not in out.stderr.replace("-90..90", "")   # "service *.cdn.example.net..ip_version"
+    assert (f"{path}:{line_of('BAD-POLICY')}: service *.cdn.example.net.: ip_version = "
+            "'v5_only' is not one of") in out.stderr
+    assert f"{path}:{line_of('BAD-LAT')}: site 'fra': lat = 95 is out of range" in out.stderr
+
+
+def test_a_file_that_cannot_be_read_is_one_clear_line(tmp_path):
+    for path, why in ((tmp_path / "missing.yaml", "no such file"),
+                      (tmp_path, "is a directory, not a config file")):
+        out = check(path)
+        assert (out.returncode, out.stdout, out.stderr) == (1, "", f"{path}: {why}\n")
+        edge = subprocess.run([sys.executable, "-m", "edge.cli", "serve", "-c", str(path)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert (edge.returncode, edge.stderr) == (1, f"{path}: {why}\n")
+
+
+YAML_MISTAKES = [
+    # (text, line reported, words of the message)
+    ('server:\n  listen: ["127.0.0.1:8053"\nzones: {}\n', 2, "this [ is never closed"),
+    ("server:\n  listen: [\n zones: {\n", 2, "this [ is never closed"),
+    ("server: {listen: x\nzones: {}\n", 1, "this { is never closed"),
+    ('server:\n  nsid: "abc\nzones: {}\n', 2, 'the string opened here with " is never closed'),
+    ("server:\n\tlisten: x\n", 2, "a tab character in the indentation"),
+    ("server:\n  listen: []\n workers: 2\n", 3,
+     "not indented like the keys above it (the mapping starts at line 1)"),
+    ("zones:\n  - a\n - b\n", 3, "a list item ('- ...') where a key belongs"),
+    ("server:\n  nsid: a: b\n", 2, "a second ': ' on this line"),
+    ("server:\n  listen:[x]\n  workers: 2\n", 3, "a key needs a space after its ':'"),
+]
+
+
+@pytest.mark.parametrize("text,line,words", YAML_MISTAKES)
+def test_yaml_mistakes_are_reported_where_they_were_made_with_a_hint(tmp_path, text, line,
+                                                                       words):
+    path = tmp_path / "mistake.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}:{line}: ") and words in problem, problem
+    assert "(hint: " in problem
+
+
+def test_misspelled_keys_names_and_choices_get_a_did_you_mean(tmp_path):
+    text = (DEFAULT_CONFIG.read_text().replace("demo-city.mmdb", str(DATA / "demo-city.mmdb"))
+            .replace("  workers: auto", "  wrokers: auto")
+            .replace("    check: edge\n    addresses: [127.0.0.11", "    check: egde\n"
+                     "    addresses: [127.0.0.11")
+            .replace("    type: http ", "    type: htpp ")
+            .replace("pool: [nyc, fra, sin]", "pool: [nyc, fra, sin, frankfurt]")
+            .replace("algorithm: nearest", "algorithm: nearset")) + "frobnicate: 1\n"
+    path = tmp_path / "typos.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    joined = "\n".join(info.value.problems)
+    assert "unknown key 'wrokers' in server (did you mean 'workers'?)" in joined
+    assert "site 'nyc': unknown check 'egde' (did you mean 'edge'?)" in joined
+    assert "type = 'htpp' is not one of: http, https, tcp (did you mean 'http'?)" in joined
+    assert "algorithm = 'nearset' is not one of: nearest, failover, weighted " \
+           "(did you mean 'nearest'?)" in joined
+    assert "unknown site 'frankfurt' in pool (did you mean 'fra'?)" not in joined  # too far
+    frob = next(p for p in info.value.problems if "frobnicate" in p)
+    assert "did you mean" not in frob
