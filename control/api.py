@@ -87,7 +87,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Refused as exc:
         return _error(409, str(exc))
     except NotFound as exc:
-        return _error(404, f"no customer or job {exc.args[0]!r}")
+        return _error(404, f"no customer, job or node {exc.args[0]!r}")
     except StoreUnavailable as exc:
         return _error(503, f"the store is unavailable: {exc}. Nothing was changed; the edges "
                       "keep serving their last config. Try again when it is back.")
@@ -191,6 +191,15 @@ async def edges(request: web.Request) -> web.Response:
     return web.json_response(await request.app[PLANE].fleet())
 
 
+async def drain(request: web.Request) -> web.Response:
+    """POST drains an edge, DELETE undrains it, GET says where it is (idle yet?)."""
+    plane, edge = request.app[PLANE], request.match_info["node"]
+    if request.method == "GET":
+        return web.json_response(await plane.drain_status(edge))
+    return web.json_response(await plane.drain(edge, _who(request),
+                                               on=request.method == "POST"))
+
+
 async def shields(request: web.Request) -> web.Response:
     view = await request.app[PLANE].view()
     return web.json_response({"shields": [s.name for s in view.shields]})
@@ -229,6 +238,9 @@ def make_app(plane: ControlPlane, tokens: dict[str, Caller]) -> web.Application:
     r.add_post("/api/purge", purge)
     r.add_get("/api/purge/{id}", purge_status)
     r.add_get("/api/edges", edges)
+    r.add_get("/api/edges/{node}/drain", drain)
+    r.add_post("/api/edges/{node}/drain", drain)
+    r.add_delete("/api/edges/{node}/drain", drain)
     r.add_get("/api/shields", shields)
     r.add_get("/api/audit", audit)
     return app

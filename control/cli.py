@@ -7,6 +7,7 @@ talk to the store directly, as an operator's or a CI job's tool.
     cdnctl customers list | show DIR | delete DIR
     cdnctl purge --url URL... | --prefix URL | --customer DIR  [--wait]
     cdnctl status                                   nodes, revisions, what is deploying
+    cdnctl drain EDGE [--wait SECONDS] | undrain EDGE   out of every nameserver's answers
     cdnctl keygen > key                             a key file for sealed bucket secrets
 
 The store is --store or $CDNCTL_STORE (default etcd://127.0.0.1:2379).
@@ -212,6 +213,31 @@ async def _status(args: argparse.Namespace, plane: ControlPlane) -> int:
     return OK if not busy else REFUSED if args.check else OK
 
 
+async def _drain(args: argparse.Namespace, plane: ControlPlane) -> int:
+    on = args.command == "drain"
+    done = await plane.drain(args.edge, _who(), on)
+    if on:
+        print(f"drained {args.edge} at revision {done['revision']}: every nameserver stops "
+              "answering it within a second; what is open is served to its end")
+    else:
+        print(f"undrained {args.edge} at revision {done['revision']}: answered again once "
+              "its probes pass")
+    if not on or not args.wait:
+        return OK
+    deadline = time.monotonic() + args.wait
+    while True:
+        status = await plane.drain_status(args.edge)
+        if status["idle"]:
+            print(f"{args.edge} is idle" + (" (its record is gone)"
+                                            if status["state"] == "gone" else ""))
+            return OK
+        if time.monotonic() >= deadline:
+            print(f"{args.edge} still has {status['in_flight']} request(s) in flight after "
+                  f"{args.wait:g} s", file=sys.stderr)
+            return REFUSED
+        await asyncio.sleep(0.2)
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -256,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="nodes and what is deploying")
     p.add_argument("--json", action="store_true")
     p.add_argument("--check", action="store_true", help="exit 5 while anything is deploying")
+    p = sub.add_parser("drain", parents=[common], help="take an edge out of every "
+                       "nameserver's answers; what is open is served to its end")
+    p.add_argument("edge", help="the edge's node id")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="then wait until it is idle (exit 5 if not within SECONDS)")
+    p = sub.add_parser("undrain", parents=[common], help="answer a drained edge again")
+    p.add_argument("edge", help="the edge's node id")
     sub.add_parser("keygen", help="print a new key file for sealed secrets")
     return parser
 
@@ -273,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             "apply": lambda p: _plan(args, p, apply=True),
             "customers": lambda p: _customers(args, p),
             "purge": lambda p: _purge(args, p),
-            "status": lambda p: _status(args, p)}[args.command]
+            "status": lambda p: _status(args, p),
+            "drain": lambda p: _drain(args, p),
+            "undrain": lambda p: _drain(args, p)}[args.command]
     try:
         return asyncio.run(_with_plane(args, work))
     except SealError as exc:
@@ -285,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return INVALID
     except NotFound as exc:
-        print(f"cdnctl: no customer or job {exc.args[0]!r}", file=sys.stderr)
+        print(f"cdnctl: no customer, job or node {exc.args[0]!r}", file=sys.stderr)
         return INVALID
     except Conflict as exc:
         print(f"cdnctl: conflict: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from cdnkit.drains import drains, set_drain
 from cdnkit.keys import Keys
 from cdnkit.netblocks import collapse
 from cdnkit.nodes import Node, merge
@@ -163,12 +164,41 @@ class ControlPlane:
     async def fleet(self) -> dict[str, Any]:
         view, nodes = await asyncio.gather(self.view(), self.nodes())
         latest, now = view.latest(), time.time()
+        drained = drains(view.snap.entries, self.keys)
         return {"revision": latest, "nodes": [
             {"id": n.id, "kind": n.kind, "site": n.site, "addresses": list(n.addresses),
              "applied": n.applied, "lag": max(0, latest - n.applied) if n.applied < latest
              else 0, "up_to_date": n.applied >= latest, "seen": round(now - n.at, 1),
-             "workers": n.workers, "rejected": dict(n.rejected)}
+             "workers": n.workers, "rejected": dict(n.rejected), "state": n.state,
+             "drained": n.id in drained, "idle": n.idle, "load": dict(n.load)}
             for n in sorted(nodes.values(), key=lambda n: (n.kind, n.id))]}
+
+    # --- drain ---------------------------------------------------------------------------
+
+    async def drain(self, edge: str, who: str, on: bool = True) -> dict[str, Any]:
+        """Take an edge out of every nameserver's answers (or back in): cdnkit/drains.py."""
+        nodes = await self.nodes()
+        known = edge in nodes or edge in drains((await self.view()).snap.entries, self.keys)
+        if not known and on:
+            raise NotFound(edge)
+        revision = await set_drain(self.store, self.keys, edge, who, on)
+        return {"edge": edge, "drained": on, "revision": revision, **self._drain_state(
+            edge, nodes)}
+
+    def _drain_state(self, edge: str, nodes: dict[str, Node]) -> dict[str, Any]:
+        node = nodes.get(edge)
+        if node is None:
+            return {"state": "gone", "idle": True, "in_flight": 0}
+        return {"state": node.state or "serving", "idle": node.idle,
+                "in_flight": int(node.load.get("in_flight", 0))}
+
+    async def drain_status(self, edge: str) -> dict[str, Any]:
+        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        drained = drains(view.snap.entries, self.keys)
+        if edge not in nodes and edge not in drained:
+            raise NotFound(edge)
+        return {"edge": edge, "drained": edge in drained, "since": drained.get(edge, {}),
+                **self._drain_state(edge, nodes)}
 
     async def whitelist(self) -> dict[str, list[str]]:
         """The seed's Whitelist IP Blocks: every edge's and shield's source blocks."""

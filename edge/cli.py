@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from cdnkit.capacity import capacity_arg
 from cdnkit.check import describe
 from cdnkit.listen import Listener, listener_arg
 from cdnkit.store import store_arg
@@ -35,7 +36,7 @@ def _fleet_options(args: argparse.Namespace, cfg: edge_config.EdgeConfig, worker
 
     return FleetOptions(args.store, args.node_id or cfg.name, args.kind, args.site,
                         tuple(args.address or ()), args.key_file or "", args.snapshot or "",
-                        worker)
+                        worker, tuple(sorted((args.capacity or {}).items())))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--snapshot", metavar="FILE",
                        help="where the last applied store config is kept "
                             "(default: STATE_DIR/store-NODE.json)")
+    fleet.add_argument("--capacity", type=capacity_arg, metavar="PARTS",
+                       help="what this edge can serve, reported to the nameservers, which "
+                            "shed clients past its watermarks: requests=N (per s), "
+                            "bandwidth=1Gbit, connections=N (default: none)")
     p.set_defaults(func=None)
 
     p = sub.add_parser("validate", help="GET the validation path from every origin server",

@@ -42,6 +42,7 @@ from .state import EdgeState
 log = logging.getLogger("edge.fleet")
 
 START_WAIT = 3.0        # how long a starting edge waits for the store before its snapshot
+RENEW = 1.0             # the lease is renewed every second (a dead edge leaves within its TTL)
 SECRET_FIELD = "secret_access_key"
 
 
@@ -57,6 +58,7 @@ class FleetOptions:
     key_file: str = ""                       # opens sealed bucket secrets
     snapshot: str = ""                       # default: <state_dir or cache_disk>/store.json
     worker: int = 0
+    capacity: tuple[tuple[str, float], ...] = ()   # what it can serve (report.py)
 
 
 def snapshot_path(cfg: EdgeConfig, opts: FleetOptions) -> Path:
@@ -242,7 +244,8 @@ class Follower:
             except StoreError:
                 await asyncio.sleep(1.0)
         suffix = f"~{self.opts.worker}" if self.opts.worker else ""
-        self.registration = Registration(self.store, self.keys.node(self.opts.node_id + suffix))
+        self.registration = Registration(self.store, self.keys.node(self.opts.node_id + suffix),
+                                         renew=RENEW)
         self.registration.update(**self._record())
         self.registration.start()
         while True:

@@ -78,6 +78,11 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     context = state.certs.server_context()
     for sock in tls:
         await listeners.serve(sock, ssl=context)
+    reporter = None
+    if fleet is not None:            # load, verdict and drain to the fleet (report.py)
+        from .report import Reporter
+        reporter = Reporter(fleet, app, listeners, fleet.opts.capacity)
+        reporter.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -103,6 +108,8 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     log.info("ready: %d customers on %s", len(cfg.customers),
              ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
     await stop.wait()
+    if reporter is not None:
+        await reporter.stop()
     if fleet is not None:
         await fleet.stop()
     await _drain(listeners, drain_timeout)

@@ -8,9 +8,9 @@ the same three names) with a capacity; the fullest part decides.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
+from cdnkit.capacity import PARTS, parse_bandwidth
 from cdnkit.check import Checker
 from cdnkit.yamlsrc import LineDict
 
@@ -18,21 +18,6 @@ from .model import Capacity
 
 SITE_KEYS = ("capacity", "shed_low", "shed_high")
 HEALTH_KEYS = ("quorum", "shed_hold", "shed_band")
-PARTS = ("requests", "bandwidth", "connections")
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_BANDWIDTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:bit(?:/s)?|bps|b/s)\s*$", re.I)
-
-
-def parse_bandwidth(value: Any) -> float | None:
-    """Bits per second from `1e9`, `"10Gbit"`, `"500 Mbit/s"` or `"2.5Gbps"`; None if not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if value > 0 else None
-    found = _BANDWIDTH.match(str(value))
-    if not found:
-        return None
-    return float(found.group(1)) * _UNITS[found.group(2).lower()] or None
 
 
 def site_capacity(ck: Checker, site: LineDict, what: str) -> tuple[Capacity | None, float, float]:

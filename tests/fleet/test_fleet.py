@@ -1,0 +1,224 @@
+"""Two nameservers, two edges and a real etcd: one view of health, leases, load, drain.
+
+One fleet for the module (starting it is most of the time); each test leaves it as
+it found it. Site a's edge is probed fast through a relay per nameserver (so one
+nameserver's path can be cut); site b's slowly, so only its lease takes it out fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import threading
+import time
+
+import pytest
+
+from tests.control.fleet import cdnctl, customer, put
+from tests.etcd import Etcd
+from tests.fleet.cluster import (
+    NEAR_A,
+    NEAR_B,
+    A,
+    B,
+    BigOrigin,
+    LoadClient,
+    Relay,
+    edge,
+    free_port,
+    gslb_config,
+    record,
+    start_nameserver,
+    until,
+)
+
+BIG = 100 * 1024 * 1024
+LEASE_TTL = 5.0
+
+
+class Fleet:
+    pass
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fleet")
+    f = Fleet()
+    f.tmp = tmp
+    (tmp / "etcd").mkdir()
+    f.etcd = Etcd(tmp / "etcd").start()
+    started = []
+    try:
+        f.origin = BigOrigin(BIG)
+        put(f.etcd, "/cdn/config/customers/dl", customer("dl", f.origin.address, "dl.example.com"))
+        f.port = free_port(A)
+        f.edges = {"a": edge(tmp, f.etcd, "edge-a", A, f.port),
+                   "b": edge(tmp, f.etcd, "edge-b", B, f.port)}
+        started += f.edges.values()
+        f.relays = [Relay((A, f.port)), Relay((A, f.port))]
+        # site a: 100 requests/s; clients move away from 50 % on, all of them at 100 %
+        site_a = {"capacity": {"requests": 100}, "shed_low": 0.5, "shed_high": 1.0}
+        f.ns = [start_nameserver(tmp, f.etcd.url, f"ns{i + 1}", f"127.0.0.{i + 1}",
+                                 gslb_config(tmp, f.port, relay, **site_a))
+                for i, relay in enumerate(f.relays)]
+        started += f.ns
+        until(lambda: all(record(f.etcd, n.name).get("verdicts", {}).get(A) == "up"
+                          for n in f.ns), 15, "both nameservers see a up")
+        until(lambda: all(n.resolve(NEAR_A[0]) == (A,) for n in f.ns), 15, "answers")
+        yield f
+    finally:
+        for proc in started:
+            proc.stop()
+        for relay in getattr(f, "relays", []):
+            relay.close()
+        if hasattr(f, "origin"):
+            f.origin.close()
+        f.etcd.stop()
+
+
+def tables(f: Fleet, nets=NEAR_A[:20] + NEAR_B[:5]) -> list[dict]:
+    return [ns.table(nets) for ns in f.ns]
+
+
+def fleet_addresses(ns) -> dict:
+    return ns.api("/api/fleet")["addresses"]
+
+
+def test_both_nameservers_give_the_same_answers(fleet):
+    one, two = tables(fleet, NEAR_A + NEAR_B)
+    assert one == two
+    assert {one[n] for n in NEAR_A} == {(A,)} and {one[n] for n in NEAR_B} == {(B,)}
+    view = fleet.ns[0].api("/api/fleet")
+    assert view["store"]["store"] == "up" and view["store"]["observers"] == ["ns1", "ns2"]
+    assert {n["id"] for n in view["nameservers"]} == {"ns1", "ns2"}
+    assert {e["id"]: e["state"] for e in view["edges"]} == {"edge-a": "serving",
+                                                            "edge-b": "serving"}
+
+
+def test_one_observer_cut_off_does_not_take_an_edge_down_two_do(fleet):
+    one, two = fleet.relays
+    ns1, ns2 = fleet.ns
+    try:
+        one.cut()                             # ns1 can no longer reach edge-a
+        until(lambda: fleet_addresses(ns1)[A]["observers"] == {"ns1": "down", "ns2": "up"},
+              5, "ns1 sees a down")
+        time.sleep(1.0)
+        assert tables(fleet) == [ns2.table(NEAR_A[:20] + NEAR_B[:5])] * 2
+        assert ns1.resolve(NEAR_A[0]) == (A,) == ns2.resolve(NEAR_A[0])
+        entry = fleet_addresses(ns1)[A]
+        assert entry["state"] == "up" and "only 1 of 2 observers see it down" in entry["reason"]
+        two.cut()                             # now both: a real outage for everyone
+        _, took = until(lambda: ns1.resolve(NEAR_A[0]) == (B,) == ns2.resolve(NEAR_A[0]),
+                        5, "both moved a's clients to b")
+        # the same bound as with one nameserver: interval x fall (+10 % jitter) + 1 s
+        assert took < 0.5 * 2 * 1.1 + 1.0 + 0.5, took
+        assert "down for 2 of 2 observers" in fleet_addresses(ns2)[A]["reason"]
+    finally:
+        one.mend()
+        two.mend()
+    until(lambda: all(n.resolve(NEAR_A[0]) == (A,) for n in fleet.ns), 10, "a is back")
+
+
+def test_an_edge_killed_leaves_the_answers_of_both_within_the_lease_ttl(fleet):
+    b = fleet.edges["b"]
+    before = tables(fleet)
+    b.proc.kill()                 # SIGKILL: no goodbye, the lease just stops being renewed
+    killed = time.monotonic()
+    _, took = until(lambda: all(n.resolve(NEAR_B[0]) == (A,) for n in fleet.ns),
+                    LEASE_TTL + 3, "both stopped answering edge-b")
+    # b's probes need 4 s x 3 failures: only the lease can be this fast
+    assert took <= LEASE_TTL + 1.0, took
+    assert "lease of edge edge-b lost" in fleet_addresses(fleet.ns[0])[B]["reason"]
+    assert tables(fleet)[0] == tables(fleet)[1]
+    b.restart()
+    # back only when the lease is there again and its probes pass (rise 1, every 4 s)
+    until(lambda: all(n.resolve(NEAR_B[0]) == (B,) for n in fleet.ns), 15, "edge-b back")
+    assert time.monotonic() - killed > 0
+    assert tables(fleet) == [before[0]] * 2
+
+
+def test_etcd_killed_mid_run_changes_no_answer_health_did_not_change(fleet):
+    before = tables(fleet)
+    assert before[0] == before[1]
+    fleet.etcd.kill()
+    try:
+        until(lambda: all("gslb_store_up 0.0" in n.metrics() for n in fleet.ns), 8,
+              "both say the store is away")
+        view = fleet.ns[0].api("/api/fleet")
+        assert view["store"]["source"] == "local probes only (store unreachable)"
+        deadline = time.monotonic() + LEASE_TTL + 2        # longer than any lease
+        while time.monotonic() < deadline:
+            assert tables(fleet) == before
+            time.sleep(0.5)
+    finally:
+        fleet.etcd.start()
+    until(lambda: all("gslb_store_up 1.0" in n.metrics() for n in fleet.ns), 15,
+          "both see the store again")
+    time.sleep(1.0)
+    assert tables(fleet) == before
+
+
+def shed_share(ns) -> float:
+    moved = [net for net in NEAR_A if ns.resolve(net) == (B,)]
+    return len(moved) / len(NEAR_A)
+
+
+def test_an_edge_past_its_watermark_sheds_clients_to_the_next_site_and_takes_them_back(fleet):
+    before = tables(fleet, NEAR_A)
+    load = LoadClient(A, fleet.port, "dl.example.com", rate=400)
+    try:
+        _, took = until(lambda: all(shed_share(n) == 1.0 for n in fleet.ns), 10,
+                        "a's clients sent to b")
+        assert load.done > 100
+        one, two = tables(fleet, NEAR_A)
+        assert one == two                                 # the same networks from both
+        metrics = fleet.ns[0].metrics()
+        assert re.search(r'gslb_shed_ratio\{kind="site",name="a"\} 1\.0', metrics), metrics
+        view = fleet.ns[1].api("/api/fleet")
+        assert view["shed"]["a"]["share"] == 1.0 and "requests" in view["shed"]["a"]["why"]
+        assert view["history"][0]["what"] == "site a"
+    finally:
+        load.stop()
+    until(lambda: tables(fleet, NEAR_A) == [before[0]] * 2, 15, "a's clients back")
+
+
+def test_a_drain_with_a_download_in_flight_loses_no_byte(fleet):
+    a = fleet.edges["a"]
+    got = hashlib.sha256()
+    size = [0]
+    done = threading.Event()
+
+    def download() -> None:
+        conn = http.client.HTTPConnection(A, fleet.port, timeout=30)
+        conn.request("GET", "/big", headers={"Host": "dl.example.com"})
+        resp = conn.getresponse()
+        while chunk := resp.read(256 * 1024):
+            got.update(chunk)
+            size[0] += len(chunk)
+            time.sleep(0.01)                  # a slow client: the drain lands mid-way
+        conn.close()
+        done.set()
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    until(lambda: size[0] > 10 * 1024 * 1024, 20, "the download under way")
+    out = cdnctl(fleet.etcd.url, "drain", "edge-a")
+    assert out.returncode == 0, out.stderr
+    _, took = until(lambda: all(n.resolve(NEAR_A[0]) == (B,) for n in fleet.ns), 3,
+                    "nameservers stopped answering edge-a", every=0.02)
+    assert took <= 1.0, took
+    until(lambda: record(fleet.etcd, "edge-a")["state"] == "draining", 3,
+          "edge-a reports draining")
+    assert not done.is_set()                  # still downloading while drained
+    assert record(fleet.etcd, "edge-a")["idle"] is False
+    until(done.is_set, 60, "the download finished")
+    assert size[0] == BIG and got.digest() == hashlib.sha256(fleet.origin.body).digest()
+    until(lambda: record(fleet.etcd, "edge-a").get("idle") is True, 5, "edge-a idle")
+    waited = cdnctl(fleet.etcd.url, "drain", "edge-a", "--wait", "5")
+    assert waited.returncode == 0 and "idle" in waited.stdout, waited.stdout + waited.stderr
+    fleet.ns[0].restart()                     # a restarted nameserver keeps the drain
+    assert fleet.ns[0].resolve(NEAR_A[0]) == (B,)
+    assert a.proc.poll() is None
+    out = cdnctl(fleet.etcd.url, "undrain", "edge-a")
+    assert out.returncode == 0, out.stderr
+    until(lambda: all(n.resolve(NEAR_A[0]) == (A,) for n in fleet.ns), 15, "edge-a back")
