@@ -134,6 +134,8 @@ def health_json(board: HealthBoard, view: HealthView | None = None) -> dict[str,
         "first_round_done": board.first_round_done,
         "admin": {"enabled": bool(config.dashboard.token)},
         "addresses": view_to_json(view),
+        "shed": dict(view.shed),                 # address -> level (of shed.STEPS)
+        "shed_notes": dict(view.shed_notes),     # site -> why it sheds
         "sites": {name: {"city": s.city, "lat": s.lat, "lon": s.lon, "state": s.state.value,
                          "check": s.check, "addresses": [a.ip for a in s.addresses],
                          "overall": site_summary(view, [a.ip for a in s.addresses])}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import dnslib
 
-from . import select
+from . import select, shed
 from .answers import Dynamic
 from .config import Config, normalize_name
 from .health import HealthView, view_from_json
@@ -52,6 +53,8 @@ def server_health(url: str, config_path: str, timeout: float = 2.0) -> tuple[Hea
         with urllib.request.urlopen(url.rstrip("/") + "/api/health", timeout=timeout) as resp:
             data = json.load(resp)
         view = view_from_json(data["addresses"])
+        view = replace(view, shed={str(k): int(v) for k, v in data.get("shed", {}).items()},
+                       shed_notes=dict(data.get("shed_notes", {})))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise NoServer(f"no server answers at {url} ({getattr(reason, 'strerror', None) or reason})"
@@ -118,9 +121,16 @@ def explain(config: Config, name: str, qtype: str, client: str | None = None,
         lines.append("ranking:")
         for i, r in enumerate(ranked, 1):
             dist = f"{r.distance_km:,.0f} km" if r.distance_km is not None else "distance n/a"
-            states = ", ".join(f"{a.ip} {table.health.state(a.ip).value}"
-                               for a in r.site.addresses)
+            states = ", ".join(f"{a.ip} {table.health.state(a.ip).value}" + (
+                f" (sheds {shed.share(table.health.shed[a.ip]):.0%} of client networks)"
+                if a.ip in table.health.shed else "") for a in r.site.addresses)
             lines.append(f"  {i}. {r.site.name} ({r.site.city or 'no city'}; {dist}): {states}")
+            if r.site.name in table.health.shed_notes:
+                lines.append(f"     load: {table.health.shed_notes[r.site.name]}")
+        if table.health.shed:
+            lines.append(f"shed: this client network {decision.network} is in bucket "
+                         f"{decision.bucket} of {shed.STEPS}: a site shedding n% sends the "
+                         "networks of n% of the buckets to the next site")
         reply = table.service(entry, decision)
         if reply.selection is not None:
             for note in reply.selection.notes:

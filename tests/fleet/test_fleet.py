@@ -9,14 +9,18 @@ from __future__ import annotations
 import hashlib
 import http.client
 import re
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.control.fleet import cdnctl, customer, put
 from tests.etcd import Etcd
 from tests.fleet.cluster import (
+    NAME,
     NEAR_A,
     NEAR_B,
     A,
@@ -177,6 +181,15 @@ def test_an_edge_past_its_watermark_sheds_clients_to_the_next_site_and_takes_the
         view = fleet.ns[1].api("/api/fleet")
         assert view["shed"]["a"]["share"] == 1.0 and "requests" in view["shed"]["a"]["why"]
         assert view["history"][0]["what"] == "site a"
+        # the dashboard's explain and `gslb explain` say why a client was shed
+        ns1 = fleet.ns[0]
+        text = ns1.api(f"/api/explain?name={NAME}&ecs={NEAR_A[0]}")["explanation"]
+        assert "sheds 100% of client networks" in text and "sent away from a" in text, text
+        out = subprocess.run([sys.executable, "-m", "gslb.cli", "explain", "-c",
+                              str(ns1.log.parent / "gslb.yaml"), NAME, "--ecs", NEAR_A[0],
+                              "--server", f"http://{ns1.host}:{ns1.http}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert "sent away from a" in out.stdout and "answer: NOERROR" in out.stdout, out
     finally:
         load.stop()
     until(lambda: tables(fleet, NEAR_A) == [before[0]] * 2, 15, "a's clients back")
