@@ -3,8 +3,11 @@
 Children, in start order: a real etcd (Debian's etcd-server) on 127.0.0.1:2379 with
 its data in the demo's work directory, seeded with data/edge.yaml's customers by
 `cdnctl apply`; `cdnctl serve` on 127.0.0.1:8090; the origin; the shield and an
-edge per site, each following the store; the nameserver, answering customer names
-only with edges that serve them. All on loopback, all the demo's, gone with it.
+edge per site, each following the store and reporting its load (capacity
+EDGE_CAPACITY); two nameservers, the zone's ns1 (the demo's DNS listeners,
+127.0.0.1:8053 and [::1]:8053, dashboard 127.0.0.1:8080) and ns2 (127.0.0.2 on the
+same ports), sharing their probe verdicts through the store and answering customer
+names only with edges that serve them. All on loopback, all the demo's, gone with it.
 """
 from __future__ import annotations
 
@@ -12,15 +15,19 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
+
+from cdnkit.listen import Listener
 
 from .cdn import Plan, gslb_child
 from .procs import ROOT, Child, edge_answers_as
 
 DEMO_TOKEN = "demo-token"
+EDGE_CAPACITY = "requests=500,connections=2000"   # small, so `wrk` can make an edge shed
+NS2_HOST = "127.0.0.2"                            # the zone's ns2.cdn.example.net
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ def _edge(work: Path, store: str, name: str, role: str, binds: list[str], lat: f
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
                "-c", str(_local_config(work, name, lat, lon)), "--store", store,
                "--node-id", name, "--kind", kind, "--site", site]
+    if kind == "edge":
+        command += ["--capacity", EDGE_CAPACITY]
     for bind in binds:
         command += ["--listen", bind]
     for address in addresses:
@@ -130,7 +139,18 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
         out.append(_edge(work, store, f"edge-{site}", f"the {site} edge", binds, where.lat, where.lon,
                          "edge", site, [a.ip for a in where.addresses]))
     out.append(gslb_child(plan, work, extra=["--store", store, "--node-id", "ns1"]))
+    out.append(second_nameserver(plan, work, store))
     return out
+
+
+def second_nameserver(plan: Plan, work: Path, store: str) -> Child:
+    """ns2: the same config on 127.0.0.2 (the demo's first DNS port), its own dashboard."""
+    dns = (Listener(NS2_HOST, plan.dns[0].port),)
+    http = Listener(NS2_HOST, plan.http.port) if plan.http else None
+    child = gslb_child(replace(plan, http=http), work, "ns2", dns,
+                       extra=["--store", store, "--node-id", "ns2"])
+    return replace(child, role="the second nameserver (ns2)" + (
+        " and its dashboard" if http else ""))
 
 
 def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
@@ -143,7 +163,7 @@ def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
            f'{zone}"], "origin": {{"http": ["{plan.origin}"]}}, "shield": "{plan.shield_name}"}}')
     ip, port = edge.rsplit(":", 1)
     control = fleet.cdnctl
-    return [
+    lines = [
         "", f"The fleet: customers live in etcd ({fleet.store}), every edge and the "
             "nameserver follow it. Create one and watch it served:",
         f"  export CDNCTL_TOKEN={token}",
@@ -156,4 +176,16 @@ def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
         f"http://video.example.com:{port}/clip.webm",
         f"  open http://{control}/       # the Customer Origin page (token {token})",
         f"  cdnctl status --store {fleet.store}",
+        "", "Two nameservers, one view of health (ns1 and ns2 share their probe verdicts "
+            "and the edges' leases and load through etcd):",
+        f"  dig @{NS2_HOST} -p {first.port} www.test.com.{zone} A +subnet=198.51.100.0/24 "
+        "+norec    # ns2 answers as ns1",
+        f"  cdnctl drain edge-fra --wait 30 --store {fleet.store}    # out of both "
+        "nameservers' answers; then `cdnctl undrain edge-fra`",
+        f"  wrk -t2 -c64 -d30s -H 'Host: www.test.com' http://{edge}/clip.webm    # past its "
+        f"capacity ({EDGE_CAPACITY}): Frankfurt's clients shed to the next site",
     ]
+    if plan.http is not None:
+        lines.append(f"  open http://{plan.http}/#fleet     # the fleet view: nameservers, "
+                     "edges, load, the last 15 minutes")
+    return lines

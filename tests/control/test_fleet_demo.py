@@ -46,6 +46,11 @@ def test_the_fleet_demo_creates_a_customer_and_serves_it(tmp_path):
         # the seeded customer (data/edge.yaml's) is answered and served already
         seeded = digs.replace("video.example.com", "www.test.com")
         assert wait_for(lambda: dig(seeded) == ["127.0.0.12"], timeout=20), text
+        # the zone's ns2 (127.0.0.2) is a second nameserver of the fleet: same answers
+        ns2 = next(l.strip() for l in banner if l.strip().startswith("dig @127.0.0.2"))
+        assert f"-p {port}" in ns2, ns2
+        assert wait_for(lambda: dig(ns2) == ["127.0.0.12"], timeout=20), text
+        assert "ns2 " in text and "127.0.0.2:" in text
         created = json.loads(run(post, env))
         assert created["directory"] == "video", created
         card = wait_for(lambda: (c := json.loads(run(show, env)))["status"] == "deployed" and c,
