@@ -139,7 +139,10 @@ class Fleet:
         if config is None:
             return 0
         marker = config.entries.get(self.keys.rev)
-        return marker.mod_revision if marker else config.revision
+        if marker is not None:
+            return marker.mod_revision
+        # written around cdnctl (no marker): the newest document's revision
+        return max((e.mod_revision for e in config.entries.values()), default=0)
 
     def _drains(self, config: Snapshot | None) -> dict[str, dict[str, Any]]:
         return drain_records(config.entries, self.keys) if config else {}
@@ -159,6 +162,7 @@ class Fleet:
                              and time.monotonic() - reg.ok_at < STORE_DOWN_AFTER)
             if reg is not None and time.time() - reg.record.get("beat", 0) >= RENEW:
                 reg.update(beat=round(time.time(), 1))     # "seen" on the fleet views
+            self._applied()           # workers started after the last gate say so here
             health.tick()
 
     async def drain(self, edge: str, who: str, on: bool = True) -> int:

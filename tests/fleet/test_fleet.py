@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -235,3 +237,96 @@ def test_a_drain_with_a_download_in_flight_loses_no_byte(fleet):
     out = cdnctl(fleet.etcd.url, "undrain", "edge-a")
     assert out.returncode == 0, out.stderr
     until(lambda: all(n.resolve(NEAR_A[0]) == (A,) for n in fleet.ns), 15, "edge-a back")
+
+
+def test_the_fleet_view_in_a_browser_drains_and_undrains_an_edge(fleet):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import chromium
+    from tests.fleet.cluster import TOKEN
+    from tests.gslb.test_dashboard_browser import fresh
+
+    ns1 = fleet.ns[0]
+
+    def cell(driver, css: str) -> str:
+        return fresh(lambda: driver.find_element(By.CSS_SELECTOR, css).text)
+
+    with chromium() as browser:
+        browser.get(f"http://{ns1.host}:{ns1.http}/")
+        wait = WebDriverWait(browser, 15, poll_frequency=0.1)
+        wait.until(lambda d: "store up" in cell(d, "#storestate"))
+        assert "observers ns1, ns2" in cell(browser, "#storestate")
+        wait.until(lambda d: cell(d, 'tr[data-fleetedge="edge-b"] .verdict').startswith("serving"))
+        assert "NS2" in cell(browser, "#observers thead").upper()
+        assert cell(browser, f'tr[data-observed="{B}"] td.combined') == "up"
+        assert "(this one)" in cell(browser, 'tr[data-ns="ns1"]')
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        fresh(lambda: browser.find_element(
+            By.CSS_SELECTOR, 'tr[data-fleetedge="edge-b"] button[data-edgeaction="drain"]').click())
+        _, took = until(lambda: all(n.resolve(NEAR_B[0]) == (A,) for n in fleet.ns), 3,
+                        "both stopped answering edge-b", every=0.02)
+        assert took <= 1.0, took
+        wait.until(lambda d: "drained by dashboard ns1" in cell(d, 'tr[data-fleetedge="edge-b"]'))
+        wait.until(lambda d: cell(d, f'tr[data-observed="{B}"] td.combined') == "drain")
+        wait.until(lambda d: "ANSWERS PER SITE" in cell(d, "#charts").upper())
+        shot = os.environ.get("FLEET_SCREENSHOT")
+        if shot:
+            browser.save_screenshot(shot)
+        fresh(lambda: browser.find_element(
+            By.CSS_SELECTOR, 'tr[data-fleetedge="edge-b"] button[data-edgeaction="undrain"]'
+        ).click())
+        until(lambda: all(n.resolve(NEAR_B[0]) == (B,) for n in fleet.ns), 10, "edge-b back")
+    # the store says who did it
+    assert '"action": "drain"' in fleet.etcd.dump() and "dashboard ns1" in fleet.etcd.dump()
+
+
+PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "by",
+                "without", "histogram_quantile", "scalar", "on", "ignoring", "and", "or",
+                "unless", "bool", "topk", "bottomk", "offset", "group_left", "group_right"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: everything that is no function,
+    keyword, label (inside {} or by/without ()), string, number or range."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
+    return {w for w in words if w not in PROMQL_WORDS}
+
+
+def exposed(text: str) -> set[str]:
+    """Every sample name a /metrics page can carry, for the families it declares."""
+    from prometheus_client.parser import text_string_to_metric_families
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names |= {s.name for s in family.samples}
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def test_the_grafana_dashboard_names_only_metrics_that_exist(fleet):
+    import json
+    board = json.loads((ROOT / "deploy" / "grafana-fleet.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert len(exprs) >= 15
+    wanted = set().union(*(metric_names(e) for e in exprs))
+    assert metric_names('sum by (le) (rate(gslb_x_bucket{a="b"}[5m])) / scalar(y)') == \
+        {"gslb_x_bucket", "y"}
+    with urllib.request.urlopen(f"http://{A}:{fleet.port}/metrics", timeout=5) as r:
+        edge_text = r.read().decode()
+    have = exposed(fleet.ns[0].metrics()) | exposed(edge_text)
+    assert wanted - have == set(), sorted(wanted - have)
+    # the fleet's own metrics are there with values, not only declared
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def sampled() -> set[str]:
+        return {s.name for f in text_string_to_metric_families(fleet.ns[0].metrics())
+                for s in f.samples}
+
+    fleet.ns[0].resolve(NEAR_A[0])             # at least one answer from a site
+    until(lambda: {"gslb_store_up", "gslb_edge_load", "gslb_utilization",
+                   "gslb_node_seen_seconds", "gslb_observer_verdict",
+                   "gslb_dns_answers_total"} <= sampled(), 5, "fleet metrics with values")
