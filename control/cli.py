@@ -203,10 +203,13 @@ async def _status(args: argparse.Namespace, plane: ControlPlane) -> int:
         print(json.dumps({"fleet": fleet, "customers": listing}, indent=2))
         return OK
     print(f"config revision {fleet['revision']}")
-    print(f"{'node':<20}{'kind':<12}{'applied':>9}{'lag':>6}  {'seen':>6}  addresses")
+    print(f"{'node':<20}{'kind':<12}{'applied':>9}{'lag':>6}  {'seen':>6}  {'state':<16}"
+          "addresses")
     for n in fleet["nodes"]:
+        state = (n["state"] or "-") + (" (drained)" if n["drained"] and n["state"] != "draining"
+                                       else "") + (", idle" if n["idle"] else "")
         print(f"{n['id']:<20}{n['kind']:<12}{n['applied']:>9}{n['lag']:>6}  "
-              f"{n['seen']:>5}s  {', '.join(n['addresses'])}")
+              f"{n['seen']:>5}s  {state:<16}{', '.join(n['addresses'])}")
     busy = [c for c in listing["customers"] if c["status"] != "deployed"]
     print(f"{len(listing['customers'])} customers, {len(busy)} deploying" +
           "".join(f"\n  {c['directory']}: {c['deployed']}/{c['of']}" for c in busy))

@@ -167,20 +167,18 @@ def cdnctl(store: str, *args: str, env: dict | None = None) -> subprocess.Comple
 
 
 class Origin:
-    """A real origin on loopback in its own thread: answers "<label> <path>"."""
+    """A real origin on loopback in its own thread: answers "<label> <path>".
 
-    def __init__(self, label: str, host: str = "127.0.0.1"):
-        self.label, self.host, self.port = label, host, free_port()
+    Subclasses add other routes in `routes`."""
+
+    def __init__(self, label: str, host: str = "127.0.0.1", port: int | None = None):
+        self.label, self.host, self.port = label, host, port or free_port()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
-        async def handle(request: web.Request) -> web.Response:
-            return web.Response(text=f"{self.label} {request.path}",
-                                headers={"Cache-Control": "no-store"})
-
         async def main() -> None:
             app = web.Application()
-            app.router.add_get("/{tail:.*}", handle)
+            self.routes(app)
             self.runner, _ = await serve_app(app, self.host, self.port)
             started.set()
 
@@ -188,6 +186,13 @@ class Origin:
                                                        self.loop.run_forever()), daemon=True)
         self.thread.start()
         started.wait(10)
+
+    def routes(self, app: web.Application) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            return web.Response(text=f"{self.label} {request.path}",
+                                headers={"Cache-Control": "no-store"})
+
+        app.router.add_get("/{tail:.*}", handle)
 
     @property
     def address(self) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from tests.conftest import ROOT, answers, make_query, parse, serve_app, stop, udp_query
-from tests.control.fleet import EdgeProc, start_edge, wait_for
+from tests.conftest import ROOT, answers, make_query, parse, stop, udp_query
+from tests.control.fleet import EdgeProc, Origin, start_edge, wait_for
 from tests.etcd import Etcd
 
 A, B = "127.0.0.21", "127.0.0.22"
@@ -232,15 +232,14 @@ def big_body(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-class BigOrigin:
-    """A real origin on loopback: /big is `size` bytes, /small a few; never cached."""
+class BigOrigin(Origin):
+    """A real origin on loopback: /big is `size` bytes, anything else a few, cacheable."""
 
     def __init__(self, size: int):
         self.body = big_body(size)
-        self.port = free_port("127.0.0.1")
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
+        super().__init__("big")
 
+    def routes(self, app: web.Application) -> None:
         async def big(request: web.Request) -> web.StreamResponse:
             resp = web.StreamResponse(headers={"Cache-Control": "no-store",
                                                "Content-Length": str(len(self.body))})
@@ -253,26 +252,8 @@ class BigOrigin:
         async def small(request: web.Request) -> web.Response:
             return web.Response(text="small\n", headers={"Cache-Control": "max-age=600"})
 
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_get("/big", big)
-            app.router.add_get("/{tail:.*}", small)
-            self.runner, _ = await serve_app(app, "127.0.0.1", self.port)
-            started.set()
-
-        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(main()),
-                                                       self.loop.run_forever()), daemon=True)
-        self.thread.start()
-        started.wait(10)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        app.router.add_get("/big", big)
+        app.router.add_get("/{tail:.*}", small)
 
 
 class LoadClient:
