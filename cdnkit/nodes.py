@@ -67,15 +67,28 @@ def _state(records: list[dict[str, Any]]) -> str:
     return max(found, key=STATES.index) if found else ""
 
 
-def merge(entries: Mapping[str, Entry]) -> dict[str, Node]:
-    """Records under nodes/ (by the rest of the key) -> nodes by id."""
+def merge(entries: Mapping[str, Entry],
+          parsed: dict[tuple[str, int], Any] | None = None) -> dict[str, Node]:
+    """Records under nodes/ (by the rest of the key) -> nodes by id.
+
+    `parsed` keeps decoded records by (key, revision) between calls: edges rewrite
+    their record every second, and a follower should decode only what changed.
+    """
     grouped: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries.values():
+    seen: dict[tuple[str, int], Any] = {}
+    for key, entry in entries.items():
         try:
-            record = json.loads(entry.value)
+            mark = (key, entry.mod_revision)
+            record = parsed.get(mark) if parsed is not None else None
+            if record is None:
+                record = json.loads(entry.value)
+            seen[mark] = record
             grouped.setdefault(str(record["id"]), []).append(record)
         except (ValueError, KeyError, TypeError):
             continue
+    if parsed is not None:
+        parsed.clear()
+        parsed.update(seen)
     out = {}
     for node_id, records in grouped.items():
         first = records[0]

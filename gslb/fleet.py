@@ -59,6 +59,7 @@ class Fleet:
         self.health: FleetHealth | None = None
         self._gate_inputs: tuple = ()
         self._merged: dict[str, Node] = {}
+        self._parsed: dict[tuple[str, int], Any] = {}     # node records decoded (merge)
         self._tasks: list[asyncio.Task] = []
 
     def _prefix(self, part: str) -> str:
@@ -98,7 +99,8 @@ class Fleet:
         """Build the gate and the fleet's health from what the snapshots hold, for the
         workers; `force` rebuilds the gate even if its inputs look unchanged (a reload)."""
         config, nodes = self.snaps["config"], self.snaps["nodes"]
-        merged = self._merged = merge(nodes.under(self.keys.nodes) if nodes else {})
+        merged = self._merged = merge(nodes.under(self.keys.nodes) if nodes else {},
+                                      self._parsed)
         edges = sorted((n.applied, n.addresses) for n in merged.values() if n.kind == "edge")
         if self.health is not None:
             self.health.set_nodes(merged, self._drains(config))
