@@ -138,3 +138,27 @@ def test_capacity_and_watermarks_in_the_config():
     assert "unknown key 'request'" in text
     assert "shed_high (0.5) must be above shed_low (0.9)" in text
     assert all(p.startswith("t.yaml:") for p in problems)
+
+
+def test_shed_answers_of_a_signed_zone_are_signed_on_the_same_rebuild(tmp_path):
+    import dns.message
+
+    from gslb.config import load_config
+    from tests.gslb.signed import check_signed, do_query, make_signed
+    from tests.gslb.test_dnssec import dnskeys
+
+    cfg = load_config(make_signed(tmp_path))
+    r = Responder(cfg, HealthBoard(cfg).view)
+    keys = dnskeys(r)
+    # 127.0.0.12 sheds all its networks: Frankfurt's clients are answered from the next
+    # site, signed and valid, by the rebuild that the new view caused
+    view = HealthBoard(cfg).view
+    r.set_health(replace(view, shed={FRA: shed.STEPS}))
+    got = set()
+    for net in ("198.51.100.0/24", "2001:db8:2::/48"):
+        msg = dns.message.from_wire(r.answer(do_query("www.test.com.cdn.example.net", "A",
+                                                      ecs=net), "10.0.0.1", 4096))
+        assert check_signed(msg, keys) >= 1
+        got |= {rr.to_text() for rrset in msg.answer for rr in rrset
+                if rrset.rdtype == 1}
+    assert FRA not in got and got, got
