@@ -12,7 +12,7 @@ from pathlib import Path
 from cdnkit.capacity import capacity_arg
 from cdnkit.check import describe
 from cdnkit.listen import Listener, listener_arg
-from cdnkit.store import store_arg
+from cdnkit.storespec import store_arg
 
 from . import config as edge_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cdnkit.check import ConfigError, describe
 from cdnkit.listen import listener_arg
-from cdnkit.store import store_arg
+from cdnkit.storespec import store_arg
 
 from .config import DEFAULT_CONFIG, load_config
 from .dnssec_cli import add_parser as add_dnssec_parser
