@@ -16,8 +16,6 @@ from typing import Any, AsyncIterator, Callable
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from cdnkit.store import StoreError
-
 from . import capacity as cap
 from . import shed
 from .series import Rates, Series
@@ -103,6 +101,7 @@ def _drain_handler(authorise: Callable[[web.Request], None]):
             edge = str(body["edge"])
         except (ValueError, KeyError, TypeError):
             raise web.HTTPBadRequest(text='JSON body {"edge": NODE_ID} expected') from None
+        from cdnkit.store import StoreError  # store mode only: no grpc otherwise
         try:
             revision = await sup.fleet.drain(edge, f"dashboard {sup.fleet.node_id}",
                                              on=action == "drain")
