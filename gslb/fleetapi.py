@@ -115,27 +115,48 @@ def _drain_handler(authorise: Callable[[web.Request], None]):
     return handler
 
 
-def _sample(sup: Any, series: Series, answers: Rates, hits: Rates, now: float) -> None:
-    groups: dict[str, dict[str, float | None]] = {
-        "answers": {site or "(none)": rate for site, rate in
-                    answers(now, {k: float(v) for k, v in sup.site_counts().items()}).items()}}
-    fleet = getattr(sup, "fleet", None)
-    if fleet is not None and fleet.health is not None:
-        health = fleet.health
-        groups["load"] = {key[5:]: round(used, 3) for key, (used, _) in
-                          health.utilization.items() if key.startswith("edge ")}
-        groups["shed"] = {key[5:]: shed.share(ctl.level) for key, ctl in
-                          health.controllers.items() if key.startswith("site ")}
-        ratio: dict[str, float | None] = {}
-        for node in fleet.nodes().values():
-            if node.kind != "edge":
-                continue
-            if f"edge {node.id}" not in health.utilization:
-                groups["load"][node.id] = round(float(node.load.get("requests", 0.0)), 1)
-            h, m = node.load.get("hits", 0.0), node.load.get("misses", 0.0)
-            ratio[node.id] = round(h / (h + m), 3) if h + m else None
-        groups["hit_ratio"] = ratio
-    series.record(now, groups)
+class Sampler:
+    """Looks at the fleet every second and records one point per step: answers per site
+    as a rate, and per edge the highest load of the step and the hit ratio of its
+    requests (a one-second burst between two points still shows)."""
+
+    def __init__(self, sup: Any, series: Series):
+        self.sup, self.series = sup, series
+        self.answers = Rates()
+        self.next = 0.0
+        self._load: dict[str, float] = {}
+        self._shed: dict[str, float] = {}
+        self._hits: dict[str, list[float]] = {}
+
+    def tick(self, now: float) -> None:
+        fleet = getattr(self.sup, "fleet", None)
+        if fleet is not None and fleet.health is not None:
+            health = fleet.health
+            for node in fleet.nodes().values():
+                if node.kind != "edge":
+                    continue
+                used = health.utilization.get(f"edge {node.id}")
+                value = round(used[0], 3) if used else float(node.load.get("requests", 0.0))
+                self._load[node.id] = max(value, self._load.get(node.id, 0.0))
+                counts = self._hits.setdefault(node.id, [0.0, 0.0])
+                counts[0] += float(node.load.get("hits", 0.0))
+                counts[1] += float(node.load.get("misses", 0.0))
+            for key, ctl in health.controllers.items():
+                if key.startswith("site "):
+                    name = key[5:]
+                    self._shed[name] = max(shed.share(ctl.level), self._shed.get(name, 0.0))
+        if now < self.next:
+            return
+        self.next = now + self.series.step
+        counts = {k: float(v) for k, v in self.sup.site_counts().items()}
+        groups: dict[str, dict[str, float | None]] = {
+            "answers": {site or "(none)": rate for site, rate in
+                        self.answers(now, counts).items()},
+            "load": dict(self._load), "shed": dict(self._shed),
+            "hit_ratio": {edge: round(h / (h + m), 3) if h + m else None
+                          for edge, (h, m) in self._hits.items()}}
+        self.series.record(now, groups)
+        self._load, self._shed, self._hits = {}, {}, {}
 
 
 def add_routes(app: web.Application, sup: Any, authorise: Callable[[web.Request], None],
@@ -147,12 +168,12 @@ def add_routes(app: web.Application, sup: Any, authorise: Callable[[web.Request]
     app.router.add_post("/api/admin/edge/{action}", _drain_handler(authorise))
 
     async def sampler(_app: web.Application) -> AsyncIterator[None]:
-        answers, hits = Rates(), Rates()
+        sampling = Sampler(sup, series)
 
         async def run() -> None:
             while True:
-                _sample(sup, series, answers, hits, time.time())
-                await asyncio.sleep(series.step)
+                sampling.tick(time.time())
+                await asyncio.sleep(min(1.0, series.step))
 
         task = asyncio.get_running_loop().create_task(run())
         yield

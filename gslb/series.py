@@ -45,16 +45,19 @@ class Series:
 
 
 class Rates:
-    """Per-second rates from growing counters, between two samples."""
+    """Per-second rates from growing counters (counted since the process started),
+    between two samples; a counter that appears was 0 at the sample before."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, float]] = {}
+        self._at: float | None = None
 
     def __call__(self, now: float, counters: Mapping[str, float]) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for key, value in counters.items():
-            before = self._last.get(key)
+            before = self._last.get(key) or ((self._at, 0.0) if self._at else None)
             self._last[key] = (now, value)
             if before is not None and now > before[0] and value >= before[1]:
                 out[key] = (value - before[1]) / (now - before[0])
+        self._at = now
         return out
