@@ -101,6 +101,8 @@ def _drain_handler(authorise: Callable[[web.Request], None]):
             edge = str(body["edge"])
         except (ValueError, KeyError, TypeError):
             raise web.HTTPBadRequest(text='JSON body {"edge": NODE_ID} expected') from None
+        if edge not in sup.fleet.nodes() and edge not in sup.fleet.health.drains:
+            raise web.HTTPNotFound(text=f"no node {edge!r} in the store")
         from cdnkit.store import StoreError  # store mode only: no grpc otherwise
         try:
             revision = await sup.fleet.drain(edge, f"dashboard {sup.fleet.node_id}",

@@ -277,8 +277,11 @@ def test_the_fleet_view_in_a_browser_drains_and_undrains_an_edge(fleet):
             By.CSS_SELECTOR, 'tr[data-fleetedge="edge-b"] button[data-edgeaction="undrain"]'
         ).click())
         until(lambda: all(n.resolve(NEAR_B[0]) == (B,) for n in fleet.ns), 10, "edge-b back")
-    # the store says who did it
+    # the store says who did it; a wrong name or token changes nothing
     assert '"action": "drain"' in fleet.etcd.dump() and "dashboard ns1" in fleet.etcd.dump()
+    assert ns1.post("/api/admin/edge/drain", {"edge": "edge-c"})[0] == 404
+    assert ns1.post("/api/admin/edge/drain", {"edge": "edge-a"}, token="wrong")[0] == 401
+    assert all(n.resolve(NEAR_A[0]) == (A,) for n in fleet.ns)
 
 
 PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "by",
