@@ -64,7 +64,7 @@ def target(used: float, marks: Watermarks) -> int:
     return min(STEPS, max(1, math.ceil((used - marks.low) / (marks.high - marks.low) * STEPS)))
 
 
-SMOOTHING = 0.5      # weight of a new load sample (one a second): noise halves, steps show in 1 s
+SMOOTHING = 0.5      # weight of a second of new load: noise halves, a step shows in about 1 s
 
 
 class Controller:
@@ -76,11 +76,20 @@ class Controller:
         self.used: float | None = None      # the smoothed load
         self.since = 0.0                    # when the level last changed
         self._below: float | None = None    # since when the load allows a lower level
+        self._fed = 0.0                     # when the last sample came
 
     def update(self, sample: float, now: float) -> bool:
-        """Feed one load sample; True when the level changed."""
-        used = self.used = sample if self.used is None else (
-            SMOOTHING * sample + (1 - SMOOTHING) * self.used)
+        """Feed the load as of `now`; True when the level changed.
+
+        Smoothing weighs time, not calls: the same load fed twice in a second (a
+        site whose edges report one after the other) counts as one second of it.
+        """
+        if self.used is None:
+            used = sample
+        else:
+            weight = 1 - (1 - SMOOTHING) ** max(0.0, min(now - self._fed, 10.0))
+            used = weight * sample + (1 - weight) * self.used
+        self.used, self._fed = used, now
         wanted = target(used, self.marks)
         if wanted > self.level:
             self.level, self.since, self._below = wanted, now, None

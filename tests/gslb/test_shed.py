@@ -61,6 +61,16 @@ def test_a_load_hovering_at_the_watermark_moves_no_answer_back_and_forth():
     assert changes[-1][1] <= shed.target(0.84, marks()), changes
 
 
+def test_smoothing_weighs_time_not_how_often_a_site_is_fed():
+    once, thrice = shed.Controller(marks()), shed.Controller(marks())
+    for ctl in (once, thrice):
+        ctl.update(0.0, 0)
+    once.update(1.0, 1)
+    for _ in range(3):                         # three edges of one site reporting at t=1
+        thrice.update(1.0, 1)
+    assert once.used == thrice.used == 0.5
+
+
 def test_level_steps_follow_the_load_between_the_watermarks():
     m = marks(low=0.5, high=0.9)
     assert [shed.target(u, m) for u in (0.4, 0.5, 0.51, 0.7, 0.89, 0.9, 3)] == \
