@@ -3,10 +3,10 @@
 A site's load against its capacity gives a level, 0..STEPS: the share of its
 client networks (in 1/STEPS steps) answered with the next-nearest site. Between
 `shed_low` and `shed_high` the level grows with the load; at `shed_high` it is
-STEPS (every new client goes elsewhere). A level rises as soon as the load
-asks for it, and falls only once the load has stayed below the lower level's
-threshold minus `shed_band` for `shed_hold` seconds, so a load that hovers at
-a watermark moves no answer back and forth.
+STEPS (every new client goes elsewhere). A level rises as soon as a load
+report asks for it, and falls only once the smoothed load has stayed below the
+lower level's threshold minus `shed_band` for `shed_hold` seconds, so a load
+that hovers at a watermark moves no answer back and forth.
 
 Which networks: each decision network (the ECS scope of the answer) has a
 stable bucket, 0..STEPS-1, from a hash of the network; site S sheds bucket b
@@ -64,7 +64,7 @@ def target(used: float, marks: Watermarks) -> int:
     return min(STEPS, max(1, math.ceil((used - marks.low) / (marks.high - marks.low) * STEPS)))
 
 
-SMOOTHING = 0.5      # weight of a second of new load: noise halves, a step shows in about 1 s
+SMOOTHING = 0.5      # weight of a second of new load in the smoothed load (for going down)
 
 
 class Controller:
@@ -90,7 +90,9 @@ class Controller:
             weight = 1 - (1 - SMOOTHING) ** max(0.0, min(now - self._fed, 10.0))
             used = weight * sample + (1 - weight) * self.used
         self.used, self._fed = used, now
-        wanted = target(used, self.marks)
+        # Up on the load as reported (overload is shed at the first report that shows
+        # it); down on the smoothed load, with the band and the hold below.
+        wanted = target(sample, self.marks)
         if wanted > self.level:
             self.level, self.since, self._below = wanted, now, None
             return True

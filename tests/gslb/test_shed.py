@@ -36,8 +36,8 @@ def marks(**kw) -> shed.Watermarks:
 def test_level_rises_at_once_and_falls_only_after_the_hold():
     ctl = shed.Controller(marks())
     assert not ctl.update(0.5, 0) and ctl.level == 0
-    assert ctl.update(1.3, 1) and ctl.level == 10          # smoothed 0.9: half way
-    assert ctl.update(1.5, 2) and ctl.level == shed.STEPS  # past high: everyone elsewhere
+    assert ctl.update(0.9, 1) and ctl.level == 10          # half way: at the first report
+    assert ctl.update(1.2, 2) and ctl.level == shed.STEPS  # past high: everyone elsewhere
     t, levels = 3, []
     while ctl.level and t < 30:                            # the load is gone
         ctl.update(0.0, t)
