@@ -230,11 +230,14 @@ def qps(args: argparse.Namespace) -> None:
         fleet.close()
 
 
+PARTS = ("failover", "shed", "flap", "qps")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="*", default=["failover", "shed", "flap", "qps"],
-                        choices=["failover", "shed", "flap", "qps"])
+    parser.add_argument("what", nargs="*", metavar="{" + ",".join(PARTS) + "}",
+                        help=f"what to measure (default: all of {', '.join(PARTS)})")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--flap-seconds", type=float, default=60.0)
@@ -242,7 +245,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
     subprocess.run([str(ROOT / "dev"), "debs", "dnsperf"], check=False)
-    for what in args.what:
+    unknown = [w for w in args.what if w not in PARTS]
+    if unknown:     # checked here: argparse rejects an empty list against choices
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    for what in args.what or PARTS:
         {"failover": failover, "shed": shed, "flap": flap, "qps": qps}[what](args)
     return 0
 
