@@ -47,7 +47,7 @@ class Stored:
     stored_at: float             # wall clock, for Age
     initial_age: float
     policy: Policy
-    file: DiskObject | None = None   # body on disk (too big for memory): sent with sendfile
+    file: DiskObject | None = None   # body on disk (too big for memory), sent from the file
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.stored_at)
@@ -248,7 +248,7 @@ class Cache:
     """The memory tier over the (optional) disk tier, the fills in flight, the keys to pass.
 
     Objects up to `promote_bytes` are read from disk into memory on their first
-    hit; bigger ones stay on disk and are sent with sendfile, their metadata
+    hit; bigger ones stay on disk and are sent from their file, their metadata
     kept here so a hit reads no metadata from disk.
     """
 

@@ -1,7 +1,7 @@
 """Requests through the cache: look up, serve a hit, or fill from the origin once for all.
 
 `cached` is the entry: a fresh stored object is served (serve.py, from memory
-or with sendfile from the disk tier); otherwise one `Fill` per key fetches it
+or from its file on the disk tier); otherwise one `Fill` per key fetches it
 (fill.py), or follows another worker's fetch through the disk tier, and every
 waiting client is streamed the body as it arrives, ranges included. Stale
 copies answer while a fill refreshes them, or when the origin fails, as RFC

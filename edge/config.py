@@ -98,7 +98,7 @@ def build(raw: Any, source: str, base: Path | None = None, *,
     top = ck.mapping(raw, Where(source, 1), "config")
     ck.keys(top, ("listen", "account", "via", "customers", "resolver", "egress", "tls",
                   "origin_ca_file", "cache_memory", "cache_disk", "cache_disk_size", "state_dir",
-                  "admin_token_env", "name", "region", "lat", "lon", "shields",
+                  "sendfile", "admin_token_env", "name", "region", "lat", "lon", "shields",
                   "trusted_proxies"),
             "the top level")
     state_dir = ck.text(top, "state_dir", "config")
@@ -110,6 +110,7 @@ def build(raw: Any, source: str, base: Path | None = None, *,
     if cache_disk:
         cache_disk = str(base / cache_disk)
     cache_disk_size = size(ck, top, "cache_disk_size", 10 * 1024**3, "config")
+    sendfile = ck.flag(top, "sendfile", False, "config")
     tls_listen, certs = _tls(ck, top.get("tls"), top.at("tls"), base)
     origin_ca = ck.text(top, "origin_ca_file", "config")
     if origin_ca:
@@ -165,7 +166,8 @@ def build(raw: Any, source: str, base: Path | None = None, *,
                       origin_ca, cache_memory, cache_disk, cache_disk_size, state_dir,
                       admin_token, name=me, region=region, location=location,
                       shields=shields, nameservers=tuple(nameservers),
-                      trusted_proxies=tuple(trusted_proxies), by_cname=found.by_cname,
+                      trusted_proxies=tuple(trusted_proxies), sendfile=sendfile,
+                      by_cname=found.by_cname,
                       by_directory=found.by_directory)
 
 

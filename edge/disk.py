@@ -326,7 +326,7 @@ class DiskStore:
         return body
 
     def verify(self, obj: DiskObject) -> bool:
-        """Check a body's CRC without holding it in memory (for sendfile objects)."""
+        """Check a body's CRC without holding it in memory (for objects sent from their file)."""
         if body_crc(obj.path, obj.offset, obj.size) == obj.crc:
             return True
         self._discard(digest(obj.meta.key), obj.path, "body checksum")

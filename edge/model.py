@@ -48,6 +48,7 @@ class EdgeConfig:
     nameservers: tuple[tuple[str, int], ...] = ()   # empty: /etc/resolv.conf
     # Peers whose Forwarded / X-Forwarded-* chains are kept (our own tiers); default: egress.
     trusted_proxies: tuple = ()
+    sendfile: bool = False               # disk-tier hits by sendfile(2), not copied (filesend)
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
 

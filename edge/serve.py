@@ -1,4 +1,4 @@
-"""Answering from the cache: a stored object (from memory, or with sendfile from the
+"""Answering from the cache: a stored object (from memory, or from its file on the
 disk tier), a fill that is still arriving, byte ranges of either, and the 304s
 for a client's own conditionals.
 """
@@ -48,7 +48,8 @@ class Exchange:
 
 @dataclass(slots=True)
 class OpenBody:
-    """An on-disk body opened for sendfile; the open file survives eviction and renames."""
+    """An on-disk body being sent (edge/filesend.py); the open file survives eviction and
+    renames."""
 
     file: object
     offset: int
@@ -79,7 +80,7 @@ def stored_entry(ex: Exchange, stored: Stored, result: str, now: float,
 async def serve_stored(ex: Exchange, stored: Stored, result: str,
                        body: OpenBody | None = None, entry: str = "") -> None:
     """A cache hit: headers rendered from the stored object, body from memory or, for
-    objects kept on disk only, with sendfile from the open file `body`."""
+    objects kept on disk only, from the open file `body` (edge/filesend.py)."""
     request, reply = ex.request, ex.reply
     now = time.time()
     entry = entry or stored_entry(ex, stored, result, now)
@@ -100,7 +101,7 @@ async def serve_stored(ex: Exchange, stored: Stored, result: str,
                 stored.size)
     if request.method != "HEAD":
         if body is not None:
-            await reply.sendfile(body.file, body.offset, stored.size)
+            await reply.sendfile(body.file, body.offset, stored.size, ex.config.sendfile)
         else:
             for chunk in stored.chunks:
                 await reply.write(chunk)
@@ -216,7 +217,8 @@ async def write_range(ex: Exchange, chunks, first: int, last: int) -> None:
         to_clients.inc(len(data))
         return
     if isinstance(chunks, OpenBody):
-        await reply.sendfile(chunks.file, chunks.offset + first, last - first + 1)
+        await reply.sendfile(chunks.file, chunks.offset + first, last - first + 1,
+                             ex.config.sendfile)
         to_clients.inc(last - first + 1)
         return
     if isinstance(chunks, Fill):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 from typing import Awaitable, Callable
 
 import httptools
 from multidict import CIMultiDict
 
+from .filesend import send_file
 from .wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, chunk, head, multidict, reason
 
 log = logging.getLogger("edge.server")
@@ -192,8 +192,9 @@ class Reply:
             self.sent += len(data)
             self._flush(chunk(data) if self._chunked else data)
 
-    async def sendfile(self, file, offset: int, count: int) -> None:
-        """`count` bytes of an open file from `offset`, by the kernel where it can."""
+    async def sendfile(self, file, offset: int, count: int, kernel: bool = False) -> None:
+        """`count` bytes of an open file from `offset` (edge/filesend.py); `kernel`: by
+        sendfile(2), else copied through one buffer per worker."""
         if self._no_body or count <= 0:
             return
         transport = self.conn.transport
@@ -201,61 +202,7 @@ class Reply:
             raise ConnectionResetError("client gone")
         self._flush()
         self.sent += count
-        try:
-            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
-        except NotImplementedError:           # an event loop without it (uvloop)
-            await self._sendfile_fd(transport, file, offset, count)
-
-    async def _sendfile_fd(self, transport: asyncio.Transport, file, offset: int,
-                           count: int) -> None:
-        """sendfile(2) on the transport's socket once it has nothing queued, waiting for
-        the socket to take more through a duplicate of its descriptor (the transport's
-        own is not ours to watch). TLS: copied through the transport instead."""
-        sock = transport.get_extra_info("socket")
-        if sock is None or transport.get_extra_info("sslcontext") is not None:
-            return await self._copy_file(file, offset, count)
-        loop = asyncio.get_running_loop()
-        transport.set_write_buffer_limits(high=64 * 1024, low=0)
-        try:
-            if transport.get_write_buffer_size():
-                self.conn.paused = True         # wait for what is queued to go first
-                await self.conn.drain()
-        finally:
-            if not transport.is_closing():
-                transport.set_write_buffer_limits()
-        fd, src = sock.fileno(), file.fileno()
-        watch = os.dup(fd)
-        try:
-            while count > 0:
-                if transport.is_closing():
-                    raise ConnectionResetError("client gone")
-                try:
-                    sent = os.sendfile(fd, src, offset, min(count, 1 << 30))
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    raise ConnectionResetError(str(exc)) from None
-                if sent:
-                    offset, count = offset + sent, count - sent
-                    continue
-                writable = loop.create_future()
-                loop.add_writer(watch, lambda: writable.done() or writable.set_result(None))
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(watch)
-        finally:
-            os.close(watch)
-
-    async def _copy_file(self, file, offset: int, count: int) -> None:
-        src = file.fileno()
-        while count > 0:
-            data = os.pread(src, min(count, 256 * 1024), offset)
-            if not data:
-                raise ConnectionResetError("file shorter than its object")
-            offset, count = offset + len(data), count - len(data)
-            self.conn.write(data)
-            await self.conn.drain()
+        await send_file(transport, self.conn.drain, file, offset, count, kernel)
 
     def end(self) -> None:
         if self.finished:

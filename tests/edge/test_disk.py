@@ -307,7 +307,7 @@ async def test_quick_mode_workers_are_one_cache_and_one_fill(tmp_path):
 
 async def test_edge_serve_sends_disk_objects_on_its_own_event_loop(tmp_path):
     """`edge serve` runs on uvloop, which has no loop.sendfile: bodies on the disk tier go
-    out through the edge's own sendfile path, whole and in ranges, pipelined too."""
+    out through edge/filesend.py, whole and in ranges, pipelined too."""
     async with CountingOrigin() as origin:
         origin.routes["/big"] = {"body": BIG, "headers": {"Cache-Control": "max-age=60"}}
         config = tmp_path / "edge.yaml"
