@@ -1,6 +1,7 @@
 """Edge proxy vs nginx, with wrk, in one run: pass-through and cache hits.
 
-    python bench/edgebench.py [--seconds 10] [--workers N]
+    python bench/edgebench.py [--seconds 10] [--workers N] [--only stream [--rounds 5]]
+                              [--sendfile]
 
 One nginx serves the files (the origin). In front of it, in turn: nginx
 `proxy_pass` without cache, `edge serve` without cache, nginx `proxy_cache`
@@ -8,14 +9,26 @@ One nginx serves the files (the origin). In front of it, in turn: nginx
 wrk measures 10 KB requests/s and 100 MB streaming throughput; RSS of each
 proxy is sampled while streaming. Then 200 concurrent misses on one new key
 are sent to each caching proxy and the origin's access log is counted.
+
+`--only stream`: nginx proxy_cache and the edge cache run side by side and
+only 100 MB hits are measured, alternating between the two for `--rounds`
+rounds (a busy box moves both alike), with the ratio of each round.
+`--sendfile`: the edge sends disk-tier hits with sendfile(2) (`sendfile: true`).
+
+Every child's stdout and stderr go to `<name>.log` in the work dir; when one
+does not come up, the bench says which (and on which port), prints the end of
+its log and keeps the work dir.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import random
 import re
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from dnsbench import cpu_seconds, free_port, rss_mb, stop, tree  # noqa: E402
+from dnsbench import cpu_seconds, rss_mb, stop, tree  # noqa: E402
 
 NGINX_ORIGIN = """
 worker_processes 1;
@@ -90,6 +103,7 @@ EDGE = """
 listen: ["127.0.0.1:{port}"]
 cache_memory: 1073741824
 cache_disk: {disk}
+sendfile: {sendfile}
 customers:
   - directory: bench
     cnames: [bench.test]
@@ -122,16 +136,62 @@ def concurrent_misses(port: int, work: Path, name: str) -> tuple[int, int]:
     return ok, sum(1 for line in log if line == path)
 
 
-def wait_port(port: int, timeout: float = 15) -> None:
-    import socket
+def listen_port() -> int:
+    """A TCP port free on 127.0.0.1, below the ephemeral range.
+
+    A port the kernel hands out for port 0 is in the ephemeral range, and wrk's
+    and the proxies' own client connections take their local ports from that
+    range while the bench runs: one of them holding the port when its server
+    starts makes the bind fail (nginx retries and gives up, the edge exits
+    "address in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
+
+
+class NotUp(RuntimeError):
+    """A server of the bench did not come up; the message says which and why."""
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text) or "    (empty)"
+
+
+def start(name: str, cmd: list[str], port: int, work: Path, timeout: float = 30,
+          logs: tuple[Path, ...] = ()) -> subprocess.Popen:
+    """Start `name` with its output in work/<name>.log and wait until `port` accepts;
+    NotUp with its log's tail (and the `logs` it writes itself) when it exits or
+    `timeout` passes first (the process is stopped then)."""
+    log = work / f"{name.replace(' ', '-')}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            return proc
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+            pass
+        code = proc.poll()
+        if code is not None or time.monotonic() > deadline:
+            stop(proc)
+            why = (f"exited with {code}" if code is not None
+                   else f"not listening after {timeout:g} s")
+            tails = "".join(f"\n  {p}:\n{log_tail(p)}" for p in (log, *logs))
+            raise NotUp(f"{name} on 127.0.0.1:{port} {why}; the end of its log:{tails}")
+        time.sleep(0.05)
 
 
 # The first request on each connection a range (the long way through the cache), plain
@@ -164,6 +224,27 @@ def wrk(port: int, path: str, conns: int, seconds: int,
     return rps, float(m.group(1)) * scale
 
 
+def stream(proc: subprocess.Popen, port: int, seconds: int) -> tuple[float, float, float]:
+    """(MB/s of 100 MB hits with wrk -c4, RSS MB at the start, peak RSS MB while streaming)."""
+    pids = tree(proc.pid)
+    peak = {"rss": rss_mb(pids)}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak["rss"] = max(peak["rss"], rss_mb(tree(proc.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    start_rss = rss_mb(pids)
+    sampler.start()
+    try:
+        _, mbps = wrk(port, "/100m.bin", 4, seconds)
+    finally:
+        done.set()
+        sampler.join()
+    return mbps, start_rss, peak["rss"]
+
+
 def measure(name: str, proc: subprocess.Popen, port: int, seconds: int, work: Path) -> dict:
     pids = tree(proc.pid)
     before = cpu_seconds(pids)
@@ -175,92 +256,102 @@ def measure(name: str, proc: subprocess.Popen, port: int, seconds: int, work: Pa
         script = work / "mixed.lua"
         script.write_text(MIXED)
         mixed, _ = wrk(port, "/10k.bin", 32, seconds, script)
-    peak = {"rss": rss_mb(pids)}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            peak["rss"] = max(peak["rss"], rss_mb(tree(proc.pid)))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    start_rss = rss_mb(pids)
-    sampler.start()
-    _, mbps = wrk(port, "/100m.bin", 4, seconds)
-    stop.set()
-    sampler.join()
+    mbps, start_rss, peak_rss = stream(proc, port, seconds)
     return {"name": name, "rps": rps, "cpu_us": 1e6 * cpu_small / max(rps, 1), "mbps": mbps,
-            "rss_start": start_rss, "rss_peak": peak["rss"], "mixed": mixed}
+            "rss_start": start_rss, "rss_peak": peak_rss, "mixed": mixed}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is missing: run bench/edge.sh, which installs it", file=sys.stderr)
-            return 2
-    work = Path(tempfile.mkdtemp(prefix="edgebench-"))
-    files = work / "files"
-    files.mkdir()
-    # nginx workers run as an unprivileged user: they must be able to read these.
-    work.chmod(0o755)
-    files.chmod(0o755)
-    (files / "10k.bin").write_bytes(os.urandom(10240))
-    with (files / "100m.bin").open("wb") as fh:
-        block = os.urandom(1 << 20)
-        for _ in range(100):
-            fh.write(block)
-    for f in files.iterdir():
-        f.chmod(0o644)
-    origin_port, nginx_port, edge_port = free_port(), free_port(), free_port()
-    (work / "origin.conf").write_text(NGINX_ORIGIN.format(work=work, port=origin_port, files=files))
-    (work / "proxy.conf").write_text(NGINX_PROXY.format(work=work, port=nginx_port,
-                                                        origin=origin_port, workers=args.workers))
-    cache_port, edge_cache_port = free_port(), free_port()
-    (work / "edge.yaml").write_text(EDGE.format(port=edge_port, origin=origin_port,
-                                                cache="false", disk='""'))
-    (work / "edge-cache.yaml").write_text(EDGE.format(port=edge_cache_port, origin=origin_port,
-                                                      cache="true", disk=work / "edge-disk"))
-    (work / "cache.conf").write_text(NGINX_CACHE.format(work=work, port=cache_port,
-                                                        origin=origin_port, workers=args.workers))
-    procs = []
-    results = []
-    try:
-        origin = subprocess.Popen(["nginx", "-c", str(work / "origin.conf"), "-g",
-                                   "daemon off;"], stderr=subprocess.DEVNULL)
-        procs.append(origin)
-        wait_port(origin_port)
-        edge_cmd = [sys.executable, "-m", "edge.cli", "serve", "--workers", str(args.workers),
-                    "-c"]
-        runs = [("nginx proxy", ["nginx", "-c", str(work / "proxy.conf"), "-g", "daemon off;"],
-                 nginx_port),
-                ("edge", edge_cmd + [str(work / "edge.yaml")], edge_port),
-                ("nginx cache", ["nginx", "-c", str(work / "cache.conf"), "-g", "daemon off;"],
-                 cache_port),
-                ("edge cache", edge_cmd + [str(work / "edge-cache.yaml")], edge_cache_port)]
-        misses = {}
-        for name, cmd, port in runs:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            procs.append(proc)
-            wait_port(port)
-            time.sleep(0.5)
-            wrk(port, "/10k.bin", 8, 2)                      # warm-up (fills caches)
-            if "cache" in name:
-                wrk(port, "/100m.bin", 2, 3)
-            results.append(measure(name, proc, port, args.seconds, work))
-            if "cache" in name:
-                misses[name] = concurrent_misses(port, work, name)
+class Bench:
+    """The work dir, the origin and the proxies' configs; `launch` starts one of them."""
+
+    def __init__(self, work: Path, workers: int, sendfile: bool):
+        self.work, self.workers, self.sendfile = work, workers, sendfile
+        self.procs: list[subprocess.Popen] = []
+        self.origin_port = 0
+
+    def files(self) -> None:
+        files = self.work / "files"
+        files.mkdir()
+        # nginx workers run as an unprivileged user: they must be able to read these.
+        self.work.chmod(0o755)
+        files.chmod(0o755)
+        (files / "10k.bin").write_bytes(os.urandom(10240))
+        with (files / "100m.bin").open("wb") as fh:
+            block = os.urandom(1 << 20)
+            for _ in range(100):
+                fh.write(block)
+        for f in files.iterdir():
+            f.chmod(0o644)
+
+    def command(self, kind: str, port: int) -> tuple[list[str], tuple[Path, ...]]:
+        """The command line of `kind` on `port` (its config written), and the logs it
+        writes itself."""
+        work = self.work
+        if kind == "origin":
+            text = NGINX_ORIGIN.format(work=work, port=port, files=work / "files")
+        elif kind in ("proxy", "cache"):
+            template = NGINX_PROXY if kind == "proxy" else NGINX_CACHE
+            text = template.format(work=work, port=port, origin=self.origin_port,
+                                   workers=self.workers)
+        else:
+            cache = kind == "edge-cache"
+            (work / f"{kind}.yaml").write_text(EDGE.format(
+                port=port, origin=self.origin_port, cache=str(cache).lower(),
+                disk=work / "edge-disk" if cache else '""',
+                sendfile=str(self.sendfile).lower()))
+            return ([sys.executable, "-m", "edge.cli", "serve", "--workers", str(self.workers),
+                     "-c", str(work / f"{kind}.yaml")], ())
+        (work / f"{kind}.conf").write_text(text)
+        return (["nginx", "-c", str(work / f"{kind}.conf"), "-g", "daemon off;"],
+                (work / f"{kind}-error.log",))
+
+    def launch(self, name: str, kind: str) -> tuple[subprocess.Popen, int]:
+        """Start `kind` on a fresh port; another port if someone took that one meanwhile."""
+        for attempt in range(3):
+            port = listen_port()
+            cmd, logs = self.command(kind, port)
+            try:
+                proc = start(name, cmd, port, self.work, logs=logs)
+            except NotUp as exc:
+                if attempt == 2 or "in use" not in str(exc):
+                    raise
+                print(f"{name}: 127.0.0.1:{port} was taken; another port", file=sys.stderr)
+                continue
+            self.procs.append(proc)
+            return proc, port
+        raise AssertionError("unreachable")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
             stop(proc)
-    finally:
-        for proc in procs:
-            stop(proc)
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def warm(port: int, big: bool) -> None:
+    wrk(port, "/10k.bin", 8, 2)                      # fills caches
+    if big:
+        wrk(port, "/100m.bin", 2, 3)
+
+
+def run_all(bench: Bench, seconds: int) -> tuple[list[dict], dict]:
+    """Each proxy in turn: 10 KB, mixed (caches), 100 MB, 200 concurrent misses (caches)."""
+    runs = [("nginx proxy", "proxy"), ("edge", "edge"), ("nginx cache", "cache"),
+            ("edge cache", "edge-cache")]
+    results, misses = [], {}
+    for name, kind in runs:
+        proc, port = bench.launch(name, kind)
+        time.sleep(0.5)
+        warm(port, "cache" in name)
+        results.append(measure(name, proc, port, seconds, bench.work))
+        if "cache" in name:
+            misses[name] = concurrent_misses(port, bench.work, name)
+        stop(proc)
+    return results, misses
+
+
+def report_all(results: list[dict], misses: dict, workers: int, seconds: int) -> None:
     base = results[0]
-    print(f"\n{args.workers} worker(s) each; wrk -t1; 10 KB: -c32, 100 MB: -c4; "
-          f"{args.seconds} s per figure; origin: nginx static")
+    print(f"\n{workers} worker(s) each; wrk -t1; 10 KB: -c32, 100 MB: -c4; "
+          f"{seconds} s per figure; origin: nginx static")
     head = (f"{'proxy':<13}{'10KB req/s':>11}{'CPU us/req':>11}{'100MB MB/s':>11}"
             f"{'RSS MB start/peak':>19}{'req/s ratio':>12}{'MB/s ratio':>11}")
     print(head)
@@ -285,6 +376,64 @@ def main() -> int:
     for name, (ok, origin_requests) in misses.items():
         print(f"{name}: 200 concurrent misses on one key -> {ok} answered 200, "
               f"{origin_requests} origin request(s)")
+
+
+def run_stream(bench: Bench, seconds: int, rounds: int) -> None:
+    """nginx proxy_cache and the edge cache side by side, 100 MB hits, alternating."""
+    nginx, nginx_port = bench.launch("nginx cache", "cache")
+    edge, edge_port = bench.launch("edge cache", "edge-cache")
+    time.sleep(0.5)
+    warm(nginx_port, True)
+    warm(edge_port, True)
+    print(f"\n100 MB hits, wrk -t1 -c4, {seconds} s each, {bench.workers} worker(s) each, "
+          f"edge {'sendfile' if bench.sendfile else 'copy'}; alternating")
+    print(f"{'round':<6}{'nginx MB/s':>11}{'edge MB/s':>11}{'ratio':>7}"
+          f"{'nginx RSS start/peak':>22}{'edge RSS start/peak':>21}")
+    ratios = []
+    for n in range(1, rounds + 1):
+        first = [(nginx, nginx_port), (edge, edge_port)]
+        if n % 2 == 0:
+            first.reverse()                 # neither always goes first
+        got = {proc.pid: stream(proc, port, seconds) for proc, port in first}
+        a, b = got[nginx.pid], got[edge.pid]
+        ratios.append(b[0] / a[0])
+        print(f"{n:<6}{a[0]:>11,.0f}{b[0]:>11,.0f}{ratios[-1]:>7.2f}"
+              f"{a[1]:>13.1f}/{a[2]:<8.1f}{b[1]:>12.1f}/{b[2]:<8.1f}")
+    print(f"100 MB streaming, edge / nginx proxy_cache: median {statistics.median(ratios):.2f}x "
+          f"(min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 0.9)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--only", choices=["stream"], help="only 100 MB hits, nginx cache vs edge")
+    ap.add_argument("--rounds", type=int, default=5, help="with --only stream")
+    ap.add_argument("--sendfile", action="store_true",
+                    help="the edge sends disk-tier hits with sendfile(2)")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: run bench/edge.sh, which installs it", file=sys.stderr)
+            return 2
+    bench = Bench(Path(tempfile.mkdtemp(prefix="edgebench-")), args.workers, args.sendfile)
+    keep = False
+    try:
+        bench.files()
+        _, bench.origin_port = bench.launch("origin", "origin")
+        if args.only == "stream":
+            run_stream(bench, args.seconds, args.rounds)
+        else:
+            results, misses = run_all(bench, args.seconds)
+            report_all(results, misses, args.workers, args.seconds)
+    except NotUp as exc:
+        keep = True
+        print(f"{exc}\n(the work dir {bench.work} is kept)", file=sys.stderr)
+        return 1
+    finally:
+        bench.stop_all()
+        if not keep:
+            shutil.rmtree(bench.work, ignore_errors=True)
     return 0
 
 
