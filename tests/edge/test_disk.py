@@ -29,6 +29,18 @@ def object_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "objects").rglob("*") if p.is_file())
 
 
+def edge_serve(tmp_path: Path, config: dict, workers: int = 1,
+               stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
+    """`edge serve` (on its own event loop, uvloop) with `config`, on a free port."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(path),
+                             "--listen", f"127.0.0.1:{port}", "--workers", str(workers)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    return proc, port
+
+
 async def test_objects_survive_a_restart(tmp_path):
     async with CountingOrigin() as origin:
         origin.routes["/a"] = {"headers": {"Cache-Control": "max-age=60", "ETag": '"v1"',
@@ -231,12 +243,7 @@ async def test_a_burst_of_misses_across_workers_asks_the_origin_once(tmp_path):
     the key's lock; that worker must find the stored copy, not fetch again."""
     async with CountingOrigin() as origin:
         origin.routes["/burst"] = {"headers": {"Cache-Control": "max-age=60"}}
-        config = tmp_path / "edge.yaml"
-        config.write_text(yaml.safe_dump(disk_cfg(origin, tmp_path / "cache")))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(config),
-                                 "--listen", f"127.0.0.1:{port}", "--workers", "2"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc, port = edge_serve(tmp_path, disk_cfg(origin, tmp_path / "cache"), workers=2)
         try:
             connector = aiohttp.TCPConnector(limit=0, force_close=True)   # spread over both
             async with aiohttp.ClientSession(connector=connector) as client:
@@ -310,13 +317,7 @@ async def test_edge_serve_sends_disk_objects_on_its_own_event_loop(tmp_path):
     out through edge/filesend.py, whole and in ranges, pipelined too."""
     async with CountingOrigin() as origin:
         origin.routes["/big"] = {"body": BIG, "headers": {"Cache-Control": "max-age=60"}}
-        config = tmp_path / "edge.yaml"
-        config.write_text(yaml.safe_dump(disk_cfg(origin, tmp_path / "cache",
-                                                  cache_memory="1M")))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(config),
-                                 "--listen", f"127.0.0.1:{port}", "--workers", "1"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc, port = edge_serve(tmp_path, disk_cfg(origin, tmp_path / "cache", cache_memory="1M"))
         try:
             async with aiohttp.ClientSession() as client:
                 await _wait_up(client, port)

@@ -11,16 +11,14 @@ import asyncio
 import hashlib
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.conftest import free_port, stop
+from tests.conftest import stop
 from tests.edge.test_cache import CountingOrigin
-from tests.edge.test_disk import ROOT, _wait_up, disk_cfg
+from tests.edge.test_disk import _wait_up, disk_cfg, edge_serve
 
 SIZE = 24 * 1024 * 1024
 # Not periodic: a piece sent twice or skipped anywhere changes the digest.
@@ -73,13 +71,8 @@ async def test_big_hits_stream_whole_to_slow_and_fast_clients_in_flat_memory(tmp
                                                                               sendfile):
     async with CountingOrigin() as origin:
         origin.routes["/big"] = {"body": BODY, "headers": {"Cache-Control": "max-age=60"}}
-        config = tmp_path / "edge.yaml"
-        config.write_text(yaml.safe_dump(disk_cfg(origin, tmp_path / "cache", cache_memory="1M",
-                                                  sendfile=sendfile)))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(config),
-                                 "--listen", f"127.0.0.1:{port}", "--workers", "1"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc, port = edge_serve(tmp_path, disk_cfg(origin, tmp_path / "cache", cache_memory="1M",
+                                                   sendfile=sendfile), stderr=subprocess.PIPE)
         try:
             async with aiohttp.ClientSession() as session:
                 await _wait_up(session, port)
