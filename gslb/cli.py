@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
         home = Path(args.snapshot_dir) if args.snapshot_dir else Path(state).parent
         sup.fleet = Fleet(store, args.node_id or f"ns-{listeners[0]}", home)
     try:
+        sup.fork_workers()           # before any thread or event loop: fork is safe
         return asyncio.run(sup.run())
     except OSError as exc:
         log.error("cannot start: %s", exc)

@@ -73,31 +73,47 @@ def build_engine(config: Config) -> Engine:
 Signatures = dict[str, tuple[tuple, bytes]]     # zone -> a ZoneSigner's export()
 
 
-def presigned(config: Config, processes: int = 1,
-              previous: Signatures | None = None) -> Signatures:
-    """Sign every signed zone's answers ahead, once, for workers to adopt (supervisor).
+def signed_zones(config: Config, processes: int = 1,
+                 previous: Signatures | None = None) -> dict[str, dnssec.ZoneSigner]:
+    """Signers of every signed zone with all its answers signed ahead (the supervisor).
 
-    `previous` (an earlier result) is reused where keys and period are unchanged.
+    `previous` (an earlier export) is reused where keys and period are unchanged.
     """
     signers = dnssec.signers(config.zones, time.time())
-    if not signers:
-        return {}
-    Responder._adopt(signers, previous)
-    AnswerTable(config, ZoneIndex(config), HealthView(), signers=signers, processes=processes)
+    if signers:
+        Responder._adopt(signers, previous)
+        AnswerTable(config, ZoneIndex(config), HealthView(), signers=signers,
+                    processes=processes)
+    return signers
+
+
+def exported(signers: dict[str, dnssec.ZoneSigner]) -> Signatures:
+    """The signatures of `signers`, for workers to adopt."""
     return {origin: signer.export() for origin, signer in signers.items()}
+
+
+def presigned(config: Config, processes: int = 1,
+              previous: Signatures | None = None) -> Signatures:
+    """Sign every signed zone's answers ahead, once, for workers to adopt (supervisor)."""
+    return exported(signed_zones(config, processes, previous))
 
 
 class Responder:
     """Bytes in, bytes out. Holds the current engine, answer table and caches."""
 
     def __init__(self, config: Config, health: HealthView | None = None,
-                 signatures: Signatures | None = None):
+                 signatures: Signatures | None = None,
+                 signers: dict[str, dnssec.ZoneSigner] | None = None):
+        """`signatures`: exported by the supervisor, adopted; `signers`: its signers
+        themselves, inherited by a forked worker (kept while their state holds)."""
         self.engine = build_engine(config)
         self.health = health or HealthView()
         self.gate = OPEN
-        self.signers = dnssec.signers(config.zones, time.time())
+        self.signers = dnssec.signers(config.zones, time.time(), signers)
+        inherited = bool(signers) and all(
+            signer is signers.get(origin) for origin, signer in self.signers.items())
         self.table = AnswerTable(config, self.engine.zones, self.health, signers=self.signers,
-                                 presign=not self._adopt(self.signers, signatures))
+                                 presign=not (inherited or self._adopt(self.signers, signatures)))
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
         self._own_secret = os.urandom(16)
