@@ -124,6 +124,8 @@ async def worker_main(fd: int, inherited: Inherited | None = None) -> int:
              loop.create_task(stop.wait())]
     # Whichever ends first (a stop signal, or the supervisor's end of the pipe) ends us.
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.exception()        # the pipe's end is how a gone supervisor shows: no traceback
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
