@@ -6,13 +6,13 @@ Shared by the gslb and edge configs.
 """
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
+
+from .gcpause import gc_paused
 
 
 @dataclass(frozen=True)
@@ -129,21 +129,6 @@ def load_yaml(path: Path) -> Any:
     """Parse ``path``; raise YamlError with file:line on syntax errors."""
     text = path.read_text(encoding="utf-8")
     return load_yaml_text(text, str(path))
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: building a big tree of new objects
-    otherwise triggers a collection every few hundred allocations, each scanning
-    what was built so far (two thirds of the load of a 10,000-service file)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def load_yaml_text(text: str, source: str) -> Any:

@@ -17,6 +17,7 @@ address even while a worker lives on, and the other workers' sockets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -47,6 +48,9 @@ def fork_workers(count: int, owned: list[tuple[Owned, Owned]],
     """
     if threading.active_count() > 1:
         return {}
+    # What exists now is shared with the children, copy on write: kept out of
+    # their collector's scans, which would touch (and so copy) every page of it.
+    gc.freeze()
     out: dict[int, Forked] = {}
     for index in range(count):
         ours, theirs = socket.socketpair()
@@ -60,6 +64,7 @@ def fork_workers(count: int, owned: list[tuple[Owned, Owned]],
                 for other in out.values():
                     other.control.close()
                 _keep_own_sockets(owned, index)
+                gc.enable()                           # the parent may have paused it
                 code = run(index, theirs.fileno())
             except BaseException:
                 log.exception("worker %d failed", os.getpid())

@@ -15,6 +15,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from cdnkit.gcpause import gc_paused
+
 from . import cookies, dnssec
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
@@ -73,6 +75,7 @@ def build_engine(config: Config) -> Engine:
 Signatures = dict[str, tuple[tuple, bytes]]     # zone -> a ZoneSigner's export()
 
 
+@gc_paused()     # tables of new objects: see cdnkit.gcpause
 def signed_zones(config: Config, processes: int = 1,
                  previous: Signatures | None = None) -> dict[str, dnssec.ZoneSigner]:
     """Signers of every signed zone with all its answers signed ahead (the supervisor).
@@ -101,6 +104,7 @@ def presigned(config: Config, processes: int = 1,
 class Responder:
     """Bytes in, bytes out. Holds the current engine, answer table and caches."""
 
+    @gc_paused()
     def __init__(self, config: Config, health: HealthView | None = None,
                  signatures: Signatures | None = None,
                  signers: dict[str, dnssec.ZoneSigner] | None = None):
@@ -150,6 +154,7 @@ class Responder:
         self._wire: dict[bytes, tuple[bytes, int]] = {}
         self._wire_by_client: dict[tuple[bytes, str], tuple[bytes, int]] = {}
 
+    @gc_paused()
     def set_health(self, view: HealthView) -> None:
         """A new health snapshot: rebuild the answers now, off the query path."""
         self.health = view
@@ -157,6 +162,7 @@ class Responder:
                                  self.signers, gate=self.gate)
         self._new_wire_caches()
 
+    @gc_paused()
     def set_gate(self, gate: Gate) -> None:
         """Which edges may answer each customer name (gate.py): a fresh table, now."""
         self.gate = gate
@@ -168,6 +174,7 @@ class Responder:
         """When signatures must be re-made (period end, key timing); None if nothing is signed."""
         return min((s.next_event for s in self.signers.values()), default=None)
 
+    @gc_paused()
     def resign(self, now: float | None = None) -> bool:
         """New signers if a signing period ended or a key changed state; rebuild the answers."""
         signers = dnssec.signers(self.engine.config.zones, time.time() if now is None else now,
@@ -187,6 +194,7 @@ class Responder:
             return False
         return all(signer.adopt(signatures.get(origin)) for origin, signer in signers.items())
 
+    @gc_paused()
     def swap_config(self, config: Config, signatures: Signatures | None = None) -> None:
         """Install a validated config atomically: queries see old or new, never a mix."""
         engine = build_engine(config)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cdnkit.check import ConfigError
+from cdnkit.gcpause import gc_paused
 from cdnkit.listen import Listener
 from cdnkit.ports import Owned
 
@@ -75,7 +76,8 @@ async def worker_main(fd: int, inherited: Inherited | None = None) -> int:
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
-    hello = await receive(reader)
+    with gc_paused():                  # the config and signatures: many new objects
+        hello = await receive(reader)
     signers = None
     if "config" in hello or inherited is None:
         config: Config = hello["config"]
