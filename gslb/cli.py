@@ -9,14 +9,19 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cdnkit.check import ConfigError, describe
+from cdnkit.gcpause import gc_paused
 from cdnkit.listen import listener_arg
 from cdnkit.storespec import store_arg
 
 from .config import DEFAULT_CONFIG, load_config
 from .dnssec_cli import add_parser as add_dnssec_parser
 from .model import Config
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
 
 log = logging.getLogger("gslb")
 
@@ -44,7 +49,22 @@ def summary(config: Config) -> str:
 # --- serve ---------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
+def _serve(args: argparse.Namespace, ready: str) -> int:
+    try:
+        with gc_paused():       # the config, answers and signatures: big trees, no garbage
+            config = _load_or_exit(args.config)
+            sup = _supervisor(args, config, ready)
+            sup.fork_workers()           # before any thread or event loop: fork is safe
+        return asyncio.run(sup.run())
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        if getattr(args, "pidfile", None):
+            Path(args.pidfile).unlink(missing_ok=True)
+
+
+def _supervisor(args: argparse.Namespace, config: Config, ready: str) -> "Supervisor":
     from .supervisor import Supervisor
 
     listeners = tuple(args.dns) if args.dns else config.server.listen
@@ -66,21 +86,14 @@ def _serve(args: argparse.Namespace, config: Config, ready: str) -> int:
         state = getattr(args, "state_file", None) or config.health.state_file or args.config
         home = Path(args.snapshot_dir) if args.snapshot_dir else Path(state).parent
         sup.fleet = Fleet(store, args.node_id or f"ns-{listeners[0]}", home)
-    try:
-        return asyncio.run(sup.run())
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    finally:
-        if getattr(args, "pidfile", None):
-            Path(args.pidfile).unlink(missing_ok=True)
+    return sup
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     if args.store is not None and args.store.kind == "file":
         args.config = args.store.path           # file:PATH is the YAML file, as -c
-    return _serve(args, _load_or_exit(args.config), "")
+    return _serve(args, "")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from cdnkit.gcpause import gc_paused
+
 from . import cookies, dnssec
 from .answers import AnswerTable, Dynamic, Reply
 from .config import Config
@@ -73,31 +75,49 @@ def build_engine(config: Config) -> Engine:
 Signatures = dict[str, tuple[tuple, bytes]]     # zone -> a ZoneSigner's export()
 
 
-def presigned(config: Config, processes: int = 1,
-              previous: Signatures | None = None) -> Signatures:
-    """Sign every signed zone's answers ahead, once, for workers to adopt (supervisor).
+@gc_paused()     # tables of new objects: see cdnkit.gcpause
+def signed_zones(config: Config, processes: int = 1,
+                 previous: Signatures | None = None) -> dict[str, dnssec.ZoneSigner]:
+    """Signers of every signed zone with all its answers signed ahead (the supervisor).
 
-    `previous` (an earlier result) is reused where keys and period are unchanged.
+    `previous` (an earlier export) is reused where keys and period are unchanged.
     """
     signers = dnssec.signers(config.zones, time.time())
-    if not signers:
-        return {}
-    Responder._adopt(signers, previous)
-    AnswerTable(config, ZoneIndex(config), HealthView(), signers=signers, processes=processes)
+    if signers:
+        Responder._adopt(signers, previous)
+        AnswerTable(config, ZoneIndex(config), HealthView(), signers=signers,
+                    processes=processes)
+    return signers
+
+
+def exported(signers: dict[str, dnssec.ZoneSigner]) -> Signatures:
+    """The signatures of `signers`, for workers to adopt."""
     return {origin: signer.export() for origin, signer in signers.items()}
+
+
+def presigned(config: Config, processes: int = 1,
+              previous: Signatures | None = None) -> Signatures:
+    """Sign every signed zone's answers ahead, once, for workers to adopt (supervisor)."""
+    return exported(signed_zones(config, processes, previous))
 
 
 class Responder:
     """Bytes in, bytes out. Holds the current engine, answer table and caches."""
 
+    @gc_paused()
     def __init__(self, config: Config, health: HealthView | None = None,
-                 signatures: Signatures | None = None):
+                 signatures: Signatures | None = None,
+                 signers: dict[str, dnssec.ZoneSigner] | None = None):
+        """`signatures`: exported by the supervisor, adopted; `signers`: its signers
+        themselves, inherited by a forked worker (kept while their state holds)."""
         self.engine = build_engine(config)
         self.health = health or HealthView()
         self.gate = OPEN
-        self.signers = dnssec.signers(config.zones, time.time())
+        self.signers = dnssec.signers(config.zones, time.time(), signers)
+        inherited = bool(signers) and all(
+            signer is signers.get(origin) for origin, signer in self.signers.items())
         self.table = AnswerTable(config, self.engine.zones, self.health, signers=self.signers,
-                                 presign=not self._adopt(self.signers, signatures))
+                                 presign=not (inherited or self._adopt(self.signers, signatures)))
         self.decisions: dict[object, Decision] = {}
         self._new_wire_caches()
         self._own_secret = os.urandom(16)
@@ -134,6 +154,7 @@ class Responder:
         self._wire: dict[bytes, tuple[bytes, int]] = {}
         self._wire_by_client: dict[tuple[bytes, str], tuple[bytes, int]] = {}
 
+    @gc_paused()
     def set_health(self, view: HealthView) -> None:
         """A new health snapshot: rebuild the answers now, off the query path."""
         self.health = view
@@ -141,6 +162,7 @@ class Responder:
                                  self.signers, gate=self.gate)
         self._new_wire_caches()
 
+    @gc_paused()
     def set_gate(self, gate: Gate) -> None:
         """Which edges may answer each customer name (gate.py): a fresh table, now."""
         self.gate = gate
@@ -152,6 +174,7 @@ class Responder:
         """When signatures must be re-made (period end, key timing); None if nothing is signed."""
         return min((s.next_event for s in self.signers.values()), default=None)
 
+    @gc_paused()
     def resign(self, now: float | None = None) -> bool:
         """New signers if a signing period ended or a key changed state; rebuild the answers."""
         signers = dnssec.signers(self.engine.config.zones, time.time() if now is None else now,
@@ -171,6 +194,7 @@ class Responder:
             return False
         return all(signer.adopt(signatures.get(origin)) for origin, signer in signers.items())
 
+    @gc_paused()
     def swap_config(self, config: Config, signatures: Signatures | None = None) -> None:
         """Install a validated config atomically: queries see old or new, never a mix."""
         engine = build_engine(config)

@@ -22,6 +22,7 @@ from cdnkit.listen import Listener
 from cdnkit.ports import TCP, UDP, Owned, own_all
 
 from .config import Config
+from .dnssec import ZoneSigner
 from .health import HealthView
 from .responder import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder, Signatures
 
@@ -75,9 +76,11 @@ class DnsServer:
     """UDP and TCP listeners around one Responder."""
 
     def __init__(self, config: Config, sockets: list[tuple[socket.socket, socket.socket]],
-                 health: HealthView | None = None, signatures: Signatures | None = None):
-        """``sockets``: a bound UDP socket and a listening TCP socket per listener."""
-        self.responder = Responder(config, health, signatures)
+                 health: HealthView | None = None, signatures: Signatures | None = None,
+                 signers: dict[str, ZoneSigner] | None = None):
+        """``sockets``: a bound UDP socket and a listening TCP socket per listener;
+        ``signatures``/``signers``: what `Responder` takes."""
+        self.responder = Responder(config, health, signatures, signers)
         self.sockets = sockets
         self._udp: list[socket.socket] = []
         self._tcp: list[asyncio.base_events.Server] = []

@@ -10,6 +10,10 @@ pickles (both ends are this program): the supervisor sends the config, every
 health snapshot and every reload; a worker sends "ready" and, each second,
 its query counters. So every worker answers from the same health, and a
 worker that dies is replaced with the current state.
+
+`gslb serve` forks its first workers once the config is loaded and signed
+(forked.py), so they inherit both instead of building them again; workers
+started later (replacements) are exec'd as `gslb worker`.
 """
 from __future__ import annotations
 
@@ -25,16 +29,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cdnkit.check import ConfigError
+from cdnkit.gcpause import gc_paused
 from cdnkit.listen import Listener
 from cdnkit.ports import Owned
 
+from . import forked
 from .config import load_config
-from .dashboard import start_dashboard
+from .dnssec import ZoneSigner
 from .gate import OPEN, Gate
 from .health import HealthBoard, HealthView
 from .model import Config
-from .probe import Prober
-from .responder import presigned
+from .responder import Signatures, exported, signed_zones
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -58,17 +63,29 @@ async def receive(reader: asyncio.StreamReader) -> dict[str, Any]:
 # --- worker side -----------------------------------------------------------------------------
 
 
-async def worker_main(fd: int) -> int:
-    """Run one DNS worker controlled through the socket ``fd``."""
+Inherited = tuple[Config, dict[str, ZoneSigner]]     # what a forked worker starts with
+
+
+async def worker_main(fd: int, inherited: Inherited | None = None) -> int:
+    """Run one DNS worker controlled through the socket ``fd``.
+
+    A forked worker has `inherited` the config and signers; its hello carries a
+    config only if the supervisor reloaded since the fork.
+    """
     from .server import DnsServer
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
-    hello = await receive(reader)
-    config: Config = hello["config"]
+    with gc_paused():                  # the config and signatures: many new objects
+        hello = await receive(reader)
+    signers = None
+    if "config" in hello or inherited is None:
+        config: Config = hello["config"]
+    else:
+        config, signers = inherited
     # The supervisor bound these (it owns the port); we only serve them.
     sockets = [(socket.socket(fileno=udp), socket.socket(fileno=tcp)) for udp, tcp in hello["fds"]]
-    server = DnsServer(config, sockets, hello["health"], hello.get("signatures"))
+    server = DnsServer(config, sockets, hello["health"], hello.get("signatures"), signers)
     if hello.get("gate") is not None:
         server.responder.set_gate(hello["gate"])
     try:
@@ -109,6 +126,8 @@ async def worker_main(fd: int) -> int:
              loop.create_task(stop.wait())]
     # Whichever ends first (a stop signal, or the supervisor's end of the pipe) ends us.
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.exception()        # the pipe's end is how a gone supervisor shows: no traceback
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -123,7 +142,7 @@ async def worker_main(fd: int) -> int:
 @dataclass
 class Worker:
     index: int
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process | forked.ForkedProcess
     writer: asyncio.StreamWriter
     reader: asyncio.StreamReader
     ready: asyncio.Future
@@ -144,9 +163,12 @@ class Supervisor:
         self._secret = config.server.cookie_secret or os.urandom(16)
         config = self._with_secret(config)
         self.config = config
-        # DNSSEC: sign once here, on every core (no threads yet: forking is safe), and
-        # hand the signatures to each worker instead of each signing everything again.
-        self.signatures = presigned(config, os.cpu_count() or 1)
+        # DNSSEC: sign once here, on every core (no threads yet: forking is safe); forked
+        # workers inherit the signers, exec'd ones get their export (made when needed).
+        self.signers = signed_zones(config, os.cpu_count() or 1)
+        self._exported: Signatures | None = None
+        self._forked: dict[int, forked.Forked] = {}
+        self._forked_config: Config | None = None
         self.listeners = listeners
         self.n_workers = workers
         self.http = http
@@ -166,6 +188,26 @@ class Supervisor:
         self.gate = OPEN                   # the store's customer names (gslb/fleet.py)
         self.on_gate_applied: Any = None
         self.fleet: Any = None             # a gslb.fleet.Fleet with --store etcd://
+        self.prober: Any = None            # a gslb.probe.Prober once running
+
+    def fork_workers(self) -> None:
+        """Bind the sockets and fork the first workers now, while this process has one
+        thread, so they inherit the config and signatures (forked.py). Raises what
+        `run` raises when a listener cannot be had. Without it `run` execs them all."""
+        from .server import bind_sockets
+
+        if not self.owned:
+            self.owned = bind_sockets(self.listeners, self.n_workers)
+        inherited = (self.config, self.signers)
+        self._forked_config = self.config
+        self._forked = forked.fork_workers(
+            self.n_workers, self.owned, lambda index, fd: asyncio.run(worker_main(fd, inherited)))
+
+    def signatures(self) -> Signatures:
+        """The signatures for an exec'd worker (exported once per signing)."""
+        if self._exported is None:
+            self._exported = exported(self.signers)
+        return self._exported
 
     def _with_secret(self, config: Config) -> Config:
         if config.server.cookie_secret:
@@ -180,13 +222,16 @@ class Supervisor:
         from .server import bind_sockets
 
         # Bound here, once, before any worker exists: only our workers share them.
-        self.owned = bind_sockets(self.listeners, self.n_workers)
+        if not self.owned:
+            self.owned = bind_sockets(self.listeners, self.n_workers)
         try:
             return await self._run()
         finally:
             for udp, tcp in self.owned:
                 udp.close()
                 tcp.close()
+            for left in self._forked.values():      # forked, never greeted
+                left.control.close()
 
     async def _run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -194,22 +239,23 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self.reload()))
-        prober = Prober(self.board)
-        await prober.start()
-        self.prober = prober
         runner = None
         try:
             if self.fleet is not None:
                 await self.fleet.start(self)     # the gate first: no ungated answer
             else:
                 self.board.subscribe(self.on_view)
-            if self.http is not None:
+            if self.http is not None:        # up before the first answer: scripts may rely on it
+                from .dashboard import start_dashboard
                 runner = await start_dashboard(self, self.http)
-            loop = asyncio.get_running_loop()
             self._slots = {index: loop.create_future() for index in range(self.n_workers)}
             # Side by side: a big hello (10k signed services) takes a while to read,
-            # and one worker after the other would add up their start-ups.
+            # and one worker after the other would add up their start-ups. Before the
+            # prober: forked workers serve once greeted, while it loads.
             await asyncio.gather(*(self._spawn(index) for index in range(self.n_workers)))
+            from .probe import Prober
+            self.prober = Prober(self.board)
+            await self.prober.start()
             # Each slot is ready once one of its workers is (one that dies first is
             # replaced, as later on); a slot whose workers keep dying stops us.
             if not all(await asyncio.gather(*self._slots.values())):
@@ -224,7 +270,8 @@ class Supervisor:
             if self.fleet is not None:
                 await self.fleet.stop()
             await self._stop_workers()
-            await prober.stop()
+            if self.prober is not None:
+                await self.prober.stop()
             if runner is not None:
                 await runner.cleanup()
             for task in list(self._tasks):
@@ -236,22 +283,30 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     async def _spawn(self, index: int) -> Worker:
-        ours, theirs = socket.socketpair()
         # Worker i serves socket i of each listener (its own SO_REUSEPORT share); a
         # replacement gets the same sockets, with whatever queued while it was gone.
         fds = [(udp.sockets[index].fileno(), tcp.sockets[index].fileno())
                for udp, tcp in self.owned]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gslb.cli", "worker", "--control-fd", str(theirs.fileno()),
-            pass_fds=(theirs.fileno(), *(fd for pair in fds for fd in pair)))
-        theirs.close()
+        hello: dict[str, Any] = {"fds": fds, "health": self.view, "gate": self.gate}
+        child = self._forked.pop(index, None)
+        if child is not None:                # forked with the config (forked.py)
+            proc: Any = forked.ForkedProcess(child.pid)
+            ours = child.control
+            if self.config is not self._forked_config:       # reloaded since
+                hello.update(config=self.config, signatures=self.signatures())
+        else:
+            ours, theirs = socket.socketpair()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gslb.cli", "worker", "--control-fd", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(), *(fd for pair in fds for fd in pair)))
+            theirs.close()
+            hello.update(config=self.config, signatures=self.signatures())
         reader, writer = await asyncio.open_connection(sock=ours)
         ready = asyncio.get_running_loop().create_future()
         worker = Worker(index, proc, writer, reader, ready)
         self.workers[proc.pid] = worker
         try:
-            await send(writer, {"config": self.config, "fds": fds, "health": self.view,
-                                "gate": self.gate, "signatures": self.signatures})
+            await send(writer, hello)
         except (ConnectionError, OSError):
             pass         # it died at once: _read_worker sees it go and replaces it
         worker.gate_applied = self.gate.revision
@@ -299,7 +354,8 @@ class Supervisor:
         worker.writer.close()
         if self._stopping or code == EXIT_BIND_FAILED:
             return
-        log.error("worker %d exited with %s; starting a new one", worker.proc.pid, code)
+        log.error("worker %d exited with %s%s; starting a new one", worker.proc.pid, code,
+                  " before it was ready" if early else "")
         await asyncio.sleep(0.5)   # do not spin on a worker that dies at once
         if not self._stopping:
             await self._spawn(worker.index)
@@ -349,17 +405,18 @@ class Supervisor:
             log.error("reload of %s rejected, still serving the previous config:\n  %s",
                       self.config_path, "\n  ".join(exc.problems))
             return False
-        self.signatures = await loop.run_in_executor(None, presigned, config, 1,
-                                                     self.signatures)
+        self.signers, self._exported = await loop.run_in_executor(
+            None, _sign_again, config, self.signatures())
         self.config = config
         self.rebuilds["config"] += 1
         for worker in list(self.workers.values()):
-            await self._safe_send(worker, {"config": config, "signatures": self.signatures})
+            await self._safe_send(worker, {"config": config, "signatures": self.signatures()})
         self.board.set_config(config)        # publishes a view, sent to every worker
         if self.fleet is not None:
             self.fleet.health.set_config(config)
             self.fleet.publish(save=False, force=True)   # the zones may have changed
-        self.prober.retarget(config)
+        if self.prober is not None:          # else it starts with the board's new config
+            self.prober.retarget(config)
         self.reloads["ok"] += 1
         log.info("config reloaded from %s: %d zones, %d services, %d sites", self.config_path,
                  len(config.zones), len(config.services), len(config.sites))
@@ -405,3 +462,11 @@ class Supervisor:
             if service:
                 total[site] = total.get(site, 0) + value
         return total
+
+
+def _sign_again(config: Config, previous: Signatures
+                ) -> tuple[dict[str, ZoneSigner], Signatures]:
+    """Fresh signers for a reloaded config, reusing `previous` where the keys allow,
+    and their export (both off the event loop)."""
+    signers = signed_zones(config, 1, previous)
+    return signers, exported(signers)

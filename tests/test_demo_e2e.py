@@ -100,13 +100,14 @@ def data_files() -> dict[str, int]:
 
 
 def start_demo(tmp: Path, config: Path, port: int, http: int, options: list[str],
-               log: Path) -> tuple[subprocess.Popen, list[str]]:
+               log: Path, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
     """`gslb demo` on this test's ports; its banner once every part is up. Fails at once
     (not after a timeout) when a part did not start."""
     proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "-c", str(config),
                              "--dns", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}",
                              *options],
-                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=ROOT,
+                            env=env)
     banner = []
     for line in proc.stdout:
         banner.append(line.rstrip())

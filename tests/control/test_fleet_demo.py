@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
-from tests.conftest import ROOT, free_port, wait_ready
+from tests.conftest import free_port
 from tests.control.fleet import wait_for
-from tests.test_demo_e2e import demo_config, dig
+from tests.test_demo_e2e import demo_config, dig, start_demo
 
 
 def run(line: str, env: dict) -> str:
@@ -24,19 +23,11 @@ def test_the_fleet_demo_creates_a_customer_and_serves_it(tmp_path):
     config, options = demo_config(tmp_path)
     env = {**os.environ, "CDNCTL_TOKEN": "t0ken"}
     log = tmp_path / "demo.log"
-    proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "demo", "-c", str(config),
-                             "--dns", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}",
-                             "--fleet", "--etcd", f"127.0.0.1:{etcd}",
-                             "--etcd-peer", f"127.0.0.1:{peer}", "--cdnctl", f"127.0.0.1:{ctl}",
-                             *options], stdout=subprocess.PIPE, stderr=log.open("w"),
-                            text=True, cwd=ROOT, env=env)
+    proc, banner = start_demo(tmp_path, config, port, http,
+                              ["--fleet", "--etcd", f"127.0.0.1:{etcd}",
+                               "--etcd-peer", f"127.0.0.1:{peer}", "--cdnctl", f"127.0.0.1:{ctl}",
+                               *options], log, env)
     try:
-        banner = []
-        for line in proc.stdout:
-            banner.append(line.rstrip())
-            if line.startswith("Stop with"):
-                break
-        wait_ready(port, proc, log)
         text = "\n".join(banner)
         assert "etcd " in text and "cdnctl " in text, text
         post = next(l.strip() for l in banner if "-X POST" in l)
