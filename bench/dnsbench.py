@@ -39,9 +39,24 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 for both TCP and UDP, below the ephemeral range.
+
+    A port the kernel hands out for port 0 is in the ephemeral range, and the load
+    clients' and servers' own connections take their local ports from that range
+    while a bench runs: one of them holding the port when its server starts makes
+    the bind fail (nginx retries and gives up, gslb and the edge exit "address in
+    use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10000, max(low, 10001))
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 # --- queries -----------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import re
 import shutil
 import socket
@@ -38,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from dnsbench import cpu_seconds, rss_mb, stop, tree  # noqa: E402
+from dnsbench import cpu_seconds, free_port, rss_mb, stop, tree  # noqa: E402
 
 NGINX_ORIGIN = """
 worker_processes 1;
@@ -134,26 +133,6 @@ def concurrent_misses(port: int, work: Path, name: str) -> tuple[int, int]:
     time.sleep(0.3)
     log = (work / "origin-access.log").read_text().splitlines()
     return ok, sum(1 for line in log if line == path)
-
-
-def listen_port() -> int:
-    """A TCP port free on 127.0.0.1, below the ephemeral range.
-
-    A port the kernel hands out for port 0 is in the ephemeral range, and wrk's
-    and the proxies' own client connections take their local ports from that
-    range while the bench runs: one of them holding the port when its server
-    starts makes the bind fail (nginx retries and gives up, the edge exits
-    "address in use")."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(100):
-        port = random.randrange(10000, max(low, 10001))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 class NotUp(RuntimeError):
@@ -308,7 +287,7 @@ class Bench:
     def launch(self, name: str, kind: str) -> tuple[subprocess.Popen, int]:
         """Start `kind` on a fresh port; another port if someone took that one meanwhile."""
         for attempt in range(3):
-            port = listen_port()
+            port = free_port()
             cmd, logs = self.command(kind, port)
             try:
                 proc = start(name, cmd, port, self.work, logs=logs)
