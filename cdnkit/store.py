@@ -112,6 +112,11 @@ class EtcdStore:
         # One revision of 10,000 customers is several MB; gRPC's default cap is 4 MB.
         self.client._manager.grpc_options += [("grpc.max_receive_message_length", MAX_MESSAGE),
                                               ("grpc.max_send_message_length", MAX_MESSAGE)]
+        # gRPC's reconnect backoff grows to 120 s; after an etcd restart a node must be back
+        # well inside its lease TTL (5 s), or its record expires and clients move for nothing.
+        self.client._manager.grpc_options += [("grpc.initial_reconnect_backoff_ms", 250),
+                                              ("grpc.min_reconnect_backoff_ms", 250),
+                                              ("grpc.max_reconnect_backoff_ms", 1000)]
         self._refresher: Any = None
         self._watch: _ResumingWatch | None = None
 
