@@ -38,6 +38,14 @@ SITES = {"nyc": ((40.7357, -74.1724), "127.0.0.11", "2001:db8:ed9e::11"),
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def missing(tools: tuple[str, ...], installer: str) -> bool:
+    """Whether a tool the bench drives is not installed (said on stderr, with the fix)."""
+    gone = [tool for tool in tools if shutil.which(tool) is None]
+    for tool in gone:
+        print(f"{tool} is missing: run {installer}, which installs it", file=sys.stderr)
+    return bool(gone)
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 for both TCP and UDP, below the ephemeral range.
 
@@ -386,10 +394,8 @@ def main() -> int:
     ap.add_argument("--mix", default="1,2,do",
                     help="comma-separated: 1 (usual), 2 (customers), do (DNSSEC); default all")
     args = ap.parse_args()
-    for tool in ("dnsperf", "gdnsd"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is missing: run bench/dns.sh, which installs it", file=sys.stderr)
-            return 2
+    if missing(("dnsperf", "gdnsd"), "bench/dns.sh"):
+        return 2
     work = Path(tempfile.mkdtemp(prefix="dnsbench-"))
     ok = True
     try:

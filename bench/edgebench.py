@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from dnsbench import cpu_seconds, free_port, rss_mb, stop, tree  # noqa: E402
+from dnsbench import cpu_seconds, free_port, missing, rss_mb, stop, tree  # noqa: E402
 
 NGINX_ORIGIN = """
 worker_processes 1;
@@ -391,10 +391,8 @@ def main() -> int:
     ap.add_argument("--sendfile", action="store_true",
                     help="the edge sends disk-tier hits with sendfile(2)")
     args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is missing: run bench/edge.sh, which installs it", file=sys.stderr)
-            return 2
+    if missing(("nginx", "wrk"), "bench/edge.sh"):
+        return 2
     bench = Bench(Path(tempfile.mkdtemp(prefix="edgebench-")), args.workers, args.sendfile)
     keep = False
     try:
