@@ -171,7 +171,7 @@ class PartWriter:
         self._meta_len = len(raw)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         # Header and metadata in one write, so a reader sees either none or all of them.
-        os.write(self._fd, HEAD.pack(MAGIC, len(raw), length, 0, zlib.crc32(raw)) + raw)
+        os.write(self._fd, HEAD.pack(MAGIC, len(raw), self.length, 0, zlib.crc32(raw)) + raw)
         self._crc = 0
         self.written = 0
         self.body_offset = HEAD.size + len(raw)

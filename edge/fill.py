@@ -8,6 +8,7 @@ part file (`_follow`). Nothing is stored unless the whole body arrived.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +24,8 @@ from .freshness import Policy, initial_age, request_wants_fresh, response_policy
 from .model import Customer
 from .serve import Exchange
 from .upstream import Unreachable, pull
+
+log = logging.getLogger("edge.fill")
 
 COALESCE_TIMEOUT = 10.0     # a waiter whose fill has no response headers by then goes itself
 
@@ -61,12 +64,18 @@ async def fill_or_follow(job: FillJob, fill: Fill) -> None:
     """
     try:
         await _fill_or_follow(job, fill)
+    except Exception:
+        # A fault of ours, not the origin's (the origin's are handled in _fill): said
+        # once, with the URL; the origin is not blamed, and the clients are answered below.
+        log.exception("cache fill of %s%s failed", job.ex.host, job.ex.path)
     finally:
         fills = job.ex.state.cache.fills
         if fills.get(fill.key) is fill:
             del fills[fill.key]
-        if not fill.headers_ready.done():
-            fill.fail()                       # nobody may wait on it for ever
+        if not fill.headers_ready.done() or (fill.shareable and not fill.done):
+            # Nobody may wait on it for ever: a 502 before the head, an aborted body
+            # (never a short one that looks whole) after it.
+            fill.fail()
 
 
 async def _fill_or_follow(job: FillJob, fill: Fill) -> None:

@@ -239,6 +239,8 @@ class Reply:
 
 Handler = Callable[[Request, Reply], Awaitable[None]]
 
+RUNNING: set[asyncio.Task] = set()     # every request handler in progress
+
 
 class Connection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
@@ -474,7 +476,11 @@ class Connection(asyncio.Protocol):
         self._busy = request
         self.busy_since = time.monotonic()
         reply = Reply(self, request)
-        asyncio.get_running_loop().create_task(self._run(request, reply))
+        # The loop holds tasks weakly: a handler waiting on a future only the garbage
+        # refers to would be destroyed mid-request ("Task was destroyed but it is pending").
+        task = asyncio.get_running_loop().create_task(self._run(request, reply))
+        RUNNING.add(task)
+        task.add_done_callback(RUNNING.discard)
 
     async def _run(self, request: Request, reply: Reply) -> None:
         try:

@@ -13,6 +13,7 @@ from edge import cached as cached_module
 from edge.cache import MemoryStore, Stored
 from edge.freshness import Policy
 from tests.conftest import free_port, serve_app
+from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)
 from tests.edge.test_proxy import Edge
 
 
@@ -80,10 +81,10 @@ async def fetch(edge: Edge, path: str, **headers) -> tuple[int, bytes, dict]:
         return r.status, await r.read(), r.headers.copy()      # case-insensitive
 
 
-async def test_miss_then_hit_with_age():
+async def test_miss_then_hit_with_age(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/a"] = {"headers": {"Cache-Control": "max-age=60"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             s1, b1, h1 = await fetch(edge, "/a")
             await asyncio.sleep(1.1)
             s2, b2, h2 = await fetch(edge, "/a")
@@ -95,11 +96,11 @@ async def test_miss_then_hit_with_age():
             assert origin.hits["/a"] == 1
 
 
-async def test_a_head_miss_fills_the_cache_with_a_get():
+async def test_a_head_miss_fills_the_cache_with_a_get(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/h"] = {"headers": {"Cache-Control": "max-age=60"}}
         origin.routes["/private"] = {"headers": {"Cache-Control": "private"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             for path in ("/h", "/private"):
                 async with edge.client.head(edge.base + path,
                                             headers={"Host": "www.test.com"}) as r:
@@ -121,19 +122,19 @@ async def test_a_head_miss_fills_the_cache_with_a_get():
     ({"Expires": lambda: formatdate(time.time() + 600, usegmt=True)}, True),
     ({"Last-Modified": lambda: formatdate(time.time() - 864000, usegmt=True)}, True),  # heuristic
 ])
-async def test_what_is_stored(headers, stored):
+async def test_what_is_stored(headers, stored, AnyEdge):
     headers = {k: v() if callable(v) else v for k, v in headers.items()}
     async with CountingOrigin() as origin:
         origin.routes["/x"] = {"headers": headers}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             for _ in range(3):
                 await fetch(edge, "/x")
             assert origin.hits["/x"] == (1 if stored else 3)
 
 
-async def test_customer_default_ttl_and_authorization():
+async def test_customer_default_ttl_and_authorization(AnyEdge):
     async with CountingOrigin() as origin:
-        async with Edge(cfg(origin, default_ttl=30)) as edge:
+        async with AnyEdge(cfg(origin, default_ttl=30)) as edge:
             for _ in range(3):
                 await fetch(edge, "/plain")
             assert origin.hits["/plain"] == 1                     # no headers: default TTL
@@ -142,13 +143,13 @@ async def test_customer_default_ttl_and_authorization():
             assert origin.hits["/secret"] == 2                    # RFC 9111 3.5
 
 
-async def test_stale_object_is_revalidated_with_validators():
+async def test_stale_object_is_revalidated_with_validators(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/e"] = {"headers": {"Cache-Control": "max-age=1", "ETag": '"v1"'}}
         origin.routes["/lm"] = {"headers": {"Cache-Control": "max-age=1",
                                             "Last-Modified": "Tue, 24 Nov 2026 00:00:00 GMT"}}
         origin.routes["/none"] = {"headers": {"Cache-Control": "max-age=1"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             for path in ("/e", "/lm", "/none"):
                 await fetch(edge, path)
             await asyncio.sleep(1.2)
@@ -164,11 +165,11 @@ async def test_stale_object_is_revalidated_with_validators():
             assert all(c["path"] != "/none" for c in origin.conditional)
 
 
-async def test_client_conditionals_answered_from_cache():
+async def test_client_conditionals_answered_from_cache(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/c"] = {"headers": {"Cache-Control": "max-age=60", "ETag": 'W/"abc"',
                                            "Last-Modified": "Mon, 23 Nov 2026 00:00:00 GMT"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             await fetch(edge, "/c")
             status, body, headers = await fetch(edge, "/c", **{"If-None-Match": '"abc"'})
             assert status == 304 and body == b"" and headers["ETag"] == 'W/"abc"'
@@ -180,24 +181,24 @@ async def test_client_conditionals_answered_from_cache():
             assert origin.hits["/c"] == 1
 
 
-async def test_client_no_cache_is_a_customer_choice():
+async def test_client_no_cache_is_a_customer_choice(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/n"] = {"headers": {"Cache-Control": "max-age=60"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             await fetch(edge, "/n")
             await fetch(edge, "/n", **{"Cache-Control": "no-cache"})
             assert origin.hits["/n"] == 1
-        async with Edge(cfg(origin, honour_client_no_cache=True)) as edge:
+        async with AnyEdge(cfg(origin, honour_client_no_cache=True)) as edge:
             await fetch(edge, "/n")
             await fetch(edge, "/n", **{"Cache-Control": "max-age=0"})
             assert origin.hits["/n"] == 3
 
 
-async def test_concurrent_misses_make_one_origin_request_and_stream_while_written():
+async def test_concurrent_misses_make_one_origin_request_and_stream_while_written(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/big"] = {"headers": {"Cache-Control": "max-age=60"}, "slow": True,
                                  "body": "0123456789" + "z" * 100_000}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             first_bytes = asyncio.Event()
 
             async def client(i: int) -> tuple[bytes, str]:
@@ -220,11 +221,11 @@ async def test_concurrent_misses_make_one_origin_request_and_stream_while_writte
             assert (await fetch(edge, "/big"))[2]["X-Cache"] == "HIT"
 
 
-async def test_origin_cut_mid_body_caches_nothing():
+async def test_origin_cut_mid_body_caches_nothing(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/cut"] = {"headers": {"Cache-Control": "max-age=60"}, "slow": True,
                                  "cut": True, "body": "0123456789" + "q" * 50_000}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             origin.release.set()
             with pytest.raises(aiohttp.ClientPayloadError):
                 await fetch(edge, "/cut")
@@ -260,10 +261,10 @@ async def test_a_stalled_fill_lets_waiters_go_themselves(monkeypatch):
         await runner.cleanup()
 
 
-async def test_objects_over_max_object_pass_through():
+async def test_objects_over_max_object_pass_through(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/large"] = {"headers": {"Cache-Control": "max-age=60"}, "body": "L" * 5000}
-        async with Edge(cfg(origin, max_object=1000)) as edge:
+        async with AnyEdge(cfg(origin, max_object=1000)) as edge:
             for _ in range(2):
                 status, body, headers = await fetch(edge, "/large")
                 assert status == 200 and len(body) == 5000
@@ -287,12 +288,12 @@ def test_memory_store_evicts_least_recently_used_by_bytes():
     assert store.get("huge") is None and len(store) == 2
 
 
-async def test_stale_while_revalidate_answers_at_once_and_refreshes():
+async def test_stale_while_revalidate_answers_at_once_and_refreshes(AnyEdge):
     async with CountingOrigin() as origin:
         # max-age=2, not 1: Date has one-second resolution, so a copy's corrected
         # initial age (RFC 9111 4.2.3) can be almost a second when it arrives.
         origin.routes["/swr"] = {"headers": {"Cache-Control": "max-age=2, stale-while-revalidate=30"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             assert (await fetch(edge, "/swr"))[1] == b"body of /swr #1"
             await asyncio.sleep(2.2)
             status, body, headers = await fetch(edge, "/swr")
@@ -313,10 +314,10 @@ async def test_stale_while_revalidate_answers_at_once_and_refreshes():
     ("max-age=1, must-revalidate, stale-if-error=60", 60, 502),
     ("max-age=1", 0, 502),
 ])
-async def test_origin_down_serves_stale_when_allowed(cache_control, grace, expect):
+async def test_origin_down_serves_stale_when_allowed(cache_control, grace, expect, AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/sie"] = {"headers": {"Cache-Control": cache_control}}
-        async with Edge(cfg(origin, grace=grace)) as edge:
+        async with AnyEdge(cfg(origin, grace=grace)) as edge:
             await fetch(edge, "/sie")
             await origin.runner.cleanup()             # the origin goes away
             await asyncio.sleep(1.2)
@@ -329,10 +330,10 @@ async def test_origin_down_serves_stale_when_allowed(cache_control, grace, expec
             await origin.runner.setup()
 
 
-async def test_origin_5xx_during_revalidation_serves_stale():
+async def test_origin_5xx_during_revalidation_serves_stale(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/5"] = {"headers": {"Cache-Control": "max-age=1, stale-if-error=60"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             await fetch(edge, "/5")
             await asyncio.sleep(1.2)
             origin.routes["/5"] = {"status": 503}
@@ -341,7 +342,7 @@ async def test_origin_5xx_during_revalidation_serves_stale():
             assert origin.hits["/5"] == 2                 # it did ask, and the origin failed
 
 
-async def test_vary_keeps_one_variant_per_header_value():
+async def test_vary_keeps_one_variant_per_header_value(AnyEdge):
     async def handler(request: web.Request) -> web.Response:
         hits[request.path] = hits.get(request.path, 0) + 1
         vary = "*" if request.path == "/star" else "Accept-Encoding"
@@ -355,7 +356,7 @@ async def test_vary_keeps_one_variant_per_header_value():
     config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                              "origin": {"http": [f"127.0.0.83:{port}"]}}]}
     try:
-        async with Edge(config) as edge:
+        async with AnyEdge(config) as edge:
             seen = []
             for encoding in ("gzip", "gzip", "br", "gzip", "br"):
                 _, body, headers = await fetch(edge, "/v", **{"Accept-Encoding": encoding})
@@ -370,18 +371,18 @@ async def test_vary_keeps_one_variant_per_header_value():
         await runner.cleanup()
 
 
-async def test_cache_key_can_ignore_the_query_or_include_headers():
+async def test_cache_key_can_ignore_the_query_or_include_headers(AnyEdge):
     async with CountingOrigin() as origin:
         for path in ("/q", "/d"):
             origin.routes[path] = {"headers": {"Cache-Control": "max-age=60"}}
-        async with Edge(cfg(origin, ignore_query=True, key_headers=["X-Device"])) as edge:
+        async with AnyEdge(cfg(origin, ignore_query=True, key_headers=["X-Device"])) as edge:
             assert (await fetch(edge, "/q?a=1"))[2]["X-Cache"] == "MISS"
             assert (await fetch(edge, "/q?a=2"))[2]["X-Cache"] == "HIT"
             await fetch(edge, "/d", **{"X-Device": "phone"})
             assert (await fetch(edge, "/d", **{"X-Device": "tv"}))[2]["X-Cache"] == "MISS"
             assert (await fetch(edge, "/d", **{"X-Device": "phone"}))[2]["X-Cache"] == "HIT"
         assert origin.hits == {"/q": 1, "/d": 2}
-        async with Edge(cfg(origin)) as edge:                # by default the query counts
+        async with AnyEdge(cfg(origin)) as edge:                # by default the query counts
             await fetch(edge, "/q?a=1")
             assert (await fetch(edge, "/q?a=2"))[2]["X-Cache"] == "MISS"
 
@@ -393,12 +394,12 @@ async def ranged(edge: Edge, path: str, rng: str, **headers) -> tuple[int, bytes
     return await fetch(edge, path, Range=rng, **headers)
 
 
-async def test_ranges_on_a_cached_object():
+async def test_ranges_on_a_cached_object(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/r"] = {"headers": {"Cache-Control": "max-age=60", "ETag": '"r1"',
                                            "Content-Type": "video/mp4"}, "body": ""}
         origin.routes["/r"]["body"] = BODY.decode("latin-1")
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             status, full, _ = await fetch(edge, "/r")
             assert status == 200 and full == BODY.decode("latin-1").encode()
             status, body, h = await ranged(edge, "/r", "bytes=0-99")
@@ -427,11 +428,11 @@ async def test_ranges_on_a_cached_object():
             assert origin.hits["/r"] == 1
 
 
-async def test_range_on_a_miss_is_answered_while_the_object_is_fetched():
+async def test_range_on_a_miss_is_answered_while_the_object_is_fetched(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/m"] = {"headers": {"Cache-Control": "max-age=60"}, "slow": True,
                                "body": "0123456789" + "x" * 5000}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             status, body, h = await asyncio.wait_for(ranged(edge, "/m", "bytes=2-5"), 5)
             assert (status, body, h["Content-Range"]) == (206, b"2345", "bytes 2-5/5010")
             assert not origin.release.is_set()       # answered before the origin finished
@@ -444,7 +445,7 @@ async def test_range_on_a_miss_is_answered_while_the_object_is_fetched():
             assert h["X-Cache"] == "HIT" and len(body) == 5010 and origin.hits["/m"] == 1
 
 
-async def test_a_range_of_an_object_too_big_to_cache_costs_one_origin_request():
+async def test_a_range_of_an_object_too_big_to_cache_costs_one_origin_request(AnyEdge):
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append(request.headers.get("Range"))
         rng = request.headers.get("Range")
@@ -462,7 +463,7 @@ async def test_a_range_of_an_object_too_big_to_cache_costs_one_origin_request():
                              "origin": {"http": [f"127.0.0.84:{port}"]},
                              "cache": {"max_object": 1000}}]}
     try:
-        async with Edge(config) as edge:
+        async with AnyEdge(config) as edge:
             status, body, h = await ranged(edge, "/huge", "bytes=100-199")
             assert (status, len(body), h["Content-Range"]) == (206, 100, "bytes 100-199/10000")
             assert seen == [None]        # one origin request: the range was cut from it
@@ -473,7 +474,7 @@ async def test_a_range_of_an_object_too_big_to_cache_costs_one_origin_request():
         await runner.cleanup()
 
 
-async def test_ttl_rules_by_path_pattern():
+async def test_ttl_rules_by_path_pattern(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/v/a.mp4"] = {"headers": {"Cache-Control": "max-age=0"}}
         origin.routes["/s/app.js"] = {}
@@ -481,7 +482,7 @@ async def test_ttl_rules_by_path_pattern():
         origin.routes["/n/y.txt"] = {}
         rules = [{"match": "*.mp4", "ttl": 3600, "override": True},
                  {"match": "/s/*", "ttl": 60}]
-        async with Edge(cfg(origin, ttl_rules=rules)) as edge:
+        async with AnyEdge(cfg(origin, ttl_rules=rules)) as edge:
             for path in ("/v/a.mp4", "/s/app.js", "/p/x.mp4", "/n/y.txt"):
                 for _ in range(2):
                     await fetch(edge, path)
@@ -491,11 +492,11 @@ async def test_ttl_rules_by_path_pattern():
                                "/n/y.txt": 2}      # no rule, no freshness: not stored
 
 
-async def test_ttl_rules_apply_to_revalidated_objects_too():
+async def test_ttl_rules_apply_to_revalidated_objects_too(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/app.js"] = {"headers": {"Cache-Control": "max-age=600", "ETag": '"v1"'}}
         rules = [{"match": "*.js", "ttl": 1, "override": True}]
-        async with Edge(cfg(origin, ttl_rules=rules)) as edge:
+        async with AnyEdge(cfg(origin, ttl_rules=rules)) as edge:
             await fetch(edge, "/app.js")
             await asyncio.sleep(1.2)
             assert (await fetch(edge, "/app.js"))[2]["X-Cache"] == "REVALIDATED"
@@ -505,7 +506,7 @@ async def test_ttl_rules_apply_to_revalidated_objects_too():
             assert len(origin.conditional) == 2
 
 
-async def test_ranges_of_an_object_too_big_to_hold_are_kept_as_parts_and_combined():
+async def test_ranges_of_an_object_too_big_to_hold_are_kept_as_parts_and_combined(AnyEdge):
     whole = bytes(range(256)) * 40                     # 10240 bytes
 
     async def handler(request: web.Request) -> web.Response:
@@ -526,7 +527,7 @@ async def test_ranges_of_an_object_too_big_to_hold_are_kept_as_parts_and_combine
                              "origin": {"http": [f"127.0.0.85:{port}"]},
                              "cache": {"max_object": 2000}}]}
     try:
-        async with Edge(config) as edge:
+        async with AnyEdge(config) as edge:
             async def part(first: int, last: int) -> str:
                 status, body, h = await ranged(edge, "/video", f"bytes={first}-{last}")
                 assert (status, body) == (206, whole[first:last + 1]), (first, last)

@@ -15,6 +15,7 @@ from edge import config as edge_config
 from edge.purge import Ban, ban_for
 from tests.conftest import ROOT, free_port, serve_app
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
+from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)
 from tests.edge.test_proxy import Edge
 
 
@@ -52,15 +53,15 @@ async def post(edge: Edge, body: dict, token: str | None) -> tuple[int, dict | s
         return r.status, (await r.json() if r.status == 200 else await r.text())
 
 
-async def test_purge_api(monkeypatch):
+async def test_purge_api(monkeypatch, AnyEdge):
     async with CountingOrigin() as origin:
         for path in ("/a", "/v/1", "/v/2", "/b"):
             origin.routes[path] = {"headers": {"Cache-Control": "max-age=600"}}
         monkeypatch.delenv("EDGE_ADMIN_TOKEN", raising=False)
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             assert (await post(edge, {"url": "http://www.test.com/a"}, "x"))[0] == 403
         monkeypatch.setenv("EDGE_ADMIN_TOKEN", "purge-me")
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             for path in ("/a", "/v/1", "/v/2", "/b"):
                 await fetch(edge, path)
             assert (await post(edge, {"url": "http://www.test.com/a"}, "wrong"))[0] == 401

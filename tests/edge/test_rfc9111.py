@@ -11,6 +11,7 @@ from aiohttp import web
 from edge.freshness import http_date, initial_age, response_policy
 from tests.conftest import free_port, serve_app
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
+from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)
 from tests.edge.test_proxy import Edge
 
 
@@ -19,11 +20,11 @@ def entries(headers) -> list[list[str]]:
     return [[p.strip() for p in e.split(";")] for e in headers["Cache-Status"].split(",")]
 
 
-async def test_a_successful_unsafe_request_invalidates_the_url_and_its_locations():
+async def test_a_successful_unsafe_request_invalidates_the_url_and_its_locations(AnyEdge):
     async with CountingOrigin() as origin:
         for path in ("/doc", "/doc/new", "/other", "/kept"):
             origin.routes[path] = {"headers": {"Cache-Control": "max-age=60"}}
-        async with Edge(cfg(origin)) as edge:
+        async with AnyEdge(cfg(origin)) as edge:
             for path in ("/doc", "/doc/new", "/other", "/kept"):
                 await fetch(edge, path)
                 assert (await fetch(edge, path))[2]["X-Cache"] == "HIT"
@@ -45,7 +46,7 @@ async def test_a_successful_unsafe_request_invalidates_the_url_and_its_locations
             assert (await fetch(edge, "/kept"))[2]["X-Cache"] == "MISS"
 
 
-async def test_cdn_cache_control_rules_over_cache_control_and_stays_in_the_cdn():
+async def test_cdn_cache_control_rules_over_cache_control_and_stays_in_the_cdn(AnyEdge):
     async with CountingOrigin() as origin:
         routes = {
             "/cdn-store": ({"Cache-Control": "no-store", "CDN-Cache-Control": "max-age=60"}, 1),
@@ -60,7 +61,7 @@ async def test_cdn_cache_control_rules_over_cache_control_and_stays_in_the_cdn()
         for path, (headers, _) in routes.items():
             origin.routes[path] = {"headers": headers}
         rules = {"targeted_field": "Edge-Cache-Control", "surrogate_control": True}
-        async with Edge(cfg(origin, **rules)) as edge:
+        async with AnyEdge(cfg(origin, **rules)) as edge:
             for path, (_, hits) in routes.items():
                 for _ in range(3):
                     _, _, headers = await fetch(edge, path)
@@ -69,18 +70,18 @@ async def test_cdn_cache_control_rules_over_cache_control_and_stays_in_the_cdn()
                         assert name not in headers, (path, name)     # not past the CDN
                 assert origin.hits[path] == hits, path
             assert "Cache-Control" in (await fetch(edge, "/cdn-store"))[2]   # the browser's
-        async with Edge(cfg(origin)) as edge:          # Surrogate-Control is opt-in
+        async with AnyEdge(cfg(origin)) as edge:          # Surrogate-Control is opt-in
             for _ in range(2):
                 await fetch(edge, "/surrogate")
             assert origin.hits["/surrogate"] == 3
 
 
-async def test_cache_status_says_what_the_cache_did():
+async def test_cache_status_says_what_the_cache_did(AnyEdge):
     async with CountingOrigin() as origin:
         origin.routes["/c"] = {"headers": {"Cache-Control": "max-age=60", "ETag": '"1"'}}
         origin.routes["/r"] = {"headers": {"Cache-Control": "max-age=1", "ETag": '"r"'}}
         origin.routes["/p"] = {"headers": {"Cache-Control": "private"}}
-        async with Edge(cfg(origin, honour_client_no_cache=True)) as edge:
+        async with AnyEdge(cfg(origin, honour_client_no_cache=True)) as edge:
             _, _, h = await fetch(edge, "/c")
             # ttl: 60 less the age the Date header gives (whole seconds)
             assert entries(h) in ([["gslb-edge", "fwd=uri-miss", "fwd-status=200", f"ttl={t}",
@@ -154,7 +155,7 @@ def test_expires_age_and_dates_are_parsed_strictly():
     assert initial_age(CIMultiDict([("Age", "x")]), now, now) == 0
 
 
-async def test_vary_star_anywhere_and_qualified_no_cache_and_private():
+async def test_vary_star_anywhere_and_qualified_no_cache_and_private(AnyEdge):
     async def handler(request: web.Request) -> web.Response:
         hits[request.path] = hits.get(request.path, 0) + 1
         headers = {"/star": {"Cache-Control": "max-age=60", "Vary": "Accept-Encoding, *"},
@@ -172,7 +173,7 @@ async def test_vary_star_anywhere_and_qualified_no_cache_and_private():
     config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                              "origin": {"http": [f"127.0.0.89:{port}"]}}]}
     try:
-        async with Edge(config) as edge:
+        async with AnyEdge(config) as edge:
             for path in ("/star", "/nc", "/pv", "/plain-private"):
                 first = await fetch(edge, path)
                 second = await fetch(edge, path)
@@ -187,7 +188,7 @@ async def test_vary_star_anywhere_and_qualified_no_cache_and_private():
         await runner.cleanup()
 
 
-async def test_any_final_status_with_explicit_freshness_and_chunked_bodies_are_stored():
+async def test_any_final_status_with_explicit_freshness_and_chunked_bodies_are_stored(AnyEdge):
     async def handler(request: web.Request) -> web.StreamResponse:
         hits[request.path] = hits.get(request.path, 0) + 1
         name = request.path.strip("/")
@@ -212,7 +213,7 @@ async def test_any_final_status_with_explicit_freshness_and_chunked_bodies_are_s
     config = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                              "origin": {"http": [f"127.0.0.90:{port}"], "retry_5xx": False}}]}
     try:
-        async with Edge(config) as edge:
+        async with AnyEdge(config) as edge:
             expect = {"/204-fresh": 1, "/299-fresh": 1, "/302-fresh": 1, "/403-fresh": 1,
                       "/500-fresh": 1, "/chunked": 1,
                       "/302-heuristic": 2, "/200-heuristic": 1, "/404-heuristic": 1}
