@@ -56,13 +56,22 @@ class Variant:
     an: int = 0
     ns: int = 0
     ar: int = 0
+    # What rate limiting tells responses apart by when not the body: compressed
+    # bodies differ with the question's length, the answers they carry do not.
+    key: bytes = b""
 
 
 def variant(answer: list[bytes], authority: list[bytes] = (),
-            additional: list[bytes] = ()) -> Variant:
+            additional: list[bytes] = (), key: bytes = b"") -> Variant:
     an, ns, ar = len(answer), len(authority), len(additional)
     return Variant(b"".join(answer) + b"".join(authority) + b"".join(additional),
-                   counts(1, an, ns, ar), counts(1, an, ns, ar + 1), an, ns, ar)
+                   counts(1, an, ns, ar), counts(1, an, ns, ar + 1), an, ns, ar, key)
+
+
+def content_key(items: list[Signed]) -> bytes:
+    """The RRsets' content, independent of where and how compressed they are written."""
+    return b"".join(r.owner + r.rtype.to_bytes(2, "big") + b"".join(r.rdatas)
+                    for r, _ in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +176,9 @@ def _writer(start: Writer | None) -> Writer:
 def render_ends(sections: Sections) -> tuple[Variant, Variant | None, Writer, Writer]:
     """`render`, plus the writers' states after each variant (for what follows them)."""
     wp = _writer(sections.start)
+    key = content_key(sections.answer + sections.authority)
     plain = variant(_emit(wp, sections.answer, False), _emit(wp, sections.authority, False),
-                    _emit(wp, sections.additional, False))
+                    _emit(wp, sections.additional, False), key)
     ws = _writer(sections.start_signed or sections.start)
     if not sections.signed() and not sections.broken:
         return plain, None, wp, ws
@@ -176,7 +186,7 @@ def render_ends(sections: Sections) -> tuple[Variant, Variant | None, Writer, Wr
         return plain, variant([]), wp, ws
     signed = variant(_emit(ws, sections.answer, True),
                      _emit(ws, sections.authority + sections.denial, True),
-                     _emit(ws, sections.additional, True))
+                     _emit(ws, sections.additional, True), key + content_key(sections.denial))
     return plain, signed, wp, ws
 
 
