@@ -1,16 +1,20 @@
 """gslb vs gdnsd (geoip plugin, auto_dc_coords) under dnsperf, in one run.
 
 Both servers get the same GeoIP database (data/demo-city.mmdb) and the same
-three sites. Three query mixes (MIXES below): the usual one (half ECS from
+three sites. Four query mixes (MIXES below): the usual one (half ECS from
 many /24 and /48 networks, some in the demo database and most not, half plain
 EDNS, over 50 names below the wildcard), a second one over 200 customer names
 with ECS from random /24s of all IPv4 and a quarter without EDNS, and the
 usual one with DO=1 on half the queries against an unsigned and a signed
-gslb. Prints qps, server CPU microseconds per query (utime+stime of every
-server process / answered queries) and the ratios. gslb runs with --no-http,
+gslb, and an independent mix (random names of 1-4 labels, each query drawn
+half ECS from a random /24, a quarter plain EDNS, a quarter without EDNS) so
+the targets are checked beyond the shapes the others favour. Prints qps,
+server CPU microseconds per query (utime+stime of every server process /
+answered queries) and the ratios. gslb runs with --no-http,
 so the demo's dashboard port may be in use.
 
-    python bench/dnsbench.py [--seconds 15] [--clients 32] [--workers N] [--mix 1,2,do]
+    python bench/dnsbench.py [--seconds 15] [--clients 32] [--workers N]
+                             [--mix 1,2,do,independent]
 """
 from __future__ import annotations
 
@@ -139,6 +143,40 @@ def write_queries_mix2(path: Path, count: int = 8000, seed: int = 3) -> None:
             kind = i % 4
             ecs = ipaddress.ip_network((rng.getrandbits(24) << 8, 24)) if kind < 2 else None
             wire = query(i & 0xFFFF, rng.choice(names), qtype, ecs, edns=kind != 3)
+            fh.write(struct.pack("!H", len(wire)) + wire)
+
+
+def independent_names(count: int = 200, seed: int = 5) -> list[str]:
+    """Names below the zone that owe nothing to our config or the other mixes: one to
+    four labels of random letters, digits and hyphens, 1 to 24 octets each."""
+    rng = random.Random(seed)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    names: set[str] = set()
+    while len(names) < count:
+        labels = []
+        for _ in range(rng.choice((1, 1, 2, 2, 3, 4))):
+            size = rng.randint(1, 24)
+            label = "".join(rng.choice(alphabet) for _ in range(size))
+            if size > 2 and rng.random() < 0.2:
+                cut = rng.randrange(1, size - 1)
+                label = label[:cut] + "-" + label[cut + 1:]
+            labels.append(label)
+        names.add(".".join(labels) + ".cdn.example.net")
+    return sorted(names)
+
+
+def write_queries_independent(path: Path, count: int = 10000, seed: int = 6) -> None:
+    """The independent mix: 200 names from `independent_names`, A/AAAA 50/50, each query
+    drawn at random: half with ECS from a random IPv4 /24, a quarter plain EDNS, a
+    quarter without EDNS."""
+    rng = random.Random(seed)
+    names = independent_names()
+    with path.open("wb") as fh:
+        for i in range(count):
+            qtype = 1 if rng.random() < 0.5 else 28
+            draw = rng.random()
+            ecs = ipaddress.ip_network((rng.getrandbits(24) << 8, 24)) if draw < 0.5 else None
+            wire = query(i & 0xFFFF, rng.choice(names), qtype, ecs, edns=draw < 0.75)
             fh.write(struct.pack("!H", len(wire)) + wire)
 
 
@@ -328,6 +366,9 @@ MIXES = {
          "from random IPv4 /24s, 25% plain EDNS, 25% no EDNS",
     "do": "mix 1 with DO=1 on half the queries; gslb unsigned and signed (ECDSA P-256, "
           "compact denial), gdnsd unsigned",
+    "independent": "independent mix: 10000 queries, 200 random names (1-4 labels, not the "
+                   "config's), A/AAAA 50/50, drawn per query: 50% ECS from random IPv4 /24s, "
+                   "25% plain EDNS, 25% no EDNS",
 }
 
 
@@ -335,6 +376,8 @@ def run_mix(mix: str, work: Path, args: argparse.Namespace) -> tuple[list[Result
     queries = work / f"queries-{mix}.bin"
     if mix == "2":
         write_queries_mix2(queries)
+    elif mix == "independent":
+        write_queries_independent(queries)
     else:
         write_queries(queries, do_share=0.5 if mix == "do" else 0.0)
     runs = [("gdnsd-geoip", lambda p: start_gdnsd(work, p)),
@@ -391,8 +434,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="gslb workers for the main comparison (default: one per core)")
-    ap.add_argument("--mix", default="1,2,do",
-                    help="comma-separated: 1 (usual), 2 (customers), do (DNSSEC); default all")
+    ap.add_argument("--mix", default="1,2,do,independent",
+                    help="comma-separated: 1 (usual), 2 (customers), do (DNSSEC), independent "
+                         "(names and networks owing nothing to our config); default all")
     args = ap.parse_args()
     if missing(("dnsperf", "gdnsd"), "bench/dns.sh"):
         return 2

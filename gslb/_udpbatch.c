@@ -1,7 +1,7 @@
 /*
  * gslb._udpbatch: answer a batch of UDP queries with two system calls.
  *
- * serve(fd, answer, on_error[, cache, counters]) reads up to BATCH datagrams
+ * serve(fd, answer, on_error[, cache, counters, by_client]) reads up to BATCH datagrams
  * with recvmmsg(2), answers each, and sends every reply with sendmmsg(2). It
  * returns how many datagrams it read; 0 when none was waiting.
  *
@@ -9,7 +9,10 @@
  * response cache: key -> (reply after the ID, counter slot, ...)) is answered
  * here: its ID, then the cached bytes, and counters[slot] += 1, exactly what
  * Responder.answer does for such a hit when rate limiting is off (the caller
- * passes no cache when it is on). Every other query goes to
+ * passes no cache when it is on). A query not in `cache` is looked up in
+ * `by_client` as (bytes after the ID, client address text): the cache of
+ * answers that depend on the client's own address (no usable ECS), which is
+ * half of what resolvers without ECS ask. Every other query goes to
  * answer(data, client_ip, 512), the Responder's own method, where all DNS
  * logic lives. An exception raised by answer() is handed to
  * on_error(data, exc) and that query is dropped, as the Python loop does.
@@ -107,9 +110,28 @@ static void send_all(int fd, int count)
     }
 }
 
+/* The entry for (key, client) in by_client (borrowed), or NULL. */
+static PyObject *client_entry(PyObject *by_client, PyObject *key,
+                              const struct sockaddr_storage *sa, socklen_t salen)
+{
+    if (by_client == Py_None || PyDict_GET_SIZE(by_client) == 0)
+        return NULL;
+    PyObject *client = client_text(sa, salen);
+    if (client == NULL)
+        return NULL;
+    PyObject *pair = PyTuple_Pack(2, key, client);
+    Py_DECREF(client);
+    if (pair == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(by_client, pair);    /* borrowed */
+    Py_DECREF(pair);
+    return entry;
+}
+
 /* A cache hit: the reply goes into outbufs[slot_out]; 1 if answered, 0 if not cached. */
-static int from_cache(PyObject *cache, PyObject *counters, const char *data, size_t len,
-                      int slot_out)
+static int from_cache(PyObject *cache, PyObject *by_client, PyObject *counters,
+                      const char *data, size_t len, const struct sockaddr_storage *sa,
+                      socklen_t salen, int slot_out)
 {
     if (len < 12 || (data[2] & 0x80))
         return 0;
@@ -119,6 +141,8 @@ static int from_cache(PyObject *cache, PyObject *counters, const char *data, siz
         return 0;
     }
     PyObject *entry = PyDict_GetItemWithError(cache, key);      /* borrowed */
+    if (entry == NULL && !PyErr_Occurred())
+        entry = client_entry(by_client, key, sa, salen);
     Py_DECREF(key);
     if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 2) {
         PyErr_Clear();
@@ -144,12 +168,17 @@ static int from_cache(PyObject *cache, PyObject *counters, const char *data, siz
 static PyObject *serve(PyObject *self, PyObject *args)
 {
     int fd;
-    PyObject *answer, *on_error, *cache = Py_None, *counters = Py_None;
+    PyObject *answer, *on_error, *cache = Py_None, *counters = Py_None, *by_client = Py_None;
     PyObject *replies[BATCH];
     int n, i, count = 0;
 
-    if (!PyArg_ParseTuple(args, "iOO|OO", &fd, &answer, &on_error, &cache, &counters))
+    if (!PyArg_ParseTuple(args, "iOO|OOO", &fd, &answer, &on_error, &cache, &counters,
+                          &by_client))
         return NULL;
+    if (by_client != Py_None && !PyDict_Check(by_client)) {
+        PyErr_SetString(PyExc_TypeError, "by_client must be a dict or None");
+        return NULL;
+    }
     if (cache != Py_None && !PyDict_Check(cache)) {
         PyErr_SetString(PyExc_TypeError, "cache must be a dict or None");
         return NULL;
@@ -176,7 +205,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     for (i = 0; i < n; i++) {
-        if (cache != Py_None && from_cache(cache, counters, bufs[i], in_msgs[i].msg_len, count)) {
+        if (cache != Py_None && from_cache(cache, by_client, counters, bufs[i], in_msgs[i].msg_len,
+                                           &addrs[i], in_msgs[i].msg_hdr.msg_namelen, count)) {
             replies[count] = NULL;                  /* the bytes are in outbufs[count] */
             memset(&out_msgs[count].msg_hdr, 0, sizeof out_msgs[count].msg_hdr);
             out_msgs[count].msg_hdr.msg_name = &addrs[i];
@@ -229,7 +259,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS,
-     "serve(fd, answer, on_error[, cache, counters]) -> datagrams read: recvmmsg, answer "
+     "serve(fd, answer, on_error[, cache, counters, by_client]) -> datagrams read: recvmmsg, "
+     "answer "
      "each (cache hits here, the rest through answer), sendmmsg."},
     {NULL, NULL, 0, NULL}
 };

@@ -105,7 +105,7 @@ class AnswerTable:
 
     def service(self, dyn: Dynamic, decision: Decision) -> Reply:
         """The reply for a service name and a client decision; memoised per bucket."""
-        key = (dyn.service.name, dyn.qtype, decision.key, dyn.owner, dyn.allowed)
+        key = (dyn.service.name, dyn.qtype, decision.key, dyn.layout, dyn.allowed)
         found = self.dynamic.get(key)
         if found is None:
             found = self._build_service(dyn, decision)

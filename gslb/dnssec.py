@@ -177,11 +177,16 @@ class ZoneSigner:
 
     def rrsigs(self, rrset: RRset) -> list[bytes]:
         """The RRSIG records covering `rrset`, in wire form with the same wire owner."""
+        return [rr(rrset.wire_owner, QTYPE_RRSIG, rrset.ttl, data)
+                for data in self.rrsig_rdatas(rrset)]
+
+    def rrsig_rdatas(self, rrset: RRset) -> tuple[bytes, ...]:
+        """The RRSIG rdatas covering `rrset` (made now if not yet), for a compressing writer."""
         key = (rrset.owner, rrset.rtype, rrset.ttl, rrset.rdatas)
         rdatas = self._cache.get(key)
         if rdatas is None:
             rdatas = self._cache[key] = self._make(rrset)
-        return [rr(rrset.wire_owner, QTYPE_RRSIG, rrset.ttl, data) for data in rdatas]
+        return rdatas
 
     def _make(self, rrset: RRset) -> tuple[bytes, ...]:
         keys = self._dnskey_signers if rrset.rtype == QTYPE_DNSKEY else self._zone_signers

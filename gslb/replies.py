@@ -14,9 +14,10 @@ zones is left to the resolver.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import dnssec_denial as denial
+from .compress import MAX_OFFSET, Writer, pointer
 from .dnssec import ZoneSigner
 from .gate import OPEN, Gate
 from .model import Denial, RecordSet, Service, ZoneConfig
@@ -28,6 +29,7 @@ from .wire import (
     QTYPE_HINFO,
     QTYPE_NS,
     QTYPE_NSEC,
+    QTYPE_RRSIG,
     QTYPE_SOA,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
@@ -54,13 +56,22 @@ class Variant:
     an: int = 0
     ns: int = 0
     ar: int = 0
+    # What rate limiting tells responses apart by when not the body: compressed
+    # bodies differ with the question's length, the answers they carry do not.
+    key: bytes = b""
 
 
 def variant(answer: list[bytes], authority: list[bytes] = (),
-            additional: list[bytes] = ()) -> Variant:
+            additional: list[bytes] = (), key: bytes = b"") -> Variant:
     an, ns, ar = len(answer), len(authority), len(additional)
     return Variant(b"".join(answer) + b"".join(authority) + b"".join(additional),
-                   counts(1, an, ns, ar), counts(1, an, ns, ar + 1), an, ns, ar)
+                   counts(1, an, ns, ar), counts(1, an, ns, ar + 1), an, ns, ar, key)
+
+
+def content_key(items: list[Signed]) -> bytes:
+    """The RRsets' content, independent of where and how compressed they are written."""
+    return b"".join(r.owner + r.rtype.to_bytes(2, "big") + b"".join(r.rdatas)
+                    for r, _ in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +89,12 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Dynamic:
-    """A service name: the answer depends on where the client is."""
+    """A service name: the answer depends on where the client is.
+
+    `start`/`start_signed` are where the service's records begin (after the
+    question and any chain, plain and signed) for name compression; `layout`
+    says which replies can be shared: equal layouts mean equal starts.
+    """
 
     service: Service
     qtype: int
@@ -88,6 +104,13 @@ class Dynamic:
     prefix_signed: Variant | None = None    # ... and signed
     proof: Variant | None = None        # NSECs proving wildcard expansions (DO only)
     allowed: frozenset[str] | None = None   # a customer name: only these edges (gate.py)
+    owner_signed: bytes | None = None   # the owner after the signed chain, if it differs
+    layout: bytes = b""
+    start: Writer | None = field(default=None, compare=False)
+    start_signed: Writer | None = field(default=None, compare=False)
+    proof_start: Writer | None = field(default=None, compare=False)   # this question only
+    proof_items: tuple = field(default=(), compare=False)
+    proofs: dict = field(default_factory=dict, compare=False)   # offset -> compressed proof
 
     @property
     def composed(self) -> bool:
@@ -96,9 +119,22 @@ class Dynamic:
     def compose(self, v: Variant, signed: bool) -> tuple[bytes, int, int, int]:
         """(body, an, ns, ar) of the service variant `v` wrapped in chain and proof."""
         pre = self.prefix_signed if signed else self.prefix
-        proof = self.proof if signed else None
-        body = (pre.body if pre else b"") + v.body + (proof.body if proof else b"")
-        return (body, v.an + (pre.an if pre else 0), v.ns + (proof.ns if proof else 0), v.ar)
+        body = (pre.body if pre else b"") + v.body
+        an, ns = v.an + (pre.an if pre else 0), v.ns
+        if signed and self.proof is not None:
+            body += self._proof_at(len(v.body))
+            ns += self.proof.ns
+        return body, an, ns, v.ar
+
+    def _proof_at(self, offset: int) -> bytes:
+        """The proof compressed where it lands: after `offset` bytes of service records
+        (which add no names to point at). Rendered once per offset."""
+        found = self.proofs.get(offset)
+        if found is None:
+            w = _writer(self.proof_start)
+            w.skip(offset)
+            found = self.proofs[offset] = b"".join(_emit(w, list(self.proof_items), True))
+        return found
 
 
 Signed = tuple[RRset, "ZoneSigner | None"]
@@ -113,35 +149,50 @@ class Sections:
     additional: list[Signed] = field(default_factory=list)
     denial: list[Signed] = field(default_factory=list)
     broken: bool = False        # a proof could not be made: DO answers SERVFAIL
+    # Where the body starts (after the question), for name compression; plain and
+    # under DO when they differ (after a chain with signatures). None: no compression.
+    start: Writer | None = None
+    start_signed: Writer | None = None
 
     def signed(self) -> bool:
         return any(s is not None for _, s in self.answer + self.authority + self.denial)
 
 
-def _plain(items: list[Signed]) -> list[bytes]:
-    return [w for rrset, _ in items for w in rrset.wire()]
-
-
-def _with_sigs(items: list[Signed]) -> list[bytes]:
+def _emit(w: Writer, items: list[Signed], sigs: bool) -> list[bytes]:
+    """The records of `items` (with their RRSIGs when `sigs`), compressed by `w`."""
     out: list[bytes] = []
     for rrset, signer in items:
-        out += rrset.wire()
-        if signer is not None:
-            out += signer.rrsigs(rrset)
+        owner, ttl = rrset.wire_owner, rrset.ttl
+        out += [w.rr(owner, rrset.rtype, ttl, data) for data in rrset.rdatas]
+        if sigs and signer is not None:
+            out += [w.rr(owner, QTYPE_RRSIG, ttl, data) for data in signer.rrsig_rdatas(rrset)]
     return out
+
+
+def _writer(start: Writer | None) -> Writer:
+    return start.copy() if start is not None else Writer(MAX_OFFSET + 1)
+
+
+def render_ends(sections: Sections) -> tuple[Variant, Variant | None, Writer, Writer]:
+    """`render`, plus the writers' states after each variant (for what follows them)."""
+    wp = _writer(sections.start)
+    key = content_key(sections.answer + sections.authority)
+    plain = variant(_emit(wp, sections.answer, False), _emit(wp, sections.authority, False),
+                    _emit(wp, sections.additional, False), key)
+    ws = _writer(sections.start_signed or sections.start)
+    if not sections.signed() and not sections.broken:
+        return plain, None, wp, ws
+    if sections.broken:
+        return plain, variant([]), wp, ws
+    signed = variant(_emit(ws, sections.answer, True),
+                     _emit(ws, sections.authority + sections.denial, True),
+                     _emit(ws, sections.additional, True), key + content_key(sections.denial))
+    return plain, signed, wp, ws
 
 
 def render(sections: Sections) -> tuple[Variant, Variant | None]:
     """The plain variant and, when anything in it is signed, the DO variant."""
-    plain = variant(_plain(sections.answer), _plain(sections.authority),
-                    _plain(sections.additional))
-    if not sections.signed() and not sections.broken:
-        return plain, None
-    if sections.broken:
-        return plain, variant([])
-    return plain, variant(_with_sigs(sections.answer),
-                          _with_sigs(sections.authority + sections.denial),
-                          _with_sigs(sections.additional))
+    return render_ends(sections)[:2]
 
 
 def neg_ttl(zone: ZoneConfig, ttl: int | None = None) -> int:
@@ -180,11 +231,11 @@ class ReplyBuilder:
 
     def resolve(self, name: str, qtype: int, qname: bytes | None = None) -> Reply | Dynamic:
         """The reply (or Dynamic) for a normalised name; `qname` is its lower-case wire form."""
-        qname = qname or encode_name(name)
+        qname = question = qname or encode_name(name)
         match = self.zones.lookup(name, qtype)
         if match.kind is Kind.REFUSED or match.zone is None:
             return REFUSED
-        sections = Sections()
+        sections = Sections(start=Writer.after_question(question))
         wire_owner, seen = POINTER_TO_QNAME, {name}
         while match.kind is Kind.CNAME and match.records is not None:
             self._answer(sections, record_rrset(match.records, wire_owner), match, qname)
@@ -203,7 +254,7 @@ class ReplyBuilder:
         if match.kind is Kind.SERVICE and match.service is not None:
             if allowed is not None and not allowed:
                 return self._nodata(sections, match, name, qname, qtype)
-            return self._dynamic(match, qtype, qname, wire_owner, sections, allowed)
+            return self._dynamic(match, qtype, qname, wire_owner, sections, allowed, question)
         if match.kind is Kind.NXDOMAIN:
             return self._nxdomain(sections, zone, name, qname)
         if match.kind is Kind.ANY:
@@ -317,18 +368,43 @@ class ReplyBuilder:
     # --- services ----------------------------------------------------------------------
 
     def _dynamic(self, match: Match, qtype: int, qname: bytes, wire_owner: bytes,
-                 chain: Sections, allowed: frozenset[str] | None = None) -> Dynamic:
+                 chain: Sections, allowed: frozenset[str] | None = None,
+                 question: bytes | None = None) -> Dynamic:
+        """`qname`: the name the service matched (a CNAME target, or the question)."""
         assert match.service is not None and match.zone is not None
+        question = question or qname
         prefix = prefix_signed = proof = None
+        owner_signed = None
         if chain.answer:
-            prefix, prefix_signed = render(Sections(answer=chain.answer))
+            prefix, prefix_signed, start, start_signed = render_ends(
+                Sections(answer=chain.answer, start=chain.start))
+            # The service's owner is the last CNAME's target: point at it.
+            at = start.names.get(qname)
+            wire_owner = pointer(at) if at is not None else qname
+            if prefix_signed is not None:
+                at = start_signed.names.get(qname)
+                owner_signed = pointer(at) if at is not None else qname
+            else:
+                start_signed = start
+            proof_start = start_signed
+            layout = (question + len(prefix.body).to_bytes(2, "big") + prefix.body
+                      + (prefix_signed.body if prefix_signed is not None else b""))
+        else:
+            # Replies made here are shared by every question of this length that
+            # matches the same name or wildcard: only the part they share is
+            # pointed at.
+            shared = encode_name(match.wildcard[2:]) if match.wildcard else qname
+            start = start_signed = Writer.after_question(question, shared)
+            layout = bytes((len(question),)) + shared
+            proof_start = Writer.after_question(question)
         expansion = Sections(denial=list(chain.denial), broken=chain.broken)
         if match.wildcard is not None:
             self._expansion(expansion, match, qname)
         if expansion.denial:
-            proof = variant([], _with_sigs(expansion.denial))
+            proof = variant([], _emit(Writer(MAX_OFFSET + 1), expansion.denial, True))
         return Dynamic(match.service, qtype, match.zone, wire_owner, prefix, prefix_signed,
-                       proof, allowed)
+                       proof, allowed, owner_signed, layout, start, start_signed,
+                       proof_start, tuple(expansion.denial))
 
     def service_rrset(self, dyn: Dynamic, ttl: int, addrs: tuple[str, ...]) -> RRset:
         owner = self._owners.get(dyn.service.name)
@@ -343,7 +419,9 @@ class ReplyBuilder:
         name = dyn.service.name
         if not sel.variants:
             ttl = neg_ttl(zone, sel.ttl)
-            sections = Sections(authority=[(soa_rrset(zone, ttl), signer)])
+            start = dyn.start or Writer.after_question(encode_name(name))
+            sections = Sections(authority=[(soa_rrset(zone, ttl), signer)], start=start,
+                                start_signed=dyn.start_signed)
             if signer is not None:
                 types = self.zones.types_at(name, zone, True) - {dyn.qtype}
                 self._deny(sections, denial.at_name(encode_name(name), frozenset(types), ttl),
@@ -354,9 +432,12 @@ class ReplyBuilder:
         plains, signeds = [], []
         for addrs in sel.variants:      # the common case, kept lean: one RRset in answer
             rrset = self.service_rrset(dyn, sel.ttl, addrs)
-            records = rrset.wire()
+            records = rrset.wire()      # owner a pointer, addresses: nothing to compress
             plains.append(variant(records))
             if signer is not None:
+                if dyn.owner_signed is not None and dyn.owner_signed != dyn.owner:
+                    rrset = replace(rrset, wire_owner=dyn.owner_signed)
+                    records = rrset.wire()
                 signeds.append(variant(records + signer.rrsigs(rrset)))
         return Reply(RCODE_NOERROR, True, tuple(plains), dependent, name, sel,
                      tuple(signeds) if signer is not None else None)

@@ -388,9 +388,10 @@ class Responder:
             head_counts, head_counts_opt = counts(1, an, ns, ar), counts(1, an, ns, ar + 1)
         else:
             head_counts, head_counts_opt = variant.counts, variant.counts_opt
-        # Identical responses share a rate-limit bucket: the body is the answer
-        # RRset, or the zone's SOA for every negative answer of that zone.
-        identity: object = (rcode, variant.body)
+        # Identical responses share a rate-limit bucket: the answer RRset, or the
+        # zone's SOA for every negative answer of that zone (not the compressed
+        # body, whose pointers differ with the question's length).
+        identity: object = (rcode, variant.key or variant.body)
         flags = bytes(((0x84 if reply.aa else 0x80) | (f1 & 0x01), (f2 & 0x10) | rcode))
         slot = self._slot(rcode, reply.service,
                           reply.selection.site if reply.selection is not None else None)

@@ -151,13 +151,17 @@ class DnsServer:
             responder.rrl.now = time.monotonic()
         fd, answer, failed = sock.fileno(), responder.answer, self._answer_failed
         # Response-cache hits are answered inside the helper (ID + cached bytes, the
-        # counter bumped), unless rate limiting must see every response.
-        cache = responder._wire if responder.rrl is None else None
+        # counter bumped), unless rate limiting must see every response; so are
+        # hits of the per-client cache (answers that depend on the client address).
+        limited = responder.rrl is not None
         try:
             # Under load more queries arrive while a batch is answered: read again
             # before going back to epoll, until the socket is empty (bounded).
             for _ in range(DRAIN_ROUNDS):
-                if not _udpbatch.serve(fd, answer, failed, cache, responder.counters):
+                # Read each round: an answer table swap replaces the caches.
+                if not _udpbatch.serve(fd, answer, failed, None if limited else responder._wire,
+                                       responder.counters,
+                                       None if limited else responder._wire_by_client):
                     break
         except OSError:
             pass
