@@ -351,7 +351,7 @@ def report_all(results: list[dict], misses: dict, workers: int, seconds: int) ->
                   f"connections (edge target >= {1 / 1.2:.2f})")
     if "edge" in by:
         print(f"pass-through, edge / nginx proxy: {by['edge']['rps'] / base['rps']:.2f}x "
-              f"(target >= 0.6)")
+              f"(target >= 0.8)")
     for name, (ok, origin_requests) in misses.items():
         print(f"{name}: 200 concurrent misses on one key -> {ok} answered 200, "
               f"{origin_requests} origin request(s)")
