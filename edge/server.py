@@ -239,9 +239,6 @@ class Reply:
 
 Handler = Callable[[Request, Reply], Awaitable[None]]
 
-RUNNING: set[asyncio.Task] = set()     # every request handler in progress
-
-
 class Connection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -262,6 +259,7 @@ class Connection(asyncio.Protocol):
         self._body: Body | None = None         # of the request being parsed
         self._answered = False                 # that request was a hit, already written
         self._busy: Request | None = None
+        self._task: asyncio.Task | None = None     # the handler of that request
         self.busy_since = 0.0                 # when the request in progress began
         self._queue: collections.deque = collections.deque()
         self._pipe: Callable[[bytes], None] | None = None
@@ -476,11 +474,10 @@ class Connection(asyncio.Protocol):
         self._busy = request
         self.busy_since = time.monotonic()
         reply = Reply(self, request)
-        # The loop holds tasks weakly: a handler waiting on a future only the garbage
-        # refers to would be destroyed mid-request ("Task was destroyed but it is pending").
-        task = asyncio.get_running_loop().create_task(self._run(request, reply))
-        RUNNING.add(task)
-        task.add_done_callback(RUNNING.discard)
+        # The loop holds tasks weakly: held by the connection (which its open transport
+        # holds), a handler waiting on a future nothing else refers to is not destroyed
+        # mid-request ("Task was destroyed but it is pending").
+        self._task = asyncio.get_running_loop().create_task(self._run(request, reply))
 
     async def _run(self, request: Request, reply: Reply) -> None:
         try:
