@@ -99,6 +99,7 @@ class ControlPlane:
         public, secrets = documents.public(doc)
         names = view.pointing_at(directory)
         return {"directory": directory, "revision": revision, "customer": public,
+                "cname_target": documents.cname_targets(doc, self.rules.own_domains),
                 "secrets": secrets, **deployment(directory, revision, nodes).as_json(),
                 "retiring": [n for n in names if view.cnames[n].retiring]}
 
