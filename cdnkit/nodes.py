@@ -48,6 +48,8 @@ class Node:
     version: str = ""
     origins: Mapping[str, Any] = field(default_factory=dict)  # per-origin back-off
     verdicts: Mapping[str, str] = field(default_factory=dict)  # nameservers: probe verdicts
+    serving: int = 0                     # nameservers: every customer name given at or
+    #                                      before this revision is answered with an edge
 
 
 STATES = ("serving", "degraded", "draining")     # worst last: a node is its worst worker
@@ -102,7 +104,8 @@ def merge(entries: Mapping[str, Entry],
             _state(records), _load(records), dict(first.get("capacity") or {}),
             all(bool(r.get("idle")) for r in records), str(first.get("version", "")),
             {k: v for r in records for k, v in (r.get("origins") or {}).items()},
-            dict(first.get("verdicts") or {}))
+            dict(first.get("verdicts") or {}),
+            min(int(r.get("serving", 0)) for r in records))
     return out
 
 

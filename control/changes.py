@@ -9,7 +9,9 @@ CNAME belongs to one customer, no delete while a CNAME points at a customer) hol
 even with writers racing each other.
 
 Edge CNAMEs have an index, `config/cnames/{name}` -> {"directory", "retiring"}:
-what nameservers answer. A CNAME taken out of a customer is first marked
+what nameservers answer. A customer's name outside our zones (www.test.com) gets
+its CNAME target under our first zone (www.test.com.cdn.example.net) in the index
+too, so the customer only adds the domain and points it where the API says. A CNAME taken out of a customer is first marked
 retiring: nameservers stop answering it, edges keep serving it (they serve the
 union of the document's names and the index's), and the reaper deletes the index
 entry only once every nameserver has applied that and their answers' TTL has run
@@ -193,7 +195,7 @@ def plan(store: EtcdStore, view: View, changes: list[Change], rules: Rules,
                             "old": current[1].mod_revision if current else 0,
                             "fields": documents.changed_fields(old_doc, stored)})
         _cnames(view, change.directory if current else new_dir, new_dir, old_doc, stored,
-                touched_names)
+                touched_names, rules.own_domains)
     if problems:
         raise Invalid(problems)
     if len(after) > rules.max_customers:
@@ -214,9 +216,13 @@ def plan(store: EtcdStore, view: View, changes: list[Change], rules: Rules,
 
 
 def _cnames(view: View, old_dir: str, new_dir: str, old_doc: dict[str, Any],
-            new_doc: dict[str, Any], touched: dict[str, dict[str, Any] | None]) -> None:
-    """Index entries for the names a customer gained (new) and lost (retiring)."""
+            new_doc: dict[str, Any], touched: dict[str, dict[str, Any] | None],
+            zones: tuple[str, ...] = ()) -> None:
+    """Index entries for the names a customer gained (new) and lost (retiring): its own
+    names and, for those outside our zones, the CNAME targets we give them."""
     new_names = [str(n).lower().rstrip(".") for n in new_doc.get("cnames") or ()]
+    new_names += [t for t in documents.cname_targets(new_doc, zones).values()
+                  if t not in new_names]
     for name in new_names:
         owner = view.cnames.get(name)
         if name in touched and touched[name] is not None and \

@@ -159,10 +159,10 @@ async def _customers(args: argparse.Namespace, plane: ControlPlane) -> int:
         if args.json:
             print(json.dumps(listing, indent=2))
             return OK
-        print(f"{'directory':<24}{'revision':>10}  {'status':<22}cnames")
+        print(f"{'directory':<24}{'revision':>10}  {'status':<44}cnames")
         for c in listing["customers"]:
-            state = f"{c['status']} ({c['deployed']}/{c['of']})"
-            print(f"{c['directory']:<24}{c['revision']:>10}  {state:<22}"
+            state = f"{c['status']} ({c['progress']})"
+            print(f"{c['directory']:<24}{c['revision']:>10}  {state:<44}"
                   f"{', '.join(c['customer'].get('cnames') or []) or '-'}")
         print(f"{len(listing['customers'])} of at most {listing['max_customers']} customers")
         return OK
@@ -212,7 +212,7 @@ async def _status(args: argparse.Namespace, plane: ControlPlane) -> int:
               f"{n['seen']:>5}s  {state:<16}{', '.join(n['addresses'])}")
     busy = [c for c in listing["customers"] if c["status"] != "deployed"]
     print(f"{len(listing['customers'])} customers, {len(busy)} deploying" +
-          "".join(f"\n  {c['directory']}: {c['deployed']}/{c['of']}" for c in busy))
+          "".join(f"\n  {c['directory']}: {c['progress']}" for c in busy))
     return OK if not busy else REFUSED if args.check else OK
 
 

@@ -48,6 +48,21 @@ def check(doc: Any, shields: tuple[Shield, ...], rules: Rules, where: str = "") 
     return ck.problems
 
 
+def cname_targets(doc: dict[str, Any], zones: tuple[str, ...]) -> dict[str, str]:
+    """The CNAME each of the customer's own names must point at (seed 000: the customer
+    adds www.test.com and is told to CNAME it to www.test.com.cdn.example.net): the name
+    under our first zone, for every name outside our zones. Names already in a zone are
+    answered as they are."""
+    if not zones:
+        return {}
+    out = {}
+    for raw in doc.get("cnames") or ():
+        name = str(raw).lower().rstrip(".")
+        if not any(name == z or name.endswith("." + z) for z in zones):
+            out[name] = f"{name}.{zones[0]}"
+    return out
+
+
 def secret_of(doc: dict[str, Any]) -> str | None:
     origin = doc.get("origin")
     value = origin.get(SECRET) if isinstance(origin, dict) else None

@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -35,27 +35,46 @@ EDGE_KINDS = ("edge", "shield")
 
 @dataclass(frozen=True)
 class Deployment:
-    """Where one revision of a customer is: on how many edges, and which."""
+    """Where one revision of a customer is: on how many edges, answered by how many
+    nameservers, and which.
+
+    `deployed` means every registered edge (and shield) applied the revision without
+    rejecting it AND every registered nameserver answers the customer's names with an
+    edge that serves it (its record's `serving` reached the revision; gslb/gate.py), so
+    a resolver asking any nameserver then gets an answer, never a cached NXDOMAIN.
+    """
 
     status: str                      # deploying | deployed
-    deployed: int
+    deployed: int                    # edges (and shields) that applied it
     of: int
     edges: dict[str, int]            # edge id -> applied revision
     rejected: dict[str, list[str]]   # edge id -> why it left this customer out
+    nameservers: dict[str, int] = field(default_factory=dict)   # id -> serving revision
+    answering: int = 0               # nameservers that answer it
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "deployed": self.deployed, "of": self.of,
-                "edges": self.edges, "rejected": self.rejected}
+                "edges": self.edges, "rejected": self.rejected,
+                "nameservers": self.nameservers, "answering": self.answering,
+                "nameservers_of": len(self.nameservers),
+                "progress": f"edges {self.deployed}/{self.of}, nameservers "
+                            f"{self.answering}/{len(self.nameservers)}"}
 
 
-def deployment(directory: str, revision: int, nodes: dict[str, Node]) -> Deployment:
+def deployment(directory: str, revision: int, nodes: dict[str, Node],
+               names: bool = True) -> Deployment:
+    """`names`: the revision gives names that nameservers must answer (not a purge)."""
     edges = {n.id: n for n in nodes.values() if n.kind in EDGE_KINDS}
     done = [n for n in edges.values() if n.applied >= revision]
     rejected = {n.id: list(n.rejected[directory]) for n in edges.values()
                 if directory in n.rejected}
-    status = "deployed" if edges and len(done) == len(edges) and not rejected else "deploying"
+    servers = {n.id: n.serving for n in nodes.values() if n.kind == "nameserver"} \
+        if names else {}
+    answering = sum(1 for serving in servers.values() if serving >= revision)
+    status = "deployed" if edges and len(done) == len(edges) and not rejected \
+        and answering == len(servers) else "deploying"
     return Deployment(status, len(done), len(edges), {n.id: n.applied for n in edges.values()},
-                      rejected)
+                      rejected, servers, answering)
 
 
 class ControlPlane:
@@ -80,6 +99,7 @@ class ControlPlane:
         public, secrets = documents.public(doc)
         names = view.pointing_at(directory)
         return {"directory": directory, "revision": revision, "customer": public,
+                "cname_target": documents.cname_targets(doc, self.rules.own_domains),
                 "secrets": secrets, **deployment(directory, revision, nodes).as_json(),
                 "retiring": [n for n in names if view.cnames[n].retiring]}
 
@@ -153,7 +173,7 @@ class ControlPlane:
         entry = view.snap.entries.get(self.keys.purge + job_id)
         if entry is None:
             raise NotFound(job_id)
-        dep = deployment("", entry.mod_revision, nodes)
+        dep = deployment("", entry.mod_revision, nodes, names=False)
         return {"id": job_id, "job": json.loads(entry.value), "revision": entry.mod_revision,
                 "status": "done" if dep.status == "deployed" else "running",
                 "done": dep.deployed, "of": dep.of,
@@ -167,7 +187,8 @@ class ControlPlane:
         drained = drains(view.snap.entries, self.keys)
         return {"revision": latest, "nodes": [
             {"id": n.id, "kind": n.kind, "site": n.site, "addresses": list(n.addresses),
-             "applied": n.applied, "lag": max(0, latest - n.applied) if n.applied < latest
+             "applied": n.applied, **({"serving": n.serving} if n.kind == "nameserver"
+                                      else {}), "lag": max(0, latest - n.applied) if n.applied < latest
              else 0, "up_to_date": n.applied >= latest, "seen": round(now - n.at, 1),
              "workers": n.workers, "rejected": dict(n.rejected), "state": n.state,
              "drained": n.id in drained, "idle": n.idle, "load": dict(n.load)}

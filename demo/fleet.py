@@ -2,25 +2,39 @@
 
 Children, in start order: a real etcd (Debian's etcd-server) on 127.0.0.1:2379 with
 its data in the demo's work directory, seeded with data/edge.yaml's customers by
-`cdnctl apply`; `cdnctl serve` on 127.0.0.1:8090; the origin; the shield and an
-edge per site, each following the store and reporting its load (capacity
-EDGE_CAPACITY); two nameservers, the zone's ns1 (the demo's DNS listeners,
-127.0.0.1:8053 and [::1]:8053, dashboard 127.0.0.1:8080) and ns2 (127.0.0.2 on the
-same ports), sharing their probe verdicts through the store and answering customer
-names only with edges that serve them. All on loopback, all the demo's, gone with it.
+`cdnctl apply`; the origin; the shield and an edge per site, each following the
+store and reporting its load (capacity EDGE_CAPACITY); two nameservers, the zone's
+ns1 (the demo's DNS listeners, 127.0.0.1:8053 and [::1]:8053, dashboard
+127.0.0.1:8080) and ns2 (127.0.0.2 on the same ports), sharing their probe verdicts
+through the store and answering customer names only with edges that serve them;
+last `cdnctl serve` on 127.0.0.1:8090. All on loopback, all the demo's, gone with it.
+
+The control plane starts last, and a node counts as started only once its record is
+in the store with the seeded revision applied (a nameserver: answered): so when the
+API first answers, every edge and nameserver is registered, and a customer created
+then is `deployed` only when all of them serve and answer it.
+
+The demo makes a key file (`cdnctl keygen`) in its work directory and hands it to
+cdnctl and every edge, so private bucket customers (access_key_id and
+secret_access_key) can be created: cdnctl seals the secret, edges open it.
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
+from cdnkit.keys import Keys
 from cdnkit.listen import Listener
+from cdnkit.seal import new_key
 
 from .cdn import Plan, gslb_child
 from .procs import ROOT, Child, edge_answers_as
@@ -74,10 +88,57 @@ def seed_files(plan: Plan, work: Path) -> Path:
     return folder
 
 
+def key_file(work: Path) -> Path:
+    """The demo's key for sealed bucket secrets (made once per demo, owner-only)."""
+    path = work / "seal.key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(new_key())
+    return path
+
+
+def _etcd_get(etcd: str, key: str) -> tuple[dict | None, int]:
+    """(the JSON value of `key` or None, its mod revision) through etcd's JSON gateway."""
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+    req = urllib.request.Request(f"http://{etcd}/v3/kv/range", body,
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        kvs = json.load(resp).get("kvs") or []
+    if not kvs:
+        return None, 0
+    return json.loads(base64.b64decode(kvs[0]["value"])), int(kvs[0].get("mod_revision", 0))
+
+
+def registered(etcd: str, node: str, field: str = "applied"):
+    """A check: the node's record is in the store and its `field` reached the config
+    revision (edges: applied; nameservers: serving, i.e. answering every customer)."""
+    keys = Keys()
+
+    def check(child: Child) -> str:
+        try:
+            _, revision = _etcd_get(etcd, keys.rev)
+            record, _ = _etcd_get(etcd, keys.node(node))
+        except (OSError, ValueError, KeyError) as exc:
+            return f"cannot read {node}'s record in the store ({exc})"
+        if record is None:
+            return f"{node} has not registered in the store"
+        if int(record.get(field, 0)) < revision:
+            return f"{node} is at revision {record.get(field, 0)} ({field}), not {revision}"
+        return ""
+    return check
+
+
+def _both(first, second):
+    def check(child: Child) -> str:
+        return (first(child) if first else "") or second(child)
+    return check
+
+
 def _seeder(work: Path, store: str):
     def seed(child: Child) -> str:
         out = subprocess.run([sys.executable, "-m", "control.cli", "apply", "-f",
-                              str(work / "customers"), "--store", store], cwd=ROOT,
+                              str(work / "customers"), "--store", store,
+                              "--key-file", str(key_file(work))], cwd=ROOT,
                              capture_output=True, text=True, timeout=30)
         with open(child.log, "a") as log:
             log.write(out.stdout + out.stderr)
@@ -96,11 +157,12 @@ def _local_config(work: Path, name: str, lat: float, lon: float) -> Path:
     return path
 
 
-def _edge(work: Path, store: str, name: str, role: str, binds: list[str], lat: float,
+def _edge(work: Path, fleet: FleetPlan, name: str, role: str, binds: list[str], lat: float,
           lon: float, kind: str, site: str, addresses: list[str]) -> Child:
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
-               "-c", str(_local_config(work, name, lat, lon)), "--store", store,
-               "--node-id", name, "--kind", kind, "--site", site]
+               "-c", str(_local_config(work, name, lat, lon)), "--store", fleet.store,
+               "--node-id", name, "--kind", kind, "--site", site,
+               "--key-file", str(key_file(work))]
     if kind == "edge":
         command += ["--capacity", EDGE_CAPACITY]
     for bind in binds:
@@ -108,7 +170,7 @@ def _edge(work: Path, store: str, name: str, role: str, binds: list[str], lat: f
     for address in addresses:
         command += ["--address", address]
     return Child(name, role, command, binds, work / f"{name}.log", "ready:",
-                 check=edge_answers_as)
+                 check=_both(edge_answers_as, registered(fleet.etcd, name)))
 
 
 def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
@@ -120,13 +182,10 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
     seed_files(plan, work)
     store = fleet.store
     out = [_etcd(work, fleet),
-           Child("cdnctl", "the control plane (API and Customer Origin page)",
-                 [sys.executable, "-m", "control.cli", "serve", "--store", store,
-                  "--listen", fleet.cdnctl], [fleet.cdnctl], work / "cdnctl.log", "ready:"),
            Child("origin", "the origin (data/media)",
                  [sys.executable, "-m", "demo.origin", plan.origin], [plan.origin],
                  work / "origin.log")]
-    out.append(_edge(work, store, plan.shield_name, f"the shield {plan.shield_name}", [plan.shield],
+    out.append(_edge(work, fleet, plan.shield_name, f"the shield {plan.shield_name}", [plan.shield],
                      *plan.shield_at, "shield", "", []))
     by_site: dict[str, list[str]] = {}
     for target in targets(plan.config):
@@ -136,21 +195,28 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
             by_site[target.site].append(bind)
     for site, binds in by_site.items():
         where = plan.config.sites[site]
-        out.append(_edge(work, store, f"edge-{site}", f"the {site} edge", binds, where.lat, where.lon,
+        out.append(_edge(work, fleet, f"edge-{site}", f"the {site} edge", binds, where.lat, where.lon,
                          "edge", site, [a.ip for a in where.addresses]))
-    out.append(gslb_child(plan, work, extra=["--store", store, "--node-id", "ns1"]))
-    out.append(second_nameserver(plan, work, store))
+    ns1 = gslb_child(plan, work, extra=["--store", store, "--node-id", "ns1"])
+    out.append(replace(ns1, check=_both(ns1.check, registered(fleet.etcd, "ns1", "serving"))))
+    out.append(second_nameserver(plan, work, fleet))
+    # Last: the API answers only once every edge and nameserver is up and registered.
+    out.append(Child("cdnctl", "the control plane (API and Customer Origin page)",
+                     [sys.executable, "-m", "control.cli", "serve", "--store", store,
+                      "--listen", fleet.cdnctl, "--key-file", str(key_file(work))],
+                     [fleet.cdnctl], work / "cdnctl.log", "ready:"))
     return out
 
 
-def second_nameserver(plan: Plan, work: Path, store: str) -> Child:
+def second_nameserver(plan: Plan, work: Path, fleet: FleetPlan) -> Child:
     """ns2: the same config on 127.0.0.2 (the demo's first DNS port), its own dashboard."""
     dns = (Listener(NS2_HOST, plan.dns[0].port),)
     http = Listener(NS2_HOST, plan.http.port) if plan.http else None
     child = gslb_child(replace(plan, http=http), work, "ns2", dns,
-                       extra=["--store", store, "--node-id", "ns2"])
+                       extra=["--store", fleet.store, "--node-id", "ns2"])
     return replace(child, role="the second nameserver (ns2)" + (
-        " and its dashboard" if http else ""))
+        " and its dashboard" if http else ""),
+        check=_both(child.check, registered(fleet.etcd, "ns2", "serving")))
 
 
 def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
@@ -159,8 +225,8 @@ def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
     first = plan.dns[0]
     token = os.environ.get("CDNCTL_TOKEN", DEMO_TOKEN)
     auth = '-H "Authorization: Bearer $CDNCTL_TOKEN"'
-    doc = ('{"directory": "video", "cnames": ["video.example.com", "video.example.com.'
-           f'{zone}"], "origin": {{"http": ["{plan.origin}"]}}, "shield": "{plan.shield_name}"}}')
+    doc = ('{"directory": "video", "cnames": ["video.example.com"], "origin": {"http": '
+           f'["{plan.origin}"]}}, "shield": "{plan.shield_name}"}}')
     ip, port = edge.rsplit(":", 1)
     control = fleet.cdnctl
     lines = [
@@ -168,8 +234,9 @@ def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
             "nameserver follow it. Create one and watch it served:",
         f"  export CDNCTL_TOKEN={token}",
         f"  curl -s {auth} -X POST http://{control}/api/customers -d '{doc}'",
-        f"  curl -s {auth} http://{control}/api/customers/video     # deploying (k/n) -> "
-        "deployed",
+        f"  curl -s {auth} http://{control}/api/customers/video     # deploying (edges k/n, "
+        "nameservers k/m) -> deployed; cname_target: CNAME video.example.com to "
+        f"video.example.com.{zone}",
         f"  dig @{first.host} -p {first.port} video.example.com.{zone} A "
         "+subnet=198.51.100.0/24 +norec",
         f"  curl -s -o /dev/null -D - --resolve video.example.com:{port}:{ip} "

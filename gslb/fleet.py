@@ -4,7 +4,8 @@ The supervisor follows two parts of the store: the CNAME index (`config/`, which
 names are customers' and since which revision) and the node records (`nodes/`,
 which edge has applied what). From both it builds the gate (gate.py) and hands it
 to every worker; once all of them answer from it, it reports that config revision
-as applied in its own node record (kind `nameserver`, with the longest TTL it
+as applied in its own node record, and as `serving` the revision up to which every
+customer name is answered with an edge (the control plane's "nameserver answers it") (kind `nameserver`, with the longest TTL it
 gives answers, which the control plane waits out before edges drop a retired name).
 
 It also shares health with the other nameservers and folds in what the edges say
@@ -173,7 +174,8 @@ class Fleet:
 
     def _applied(self) -> None:
         if self.registration is not None:
-            self.registration.update(applied=self.sup.gate_applied())
+            self.registration.update(applied=self.sup.gate_applied(),
+                                     serving=self.sup.gate_serving())
 
     async def _follow(self, part: str) -> None:
         while True:
@@ -203,6 +205,7 @@ class Fleet:
         self.registration.update(id=self.node_id, kind="nameserver", ttl=ttl, pid=os.getpid(),
                                  addresses=sorted({str(l.host) for l in self.sup.listeners}),
                                  applied=self.sup.gate_applied(),
+                                 serving=self.sup.gate_serving(),
                                  verdicts=self.health.verdicts() if self.health else {})
         self.registration.start()
 

@@ -37,6 +37,9 @@ class Gate:
     names: Mapping[str, Allowed] = field(default_factory=dict)   # only names with edges
     known: frozenset[str] = frozenset()             # every customer name in our zones
     revision: int = 0                               # the config revision it reflects
+    # Every customer name given at or before this revision is answered (with edges) by
+    # this gate: what a nameserver reports as serving, so `deployed` means answered.
+    serving: int = 0
 
     def allowed(self, name: str) -> Allowed | None:
         """The addresses for `name`; None when the name is not gated at all."""
@@ -65,6 +68,7 @@ def build(origins: Iterable[str], cnames: Mapping[str, tuple[bool, int]],
     interned: dict[Allowed, Allowed] = {}
     names: dict[str, Allowed] = {}
     known = set()
+    unanswered: list[int] = []
     for raw, (retiring, since) in cnames.items():
         name = normalize_name(raw)
         if retiring or not any(in_zone(name, z) for z in zones):
@@ -74,7 +78,12 @@ def build(origins: Iterable[str], cnames: Mapping[str, tuple[bool, int]],
                             for a in addresses)
         if allowed:
             names[name] = interned.setdefault(allowed, allowed)
-    return Gate(True, names, frozenset(known), revision)
+        else:
+            unanswered.append(since)
+    # The oldest name still NXDOMAIN bounds what this gate serves: a resolver asking for
+    # any name given before it gets an answer, for that name (and later ones) maybe not.
+    serving = min(revision, min(unanswered) - 1) if unanswered else revision
+    return Gate(True, names, frozenset(known), revision, max(serving, 0))
 
 
 def restrict(sites: Mapping[str, Site], allowed: Allowed) -> dict[str, Site]:

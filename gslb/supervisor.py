@@ -120,7 +120,8 @@ async def worker_main(fd: int, inherited: Inherited | None = None) -> int:
                 log.info("worker %d: applied new config", os.getpid())
             if "gate" in message:
                 server.responder.set_gate(message["gate"])
-                await send(writer, {"gate_applied": message["gate"].revision})
+                await send(writer, {"gate_applied": message["gate"].revision,
+                                    "gate_serving": message["gate"].serving})
 
     tasks = [loop.create_task(report()), loop.create_task(listen()),
              loop.create_task(stop.wait())]
@@ -150,6 +151,7 @@ class Worker:
     errors: int = 0
     extra: dict[str, dict[str, int]] = field(default_factory=dict)   # rrl, tcp counters
     gate_applied: int = 0          # the store revision this worker answers from (gate.py)
+    gate_serving: int = 0          # every customer name given by then it answers (gate.py)
 
 
 class Supervisor:
@@ -310,6 +312,7 @@ class Supervisor:
         except (ConnectionError, OSError):
             pass         # it died at once: _read_worker sees it go and replaces it
         worker.gate_applied = self.gate.revision
+        worker.gate_serving = self.gate.serving
         self._spawn_task(self._read_worker(worker))
         return worker
 
@@ -327,6 +330,7 @@ class Supervisor:
                     self._slot_ready(worker.index, False)
                 elif "gate_applied" in message:
                     worker.gate_applied = message["gate_applied"]
+                    worker.gate_serving = message.get("gate_serving", 0)
                     if self.on_gate_applied is not None:
                         self.on_gate_applied()
                 elif "counts" in message:
@@ -431,6 +435,10 @@ class Supervisor:
     def gate_applied(self) -> int:
         """The store revision every worker answers from (0 before they all do)."""
         return min((w.gate_applied for w in self.workers.values()), default=0)
+
+    def gate_serving(self) -> int:
+        """The revision up to which every worker answers every customer name (0 before)."""
+        return min((w.gate_serving for w in self.workers.values()), default=0)
 
     def extra_counts(self) -> dict[tuple[str, str], int]:
         """RRL and TCP counters of all workers, by (group, name)."""

@@ -63,6 +63,10 @@ def test_lifecycle_through_the_api_is_served_by_the_edge(etcd, tmp_path, origin)
         wait_for(lambda: edge.get("/a.png", "img.example.com")[0] == 404, what="edge dropped it")
         assert ctl.call("GET", "/api/customers/img")[0] == 404
         actions = [r["action"] for r in ctl.call("GET", "/api/audit")[1]["records"]]
+        # img.example.com and its CNAME target (img.example.com.cdn.example.net) are
+        # both retired: the reaper may take them in one write or two
+        actions = [a for i, a in enumerate(actions) if not (a == "retire" and i and
+                                                            actions[i - 1] == "retire")]
         assert actions[:4] == ["delete", "retire", "update", "update"] and "create" in actions
     finally:
         edge.stop()

@@ -83,8 +83,11 @@ def test_a_customer_created_through_the_form_is_served(etcd, tmp_path, browser, 
         browser.find_element(By.ID, "save").click()
         wait.until(lambda d: status_of(d, "images") == "deployed")
         assert edge.get("/a.png", "img.example.com") == (200, "one /a.png")
-        assert "deployed (1/1)" in fresh(lambda: browser.find_element(
+        row = fresh(lambda: browser.find_element(
             By.CSS_SELECTOR, 'tr[data-directory="images"]').text)
+        # no nameserver is registered in this test: only the edge counts (docs/control.md)
+        assert "deployed (edges 1/1, nameservers 0/0)" in row, row
+        assert "img.example.com → CNAME img.example.com.cdn.example.net" in row, row
         if os.environ.get("CDNCTL_SCREENSHOT"):
             browser.save_screenshot(str(ROOT / os.environ["CDNCTL_SCREENSHOT"]))
 
