@@ -3,10 +3,13 @@
 The validators read `LineDict`/`LineList` and say where a problem is through each
 value's `Where`. A JSON document has no lines, so its places are JSON pointers
 (RFC 6901): `/origin/http/0` instead of `edge.yaml:12`. Same validator, same
-messages, a different address.
+messages, a different address. `parse` reads such a body from the wire, refusing
+anything that is not UTF-8, not JSON or nested too deep before the parser recurses.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,3 +54,52 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+class BadJSON(ValueError):
+    """A body that is not a JSON document we accept: not UTF-8, not JSON, or too deep."""
+
+
+# A JSON string (escapes are always two characters, so `\\.` keeps `\"` inside it) or one
+# bracket. Scanning with this skips strings in C, so brackets inside them are not counted.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def depth_ok(data: bytes, max_depth: int) -> bool:
+    """Whether no array/object in `data` nests deeper than `max_depth`.
+
+    Checked before json.loads, whose recursive parser would otherwise spend stack (and
+    raise RecursionError) on `[` x 100,000; this stops at the first bracket too many.
+    For valid JSON it counts exactly what the parser would; for invalid JSON it agrees
+    with the parser up to the parser's first error, so it is a sound guard either way.
+    """
+    depth = 0
+    for match in _TOKENS.finditer(data):
+        char = match.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return False
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return True
+
+
+def parse(data: bytes, max_depth: int) -> Any:
+    """A request body as JSON: strict UTF-8, at most `max_depth` levels, or BadJSON.
+
+    The messages say what is wrong and where (line, column), never the input itself.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadJSON(f"the body is not UTF-8 (bad byte at offset {exc.start})") from None
+    if not depth_ok(data, max_depth):
+        raise BadJSON(f"the body nests deeper than {max_depth} levels of arrays and objects")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadJSON(f"the body is not JSON: {exc.msg} at line {exc.lineno} column "
+                      f"{exc.colno}") from None
+    except (ValueError, RecursionError) as exc:      # e.g. an integer of 5,000 digits
+        raise BadJSON(f"the body is not JSON we accept: {str(exc)[:200]}") from None

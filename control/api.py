@@ -15,7 +15,8 @@
 
 Tokens (Bearer): $CDNCTL_TOKEN may write, $CDNCTL_READ_TOKEN may only read; each is
 `TOKEN` (named "admin" / "read") or a comma-separated list of `NAME=TOKEN`, and the
-name is what the audit log records. No token, no access.
+name is what the audit log records. No token, no access. Bodies: control/body.py
+(at most 1 MiB, 512 KiB for a purge: 413 past it; not UTF-8 JSON, or deeper than 32: 400).
 """
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from cdnkit.jsondoc import BadJSON
 from cdnkit.store import StoreError, StoreUnavailable
+
+from .body import CUSTOMER_LIMIT, PURGE_LIMIT, TooLarge, read_json
 
 from .changes import Conflict, NotFound, Refused
 from .documents import Invalid
@@ -59,8 +63,22 @@ def parse_tokens(admin: str, read: str) -> dict[str, Caller]:
     return out
 
 
+MAX_PROBLEMS = 100       # an answer lists at most this many problems,
+MAX_TEXT = 500           # each at most this long: a 1 MiB field is never echoed back
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text)} characters)"
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+    problems = extra.get("problems")
+    if problems is not None:
+        shown = [_short(p) for p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            shown.append(f"... and {len(problems) - MAX_PROBLEMS} more")
+        extra["problems"] = shown
+    return web.json_response({"error": _short(message), **extra}, status=status)
 
 
 @web.middleware
@@ -79,6 +97,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         request["caller"] = caller
     try:
         return await handler(request)
+    except TooLarge as exc:
+        answer = _error(413, str(exc), limit=exc.limit)
+        answer.force_close()        # don't read (linger over) the rest of a huge body
+        return answer
+    except BadJSON as exc:
+        return _error(400, str(exc))
     except Invalid as exc:
         return _error(422, f"{len(exc.problems)} problem(s); nothing was stored",
                       problems=exc.problems)
@@ -93,13 +117,6 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                       "keep serving their last config. Try again when it is back.")
     except StoreError as exc:
         return _error(503, f"the store refused the request: {exc}. Nothing was changed.")
-
-
-async def _body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid(["/: the body is not JSON"]) from None
 
 
 def _expect(request: web.Request) -> int:
@@ -124,7 +141,7 @@ async def list_customers(request: web.Request) -> web.Response:
 
 async def create_customer(request: web.Request) -> web.Response:
     plane = request.app[PLANE]
-    body = await _body(request)
+    body = await read_json(request, CUSTOMER_LIMIT)
     revision = await plane.create(body, _who(request))
     directory = str(body.get("directory", "")).strip("/")
     return web.json_response(await plane.customer(directory), status=201,
@@ -140,7 +157,7 @@ async def get_customer(request: web.Request) -> web.Response:
 async def put_customer(request: web.Request) -> web.Response:
     plane = request.app[PLANE]
     expect = _expect(request)
-    body = await _body(request)
+    body = await read_json(request, CUSTOMER_LIMIT)
     revision = await plane.update(request.match_info["directory"], body, expect, _who(request))
     directory = str(body.get("directory", "")).strip("/") if isinstance(body, dict) else ""
     return web.json_response(await plane.customer(directory),
@@ -155,7 +172,7 @@ async def delete_customer(request: web.Request) -> web.Response:
 
 
 async def validate_customer(request: web.Request) -> web.Response:
-    body = await _body(request) if request.can_read_body else None
+    body = await read_json(request, CUSTOMER_LIMIT) if request.can_read_body else None
     doc = body.get("customer") if isinstance(body, dict) and "customer" in body else body
     return web.json_response(await request.app[PLANE].validate(
         request.match_info["directory"], doc or None))
@@ -177,7 +194,7 @@ async def whitelist(request: web.Request) -> web.Response:
 
 
 async def purge(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_json(request, PURGE_LIMIT)
     if not isinstance(body, dict):
         raise Invalid(["/: a purge is a JSON object"])
     return web.json_response(await request.app[PLANE].purge(body, _who(request)), status=202)
@@ -224,7 +241,9 @@ async def page(request: web.Request) -> web.Response:
 
 
 def make_app(plane: ControlPlane, tokens: dict[str, Caller]) -> web.Application:
-    app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
+    # Handlers read bodies through control/body.py with their own limits; this is only the
+    # backstop for a reader that does not.
+    app = web.Application(middlewares=[guard], client_max_size=CUSTOMER_LIMIT)
     app[PLANE], app[TOKENS] = plane, tokens
     r = app.router
     r.add_get("/", page)

@@ -24,13 +24,15 @@ def _port() -> int:
 class Etcd:
     """One etcd member; `url` is its --store value."""
 
-    def __init__(self, directory: Path, tls: tuple[Path, Path] | None = None):
+    def __init__(self, directory: Path, tls: tuple[Path, Path] | None = None,
+                 args: tuple[str, ...] = ()):
         if not Path(ETCD).exists():
             raise pytest.UsageError("etcd is missing: run the tests with ./dev test "
                                     "(it installs etcd-server)")
         self.dir = directory
         self.client, self.peer = _port(), _port()
         self.tls = tls
+        self.args = args            # extra etcd flags, e.g. the demo's --max-txn-ops
         self.proc: subprocess.Popen | None = None
         self.log = directory / "etcd.log"
         scheme = "https" if tls else "http"
@@ -47,7 +49,7 @@ class Etcd:
                "--listen-client-urls", self.client_url, "--advertise-client-urls",
                self.client_url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
                peer, "--initial-cluster", f"t={peer}", "--logger", "zap",
-               "--log-level", "warn", "--snapshot-count", "100000"]
+               "--log-level", "warn", "--snapshot-count", "100000", *self.args]
         if self.tls:
             cmd += ["--cert-file", str(self.tls[0]), "--key-file", str(self.tls[1])]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
