@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,22 +24,32 @@ DEFAULT_CONFIG = DATA / "gslb.yaml"
 DEMO_NAME = "www.test.com.cdn.example.net"
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 and ::1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+# Ports below the ephemeral range: the kernel gives ports of that range to every outgoing
+# connection (the tests' own clients, etcd's, the edges' to origins), and one of them taking
+# a port between free_port() and the server's bind made a server fail "already in use".
+_EPHEMERAL_LOW = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+_PORTS = range(10000, max(_EPHEMERAL_LOW, 10001))
+_next_port = random.randrange(len(_PORTS))
+
+
+def free_port(*hosts: str) -> int:
+    """A port free for both UDP and TCP on `hosts` (127.0.0.1 and ::1 by default), below
+    the ephemeral range, never the same twice in one test run (a port handed out may not
+    be bound yet)."""
+    global _next_port
+    for _ in range(500):
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
         try:
-            for fam, kind, host in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
-                                    (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
-                                    (socket.AF_INET6, socket.SOCK_STREAM, "::1")):
-                with socket.socket(fam, kind) as t:
-                    t.bind((host, port))
+            for host in hosts or ("127.0.0.1", "::1"):
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(fam, kind) as t:
+                        t.bind((host, port))
             return port
         except OSError:
             continue
-    raise RuntimeError("no free port")
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 async def serve_app(app: "web.Application", host: str = "127.0.0.1", port: int | None = None,

@@ -16,9 +16,9 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tests.conftest import free_port       # below the ephemeral range, never twice
+
+    return free_port("127.0.0.1")
 
 
 class Etcd:

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import ROOT, answers, make_query, parse, stop, udp_query
+from tests.conftest import free_port as conftest_free_port
 from tests.control.fleet import EdgeProc, Origin, start_edge, wait_for
 from tests.etcd import Etcd
 
@@ -31,18 +31,8 @@ NAME = "www.cdn.example.net"
 
 
 def free_port(host: str) -> int:
-    """A port free for UDP and TCP on `host`."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as t:
-                t.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
+    """A port free for UDP and TCP on `host` (below the ephemeral range, as conftest's)."""
+    return conftest_free_port(host)
 
 
 class Relay:
