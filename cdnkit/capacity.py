@@ -3,7 +3,7 @@
 Three parts, each optional: `requests` (per second), `bandwidth` (bits per
 second to clients: a number, or `10Gbit`, `500 Mbit/s`, `2.5Gbps`) and
 `connections` (open client connections). Edges report their load under the
-same names (edge/report.py).
+same names (edge/fleet/report.py).
 """
 from __future__ import annotations
 

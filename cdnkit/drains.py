@@ -5,7 +5,7 @@
 have, and keeps it in their snapshots: a restarted nameserver or edge (even with
 the store away) still knows. Nameservers stop answering the edge's addresses as
 soon as they see the key; the edge keeps serving what is open, reports
-`draining`, and `idle` once nothing is in flight (edge/report.py). Written by
+`draining`, and `idle` once nothing is in flight (edge/fleet/report.py). Written by
 `cdnctl drain|undrain` and the nameserver dashboard's button, with an audit
 record in the same transaction. A drain does not touch `config/rev`: it is no
 customer change, so it never races `cdnctl apply`.

@@ -40,7 +40,7 @@ class Node:
     ttl: int = 0                         # nameservers: the longest answer TTL they give
     rejected: Mapping[str, list[str]] = field(default_factory=dict)   # directory -> problems
     record: Mapping[str, Any] = field(default_factory=dict, compare=False)
-    # What edges report about themselves (edge/report.py), summed over workers:
+    # What edges report about themselves (edge/fleet/report.py), summed over workers:
     state: str = ""                      # serving | degraded | draining ("" if unreported)
     load: Mapping[str, float] = field(default_factory=dict)   # requests/s, bandwidth, ...
     capacity: Mapping[str, Any] = field(default_factory=dict)

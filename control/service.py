@@ -40,7 +40,7 @@ class Deployment:
 
     `deployed` means every registered edge (and shield) applied the revision without
     rejecting it AND every registered nameserver answers the customer's names with an
-    edge that serves it (its record's `serving` reached the revision; gslb/gate.py), so
+    edge that serves it (its record's `serving` reached the revision; gslb/fleet/gate.py), so
     a resolver asking any nameserver then gets an answer, never a cached NXDOMAIN.
     """
 

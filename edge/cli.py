@@ -14,7 +14,7 @@ from cdnkit.check import describe
 from cdnkit.listen import Listener, listener_arg
 from cdnkit.storespec import store_arg
 
-from . import config as edge_config
+from edge import config as edge_config
 
 log = logging.getLogger("edge")
 
@@ -32,7 +32,7 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
 
 
 def _fleet_options(args: argparse.Namespace, cfg: edge_config.EdgeConfig, worker: int):
-    from .fleet import FleetOptions
+    from edge.fleet.watch import FleetOptions
 
     return FleetOptions(args.store, args.node_id or cfg.name, args.kind, args.site,
                         tuple(args.address or ()), args.key_file or "", args.snapshot or "",
@@ -40,7 +40,7 @@ def _fleet_options(args: argparse.Namespace, cfg: edge_config.EdgeConfig, worker
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .tools import validate, validation_table
+    from edge.tools import validate, validation_table
 
     cfg = edge_config.load(args.config)
     customer = cfg.by_directory.get(args.name) or cfg.by_cname.get(args.name.lower())
@@ -53,7 +53,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from .purge import append, ban_for
+    from edge.cache.purge import append, ban_for
 
     cfg = edge_config.load(args.config)
     if not cfg.state_dir:
@@ -72,7 +72,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_whitelist(args: argparse.Namespace) -> int:
-    from .tools import site_addresses, whitelist, whitelist_text
+    from edge.tools import site_addresses, whitelist, whitelist_text
 
     cfg = edge_config.load(args.config)
     edges = site_addresses(Path(args.gslb)) if args.gslb else []
@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cdnkit.logs import setup
 
-    from .eventloop import run as run_loop
-    from .scratch import remove, shared_dirs
-    from .serving import bind, fork_workers, serve
+    from edge.eventloop import run as run_loop
+    from edge.scratch import remove, shared_dirs
+    from edge.serving import bind, fork_workers, serve
 
     setup(logging.INFO)
     try:
@@ -207,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         """Worker `index`'s store follower, made around its EdgeState (None: no store)."""
         if args.store is None or args.store.kind != "etcd":
             return None
-        from .fleet import Follower
+        from edge.fleet.watch import Follower
 
         return lambda state: Follower(state, Path(args.config), _fleet_options(args, cfg, index),
                                       tuple(args.listen or ()))

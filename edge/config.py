@@ -21,7 +21,7 @@ from cdnkit.schema import MAX_CUSTOMERS, Context, is_ip, size
 from cdnkit.shields import parse_shields
 from cdnkit.yamlsrc import ConfigFileError, Where, YamlError, read_config
 
-from .model import (
+from edge.model import (
     Balancing,
     CacheRules,
     Customer,
@@ -32,7 +32,7 @@ from .model import (
     Server,
     TtlRule,
 )
-from .tls import CertSpec, CertStore
+from edge.http.tls import CertSpec, CertStore
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "data" / "edge.yaml"
 
@@ -90,7 +90,7 @@ def build(raw: Any, source: str, base: Path | None = None, *,
           max_customers: int | None = MAX_CUSTOMERS, local_refs: bool = True) -> EdgeConfig:
     """Validate parsed YAML into an EdgeConfig; ConfigError lists every problem.
 
-    With the store (edge/fleet.py), the customers and shields are the store's
+    With the store (edge/fleet/watch.py), the customers and shields are the store's
     documents: the control plane enforces the customer limit, and secrets are inline.
     """
     ck = Checker(source)

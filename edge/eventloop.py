@@ -4,7 +4,7 @@ uvloop (libuv, in C) runs the same protocols with less overhead per event: on
 this edge's request path it takes ~15 % off the CPU of a proxied request and
 of a cache hit (bench/README.md). Nothing in the edge depends on it: the tests
 run on asyncio's loop, `edge serve` on uvloop, and the one thing uvloop lacks,
-loop.sendfile, is not used: disk-tier hits go out through edge/filesend.py.
+loop.sendfile, is not used: disk-tier hits go out through edge/http/filesend.py.
 """
 from __future__ import annotations
 

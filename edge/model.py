@@ -19,7 +19,7 @@ from cdnkit.customer import (
 )
 from cdnkit.listen import Listener
 
-from .tls import CertSpec
+from edge.http.tls import CertSpec
 
 __all__ = ["Balancing", "CacheRules", "Customer", "EdgeConfig", "IPVersion", "Origin",
            "Protocol", "Server", "Shield", "TtlRule"]

@@ -17,17 +17,17 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from .cached import cache_eligible, cached, invalidate
-from .client import Upload
-from .disk import DiskStore
-from .forward import to_origin, trusted
-from .headers import cache_status, via
-from .model import Protocol
-from .route import BadPath, origin_host, route, split_target
-from .server import Reply, Request
-from .state import EdgeState
-from .tunnel import wants_upgrade, websocket
-from .upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, own_headers, pull, relay
+from edge.cache.cached import cache_eligible, cached, invalidate
+from edge.http.client import Upload
+from edge.cache.disk import DiskStore
+from edge.origin.forward import to_origin, trusted
+from edge.http.headers import cache_status, via
+from edge.model import Protocol
+from edge.route import BadPath, origin_host, route, split_target
+from edge.http.server import Reply, Request
+from edge.state import EdgeState
+from edge.http.tunnel import wants_upgrade, websocket
+from edge.origin.upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, own_headers, pull, relay
 
 log = logging.getLogger("edge.proxy")
 
@@ -48,7 +48,7 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
         if request.path == PURGE_PATH and request.method == "POST":
             return await _purge(request, reply, state)      # only where no customer routes
         if request.path == VALIDATE_PATH and request.method == "POST":
-            from .fleet import validate_request  # the control plane's Validate button
+            from edge.fleet.watch import validate_request  # the control plane's Validate button
             status, answer = await validate_request(request, state, app.sealer)
             if "error" in answer:
                 return own_error(reply, request, state, status, f"{answer['error']}\n")
@@ -113,7 +113,7 @@ async def _purge(request: Request, reply: Reply, state: EdgeState) -> None:
     """POST /.edge/purge {"url": U} | {"prefix": P} | {"customer": D}, with the admin token."""
     import hmac
 
-    from .purge import append, ban_for
+    from edge.cache.purge import append, ban_for
 
     token = state.config.admin_token
     if not token:
@@ -143,7 +143,7 @@ def send_json(reply: Reply, state: EdgeState, status: int, value: object) -> Non
 
 
 async def _follow_bans(state: EdgeState) -> None:
-    from .purge import BanFollower, Invalidation
+    from edge.cache.purge import BanFollower, Invalidation
 
     follower = BanFollower(Path(state.config.state_dir) / "bans.jsonl")
     while True:
@@ -211,7 +211,7 @@ RANK_INTERVAL = 60.0
 
 async def rank_once(state: EdgeState) -> None:
     """Measure every ranked customer's validation path; fastest 200 becomes primary."""
-    from .tools import ranked, validate
+    from edge.tools import ranked, validate
 
     for customer in state.config.customers:
         if not customer.origin.rank:

@@ -8,8 +8,8 @@ authority, which RFC 9112 3.2.2 says replaces the Host header.
 """
 from __future__ import annotations
 
-from .model import Customer, EdgeConfig
-from .paths import BadPath, clean, clean_key
+from edge.model import Customer, EdgeConfig
+from edge.http.paths import BadPath, clean, clean_key
 
 __all__ = ["BadPath", "canonical", "host_name", "keys_host", "origin_host", "route",
            "split_target"]

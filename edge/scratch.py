@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .model import EdgeConfig
+from edge.model import EdgeConfig
 
 log = logging.getLogger("edge")
 

@@ -7,14 +7,14 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from .cache import Cache
-from .client import Pool
-from .disk import DiskStore
-from .metrics import Metrics
-from .model import Balancing, Customer, EdgeConfig, Origin
-from .origin import OriginPool
-from .resolve import Resolver
-from .tls import CertStore
+from edge.cache.store import Cache
+from edge.http.client import Pool
+from edge.cache.disk import DiskStore
+from edge.metrics import Metrics
+from edge.model import Balancing, Customer, EdgeConfig, Origin
+from edge.origin.order import OriginPool
+from edge.origin.resolve import Resolver
+from edge.http.tls import CertStore
 
 log = logging.getLogger("edge.state")
 
@@ -81,7 +81,7 @@ class EdgeState:
     def tell_workers_invalidated(self, url: str, keys: list[str], when: float) -> None:
         """Pass an invalidation (RFC 9111 4.4) to the other workers through the bans file."""
         if self.config.state_dir:
-            from .purge import Invalidation, append
+            from edge.cache.purge import Invalidation, append
             append(Path(self.config.state_dir) / "bans.jsonl",
                    Invalidation(url, tuple(keys), when))
 

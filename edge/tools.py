@@ -12,8 +12,8 @@ import aiohttp
 from cdnkit.netblocks import collapse
 from cdnkit.yamlsrc import load_yaml
 
-from .model import Customer, EdgeConfig, Server
-from .resolve import Resolver
+from edge.model import Customer, EdgeConfig, Server
+from edge.origin.resolve import Resolver
 
 
 @dataclass(frozen=True)

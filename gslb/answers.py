@@ -13,17 +13,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from . import select
-from .dnssec import ZoneSigner
-from .gate import OPEN, Gate, restrict
-from .geo import Decision
-from .health import HealthView
-from .model import Config, Service
-from .replies import REFUSED, Dynamic, Reply, ReplyBuilder, Variant
-from .select import Selection, families
-from .shed import STEPS, ClientHealth
-from .wire import QTYPE_A, QTYPE_AAAA, decode_qkey
-from .zone import ZoneIndex
+from gslb import select
+from gslb.dnssec.sign import ZoneSigner
+from gslb.fleet.gate import OPEN, Gate, restrict
+from gslb.geo import Decision
+from gslb.health import HealthView
+from gslb.model import Config, Service
+from gslb.replies import REFUSED, Dynamic, Reply, ReplyBuilder, Variant
+from gslb.select import Selection, families
+from gslb.shed import STEPS, ClientHealth
+from gslb.wire import QTYPE_A, QTYPE_AAAA, decode_qkey
+from gslb.zone import ZoneIndex
 
 __all__ = ["AnswerTable", "Dynamic", "Reply", "Variant", "REFUSED"]
 

@@ -3,7 +3,7 @@
 Config side: a site's `capacity` (requests per second, bandwidth, open
 connections; any of them) and its `shed_low` / `shed_high` watermarks, and
 the fleet settings under `health:` (`quorum`, `shed_hold`, `shed_band`).
-Runtime side: `utilization` compares what an edge reports (edge/report.py:
+Runtime side: `utilization` compares what an edge reports (edge/fleet/report.py:
 the same three names) with a capacity; the fullest part decides.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cdnkit.capacity import PARTS, parse_bandwidth
 from cdnkit.check import Checker
 from cdnkit.yamlsrc import LineDict
 
-from .model import Capacity
+from gslb.model import Capacity
 
 SITE_KEYS = ("capacity", "shed_low", "shed_high")
 HEALTH_KEYS = ("quorum", "shed_hold", "shed_band")

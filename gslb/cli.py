@@ -16,12 +16,12 @@ from cdnkit.gcpause import gc_paused
 from cdnkit.listen import listener_arg
 from cdnkit.storespec import store_arg
 
-from .config import DEFAULT_CONFIG, load_config
-from .dnssec_cli import add_parser as add_dnssec_parser
-from .model import Config
+from gslb.config import DEFAULT_CONFIG, load_config
+from gslb.dnssec.cli import add_parser as add_dnssec_parser
+from gslb.model import Config
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from gslb.supervisor import Supervisor
 
 log = logging.getLogger("gslb")
 
@@ -65,7 +65,7 @@ def _serve(args: argparse.Namespace, ready: str) -> int:
 
 
 def _supervisor(args: argparse.Namespace, config: Config, ready: str) -> "Supervisor":
-    from .supervisor import Supervisor
+    from gslb.supervisor import Supervisor
 
     listeners = tuple(args.dns) if args.dns else config.server.listen
     workers = args.workers or config.server.workers or (os.cpu_count() or 1)
@@ -82,7 +82,7 @@ def _supervisor(args: argparse.Namespace, config: Config, ready: str) -> "Superv
                      state_file=getattr(args, "state_file", None))
     store = getattr(args, "store", None)
     if store is not None and store.kind == "etcd":
-        from .fleet import Fleet
+        from gslb.fleet.watch import Fleet
         state = getattr(args, "state_file", None) or config.health.state_file or args.config
         home = Path(args.snapshot_dir) if args.snapshot_dir else Path(state).parent
         sup.fleet = Fleet(store, args.node_id or f"ns-{listeners[0]}", home)
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .supervisor import worker_main
+    from gslb.supervisor import worker_main
 
     _setup_logging(False)
     return asyncio.run(worker_main(args.control_fd))
@@ -138,7 +138,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import NoServer, default_server, explain, server_health
+    from gslb.explain import NoServer, default_server, explain, server_health
 
     config = _load_or_exit(args.config)
     health, source = None, "health: none (--no-server); every address counts as not yet checked"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from .wire import CLASS_IN, QTYPE_CNAME, QTYPE_NS, QTYPE_SOA
+from gslb.wire import CLASS_IN, QTYPE_CNAME, QTYPE_NS, QTYPE_SOA
 
 QTYPE_PTR, QTYPE_MX = 12, 15
 NAME_RDATA = frozenset({QTYPE_NS, QTYPE_CNAME, QTYPE_PTR})

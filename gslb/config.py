@@ -19,9 +19,9 @@ from cdnkit.check import Checker, ConfigError, suggest
 from cdnkit.listen import Listener, listener, split_host_port
 from cdnkit.yamlsrc import ConfigFileError, LineDict, LineList, Where, YamlError, read_config
 
-from . import capacity
-from .dnssec_config import parse_dnssec
-from .model import (
+from gslb import capacity
+from gslb.dnssec.config import parse_dnssec
+from gslb.model import (
     Address,
     AdminState,
     Algorithm,
@@ -127,7 +127,7 @@ def _geoip(ck: Checker, raw: Any, where: Where, base: Path) -> str | None:
     path = Path(os.path.expandvars(text))
     if not path.is_absolute():
         path = base / path
-    from .geo import GeoError, open_database  # deferred: geo imports model only
+    from gslb.geo import GeoError, open_database  # deferred: geo imports model only
     try:
         open_database(str(path)).close()
     except GeoError as exc:

@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import struct
 
-from .wire import FormError
+from gslb.wire import FormError
 
 EDNS_COOKIE = 10
 VERSION = b"\x01\x00\x00\x00"      # version 1, reserved

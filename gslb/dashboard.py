@@ -20,10 +20,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from cdnkit.listen import Listener
 from cdnkit.ports import TCP, own
 
-from . import fleetapi, select
-from .geo import Decision
-from .health import HealthBoard, HealthView, Target, site_summary, view_to_json
-from .model import AdminState, Location
+from gslb.fleet import api as fleetapi
+from gslb import select
+from gslb.geo import Decision
+from gslb.health import HealthBoard, HealthView, Target, site_summary, view_to_json
+from gslb.model import AdminState, Location
 
 
 class Supervisor(Protocol):
@@ -184,14 +185,14 @@ async def api_services(request: web.Request) -> web.Response:
 
 async def api_edges(request: web.Request) -> web.Response:
     """Each configured edge's and shield's /metrics, summed per customer."""
-    from .edgeview import scrape
+    from gslb.fleet.edgeview import scrape
 
     edges = request.app[SUPERVISOR].board.config.dashboard.edges
     return web.json_response({"edges": await scrape(edges)})
 
 
 async def api_explain(request: web.Request) -> web.Response:
-    from .explain import explain
+    from gslb.explain import explain
 
     sup = request.app[SUPERVISOR]
     name = request.query.get("name", "")

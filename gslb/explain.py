@@ -16,11 +16,11 @@ from pathlib import Path
 
 import dnslib
 
-from . import select, shed
-from .answers import Dynamic
-from .config import Config, normalize_name
-from .health import HealthView, view_from_json
-from .server import TCP_LIMIT, Responder
+from gslb import select, shed
+from gslb.answers import Dynamic
+from gslb.config import Config, normalize_name
+from gslb.health import HealthView, view_from_json
+from gslb.server import TCP_LIMIT, Responder
 
 
 def build_query(name: str, qtype: str, ecs: str | None) -> bytes:

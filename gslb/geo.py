@@ -12,8 +12,8 @@ from typing import Any, Iterable
 
 import maxminddb
 
-from .model import IPNetwork, Location, NetOverride
-from .shed import bucket
+from gslb.model import IPNetwork, Location, NetOverride
+from gslb.shed import bucket
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .model import AdminState, CheckSpec, Config
+from gslb.model import AdminState, CheckSpec, Config
 
 log = logging.getLogger("gslb.health")
 
@@ -61,7 +61,7 @@ class HealthView:
 
     addresses: Mapping[str, AddressHealth] = field(default_factory=dict)
     version: int = 0
-    # Load-aware answers (shed.py, fleethealth.py): per address the shed level,
+    # Load-aware answers (shed.py, fleet/health.py): per address the shed level,
     # 0..shed.STEPS, only where it is above 0; and per site or edge why.
     shed: Mapping[str, int] = field(default_factory=dict)
     shed_notes: Mapping[str, str] = field(default_factory=dict)

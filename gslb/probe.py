@@ -16,8 +16,8 @@ import ssl
 
 import aiohttp
 
-from .health import BODY_LIMIT, HealthBoard, Target, targets, url_host
-from .model import CheckKind, Config
+from gslb.health import BODY_LIMIT, HealthBoard, Target, targets, url_host
+from gslb.model import CheckKind, Config
 
 log = logging.getLogger("gslb.probe")
 

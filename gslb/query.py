@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .cookies import EDNS_COOKIE
-from .cookies import split as split_cookie
-from .wire import EDNS_ECS, QTYPE_OPT, FormError
+from gslb.cookies import EDNS_COOKIE
+from gslb.cookies import split as split_cookie
+from gslb.wire import EDNS_ECS, QTYPE_OPT, FormError
 
 EDNS_NSID = 3
 

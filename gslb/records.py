@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .wire import POINTER_TO_QNAME, rr
+from gslb.wire import POINTER_TO_QNAME, rr
 
 WILDCARD_LABEL = b"\x01*"
 

@@ -4,7 +4,7 @@
 server) or a `Dynamic` (a service name: the server completes it with the
 client's location through answers.py). Each reply is rendered twice when its
 zone is signed: plainly, and for DO=1 queries with RRSIGs after each RRset
-and the NSEC proofs of dnssec_denial.py in the authority section.
+and the NSEC proofs of dnssec/denial.py in the authority section.
 
 In-zone CNAMEs are followed (RFC 1034 4.3.2 step 3a, RFC 6604 for the
 rcode): the target's records, its service answer, or its SOA (NODATA,
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import dnssec_denial as denial
-from .compress import MAX_OFFSET, Writer, pointer
-from .dnssec import ZoneSigner
-from .gate import OPEN, Gate
-from .model import Denial, RecordSet, Service, ZoneConfig
-from .records import RRset
-from .select import Selection
-from .wire import (
+from gslb.dnssec import denial
+from gslb.compress import MAX_OFFSET, Writer, pointer
+from gslb.dnssec.sign import ZoneSigner
+from gslb.fleet.gate import OPEN, Gate
+from gslb.model import Denial, RecordSet, Service, ZoneConfig
+from gslb.records import RRset
+from gslb.select import Selection
+from gslb.wire import (
     POINTER_TO_QNAME,
     QTYPE_DNSKEY,
     QTYPE_HINFO,
@@ -41,7 +41,7 @@ from .wire import (
     hinfo_rdata,
     soa_rdata,
 )
-from .zone import Kind, Match, ZoneIndex
+from gslb.zone import Kind, Match, ZoneIndex
 
 MAX_CHAIN = 8          # CNAMEs followed in one response
 

@@ -17,15 +17,16 @@ from dataclasses import dataclass
 
 from cdnkit.gcpause import gc_paused
 
-from . import cookies, dnssec
-from .answers import AnswerTable, Dynamic, Reply
-from .config import Config
-from .gate import OPEN, Gate
-from .geo import Decision, Locator, open_database
-from .health import HealthView
-from .query import Opt, Query, parse_query, salvage, validate_ecs
-from .rrl import DROP, RateLimiter
-from .wire import (
+from gslb import cookies
+from gslb.dnssec import sign as dnssec
+from gslb.answers import AnswerTable, Dynamic, Reply
+from gslb.config import Config
+from gslb.fleet.gate import OPEN, Gate
+from gslb.geo import Decision, Locator, open_database
+from gslb.health import HealthView
+from gslb.query import Opt, Query, parse_query, salvage, validate_ecs
+from gslb.rrl import DROP, RateLimiter
+from gslb.wire import (
     CLASS_IN,
     QTYPE_AXFR,
     QTYPE_IXFR,
@@ -39,7 +40,7 @@ from .wire import (
     counts,
     decode_qkey,
 )
-from .zone import ZoneIndex
+from gslb.zone import ZoneIndex
 
 UDP_PLAIN_LIMIT = 512
 TCP_LIMIT = 65535

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .model import RateLimit
+from gslb.model import RateLimit
 
 SEND, DROP, SLIP = 0, 1, 2
 PRUNE_AT = 200_000

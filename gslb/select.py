@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Mapping
 
-from .geo import Decision
-from .health import HealthView
-from .model import Algorithm, AllDown, IPVersion, Location, Service, Site
+from gslb.geo import Decision
+from gslb.health import HealthView
+from gslb.model import Algorithm, AllDown, IPVersion, Location, Service, Site
 
 EARTH_RADIUS_KM = 6371.0
 MAX_WEIGHTED_VARIANTS = 64

@@ -21,13 +21,13 @@ import time
 from cdnkit.listen import Listener
 from cdnkit.ports import TCP, UDP, Owned, own_all
 
-from .config import Config
-from .dnssec import ZoneSigner
-from .health import HealthView
-from .responder import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder, Signatures
+from gslb.config import Config
+from gslb.dnssec.sign import ZoneSigner
+from gslb.health import HealthView
+from gslb.responder import TCP_LIMIT, UDP_PLAIN_LIMIT, Responder, Signatures
 
 try:
-    from . import _udpbatch
+    from gslb import _udpbatch
 except ImportError:                 # not compiled here: recvfrom/sendto per datagram
     _udpbatch = None
 

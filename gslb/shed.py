@@ -15,7 +15,7 @@ from every nameserver and every worker, stays the same while the level does,
 and a resolver's cached scope never disagrees with a fresh answer. The offset
 spreads the networks shed first over different sites.
 
-Levels are computed off the query path (fleethealth.py); the answer tables
+Levels are computed off the query path (fleet/health.py); the answer tables
 precompute one reply per bucket for the pools that shed (answers.py).
 """
 from __future__ import annotations

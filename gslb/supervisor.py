@@ -33,13 +33,13 @@ from cdnkit.gcpause import gc_paused
 from cdnkit.listen import Listener
 from cdnkit.ports import Owned
 
-from . import forked
-from .config import load_config
-from .dnssec import ZoneSigner
-from .gate import OPEN, Gate
-from .health import HealthBoard, HealthView
-from .model import Config
-from .responder import Signatures, exported, signed_zones
+from gslb import forked
+from gslb.config import load_config
+from gslb.dnssec.sign import ZoneSigner
+from gslb.fleet.gate import OPEN, Gate
+from gslb.health import HealthBoard, HealthView
+from gslb.model import Config
+from gslb.responder import Signatures, exported, signed_zones
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -72,7 +72,7 @@ async def worker_main(fd: int, inherited: Inherited | None = None) -> int:
     A forked worker has `inherited` the config and signers; its hello carries a
     config only if the supervisor reloaded since the fork.
     """
-    from .server import DnsServer
+    from gslb.server import DnsServer
 
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
@@ -187,16 +187,16 @@ class Supervisor:
         self.owned: list[tuple[Owned, Owned]] = []
         self._slots: dict[int, asyncio.Future] = {}     # worker index -> ready at start
         self._early_deaths: dict[int, int] = {}
-        self.gate = OPEN                   # the store's customer names (gslb/fleet.py)
+        self.gate = OPEN                   # the store's customer names (gslb/fleet/watch.py)
         self.on_gate_applied: Any = None
-        self.fleet: Any = None             # a gslb.fleet.Fleet with --store etcd://
+        self.fleet: Any = None             # a gslb.fleet.watch.Fleet with --store etcd://
         self.prober: Any = None            # a gslb.probe.Prober once running
 
     def fork_workers(self) -> None:
         """Bind the sockets and fork the first workers now, while this process has one
         thread, so they inherit the config and signatures (forked.py). Raises what
         `run` raises when a listener cannot be had. Without it `run` execs them all."""
-        from .server import bind_sockets
+        from gslb.server import bind_sockets
 
         if not self.owned:
             self.owned = bind_sockets(self.listeners, self.n_workers)
@@ -221,7 +221,7 @@ class Supervisor:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT. Raises OSError (`cdnkit.ports.AddressInUse` among
         them) when a listener cannot be had; nothing has started then."""
-        from .server import bind_sockets
+        from gslb.server import bind_sockets
 
         # Bound here, once, before any worker exists: only our workers share them.
         if not self.owned:
@@ -248,14 +248,14 @@ class Supervisor:
             else:
                 self.board.subscribe(self.on_view)
             if self.http is not None:        # up before the first answer: scripts may rely on it
-                from .dashboard import start_dashboard
+                from gslb.dashboard import start_dashboard
                 runner = await start_dashboard(self, self.http)
             self._slots = {index: loop.create_future() for index in range(self.n_workers)}
             # Side by side: a big hello (10k signed services) takes a while to read,
             # and one worker after the other would add up their start-ups. Before the
             # prober: forked workers serve once greeted, while it loads.
             await asyncio.gather(*(self._spawn(index) for index in range(self.n_workers)))
-            from .probe import Prober
+            from gslb.probe import Prober
             self.prober = Prober(self.board)
             await self.prober.start()
             # Each slot is ready once one of its workers is (one that dies first is

@@ -9,8 +9,8 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping
 
-from .model import Config, RecordSet, Service, ZoneConfig
-from .wire import (
+from gslb.model import Config, RecordSet, Service, ZoneConfig
+from gslb.wire import (
     QTYPE_ANY,
     QTYPE_CNAME,
     QTYPE_DNSKEY,
@@ -63,7 +63,7 @@ class ZoneIndex:
             if zone is not None:
                 self._add(zone, svc.name)
         # Child labels (wire bytes, sorted canonically) of every existing name:
-        # what a minimally covering NSEC must not hide (dnssec_denial.py).
+        # what a minimally covering NSEC must not hide (dnssec/denial.py).
         self.children: dict[str, list[bytes]] = {}
         for name in self.existing:
             parent = _parent(name)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
-from edge.bucket import Bucket, Secret
+from edge.origin.bucket import Bucket, Secret
 from tests.conftest import ROOT, free_port, serve_app, stop
 from tests.edge.test_proxy import Edge
 

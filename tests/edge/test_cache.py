@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge import cached as cached_module
-from edge.cache import MemoryStore, Stored
-from edge.freshness import Policy
+from edge.cache import cached as cached_module
+from edge.cache.store import MemoryStore, Stored
+from edge.cache.freshness import Policy
 from tests.conftest import free_port, serve_app
 from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)
 from tests.edge.test_proxy import Edge

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from edge.disk import DiskStore, Meta, digest
-from edge.freshness import Policy
+from edge.cache.disk import DiskStore, Meta, digest
+from edge.cache.freshness import Policy
 from tests.conftest import free_port, stop
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.test_proxy import Edge
@@ -314,7 +314,7 @@ async def test_quick_mode_workers_are_one_cache_and_one_fill(tmp_path):
 
 async def test_edge_serve_sends_disk_objects_on_its_own_event_loop(tmp_path):
     """`edge serve` runs on uvloop, which has no loop.sendfile: bodies on the disk tier go
-    out through edge/filesend.py, whole and in ranges, pipelined too."""
+    out through edge/http/filesend.py, whole and in ranges, pipelined too."""
     async with CountingOrigin() as origin:
         origin.routes["/big"] = {"body": BIG, "headers": {"Cache-Control": "max-age=60"}}
         proc, port = edge_serve(tmp_path, disk_cfg(origin, tmp_path / "cache", cache_memory="1M"))

@@ -1,4 +1,4 @@
-"""edge/filesend.py on real loopback sockets, on asyncio's loop and on uvloop.
+"""edge/http/filesend.py on real loopback sockets, on asyncio's loop and on uvloop.
 
 Bytes a file send writes on the socket itself must never overtake what the
 transport still holds (a response head, or the end of a pipelined response
@@ -13,7 +13,7 @@ import socket
 import pytest
 import uvloop
 
-from edge.filesend import send_file
+from edge.http.filesend import send_file
 
 QUEUED = random.Random(1).randbytes(8 * 1024 * 1024)   # far more than both socket buffers
 FILE = random.Random(2).randbytes(3 * 1024 * 1024 + 12345)

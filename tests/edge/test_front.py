@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from edge import front, server
+from edge.http import front
+from edge.http import server
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.test_proxy import Edge
 

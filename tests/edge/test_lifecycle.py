@@ -200,7 +200,7 @@ async def test_a_vanished_cache_directory_is_one_line_and_made_again(tmp_path, m
     import shutil
 
     from edge import proxy
-    from edge.disk import DiskStore
+    from edge.cache.disk import DiskStore
 
     monkeypatch.setattr(proxy, "SWEEP_INTERVAL", 0.5)
     root = tmp_path / "cache"

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
-from edge.front import Listeners
+from edge.http.front import Listeners
 from edge.proxy import EdgeApp
 from edge.state import EdgeState
 from tests.conftest import ROOT, free_port, serve_app

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from cdnkit.yamlsrc import load_yaml_text
 from edge import config as edge_config
-from edge.purge import Ban, ban_for
+from edge.cache.purge import Ban, ban_for
 from tests.conftest import ROOT, free_port, serve_app
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)

@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from edge.config import IPVersion
-from edge.resolve import ResolveError, Resolver
+from edge.origin.resolve import ResolveError, Resolver
 from tests.conftest import free_port, load_default
 from tests.edge.test_proxy import Edge
 

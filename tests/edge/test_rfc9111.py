@@ -8,7 +8,7 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from edge.freshness import http_date, initial_age, response_policy
+from edge.cache.freshness import http_date, initial_age, response_policy
 from tests.conftest import free_port, serve_app
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
 from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)

@@ -1,6 +1,6 @@
 """Big disk-tier hits streamed by `edge serve` (uvloop) to several clients at once.
 
-The bytes go out through edge/filesend.py: copied through one buffer per worker
+The bytes go out through edge/http/filesend.py: copied through one buffer per worker
 (the default) or by sendfile(2). Slow readers fill their sockets, so a hit is
 written in pieces and resumed; every client must get exactly its object, and
 the edge's memory must not grow with what it streams.

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge import disk as disk_module
+from edge.cache import disk as disk_module
 from tests.conftest import free_port, serve_app
 from tests.edge.served import AnyEdge  # noqa: F401  (a fixture)
 from tests.edge.test_proxy import Edge

@@ -10,9 +10,9 @@ from cdnkit.nodes import Node
 from cdnkit.yamlsrc import load_yaml_text
 from gslb import shed
 from gslb.config import build_config
-from gslb.fleethealth import FleetHealth
+from gslb.fleet.health import FleetHealth
 from gslb.health import AddressHealth, HealthView, State, Target
-from gslb.quorum import combine, needed
+from gslb.fleet.quorum import combine, needed
 from tests.conftest import DATA, load_default
 
 FRA, FRA6, NYC = "127.0.0.12", "2001:db8:ed9e::12", "127.0.0.11"

@@ -1,0 +1,1 @@
+"""HTTP on the wire: the client-facing server, the origin client, TLS, tunnels, headers."""

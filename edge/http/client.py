@@ -1,0 +1,539 @@
+"""The edge's HTTP/1.1 client for origins and shields: pooled keep-alive connections.
+
+One `Upstream` protocol per connection, httptools (llhttp) reading responses,
+a fresh parser per response. What a proxy needs that general clients get wrong:
+
+- 1xx interim responses (103 Early Hints, 100 Continue) go to a callback, so
+  the edge forwards them; the request body is sent as the client sends it,
+  never held back for (or answered with) a 100 of our own;
+- a request on a pooled connection that the origin had closed meanwhile (the
+  keep-alive race) is sent again on a new connection when nothing of the
+  response came back and the body can be replayed; it is no origin failure;
+- an origin that sends more than its Content-Length: the response is what
+  Content-Length says, the connection is closed, the rest discarded;
+- one idle/between-bytes timeout per exchange (`timeout`), paused while our
+  own reader holds the origin back.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from typing import AsyncIterator, Callable
+
+import httptools
+from multidict import CIMultiDict
+
+from edge.http.wire import NO_BODY_STATUSES, ChunkQueue, multidict, request_head
+
+POOL_IDLE = 30.0           # a pooled connection unused this long is closed
+TICK = 0.25                # how often timeouts and idle connections are looked at
+POOL_MAX_IDLE = 64         # idle connections kept per server
+READ_HIGH = 256 * 1024     # response bytes buffered above this: stop reading the origin
+REPLAY_MAX = 1024 * 1024   # request body bytes kept for a replay on a fresh connection
+
+Interim = Callable[[int, "list[tuple[str, str]]"], None]
+
+
+class OriginError(OSError):
+    """An exchange with an upstream server failed; `reason` labels it in /metrics."""
+
+    reason = "error"
+
+
+class ConnectFailed(OriginError):
+    reason = "connect"
+
+
+class Disconnected(OriginError):
+    """The server closed the connection before the response ended."""
+
+    reason = "disconnected"
+
+    def __init__(self, text: str, nothing_received: bool = False):
+        super().__init__(text)
+        self.nothing_received = nothing_received
+
+
+class BadResponse(OriginError):
+    reason = "bad_response"
+
+
+class OriginTimeout(OriginError, TimeoutError):
+    reason = "timeout"
+
+
+class Response(ChunkQueue):
+    """A response arriving from an upstream server; the body is read once, in order."""
+
+    __slots__ = ("status", "reason", "raw_headers", "_headers", "content_length", "conn",
+                 "keep_alive", "upload")
+
+    def __init__(self, conn: "Upstream", status: int, reason: str, raw_headers: list):
+        super().__init__(READ_HIGH)
+        self.conn, self.status, self.reason, self.raw_headers = conn, status, reason, raw_headers
+        self._headers: CIMultiDict | None = None
+        self.content_length: int | None = None
+        self.keep_alive = False
+        self.upload: asyncio.Task | None = None
+
+    @property
+    def headers(self) -> CIMultiDict:
+        if self._headers is None:
+            self._headers = multidict(self.raw_headers)
+        return self._headers
+
+    def hold(self) -> None:
+        self.conn.hold()
+
+    def unhold(self) -> None:
+        self.conn.unhold()
+
+    def _finish(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.conn.exchange_over()
+        self.end()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.done and self.error is None:
+            self.conn.exchange_over()
+            self.fail(exc)
+
+    def buffered_body(self) -> bytes | None:
+        """The whole body if it has already arrived (small responses), else None."""
+        if not self.done or self.error is not None:
+            return None
+        return self.take_all()
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes of the body (the rest is not read)."""
+        parts, size = [], 0
+        async for data in self.chunks():
+            parts.append(data)
+            size += len(data)
+            if size >= limit:
+                break
+        return b"".join(parts)[:limit]
+
+    def release(self) -> None:
+        """Done with it: the connection goes back to the pool if it is reusable."""
+        if self.upload is not None and not self.upload.done():
+            self.upload.cancel()
+            self.conn.close()
+            return
+        if self.done and self.keep_alive and self.error is None:
+            self.conn.pool.put(self.conn)
+        else:
+            self.conn.close()
+
+    def close(self) -> None:
+        if self.upload is not None:
+            self.upload.cancel()
+        self.conn.close()
+
+    def take_over(self, sink: Callable[[bytes], None]) -> asyncio.Transport:
+        """After a 101: the connection is a byte pipe; origin bytes go to `sink`."""
+        return self.conn.become_pipe(sink)
+
+
+class Upstream(asyncio.Protocol):
+    """One connection to one upstream server, one exchange at a time."""
+
+    def __init__(self, pool: "Pool", key: tuple):
+        self.pool, self.key = pool, key
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.response: Response | None = None
+        self._head: asyncio.Future | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._method = "GET"
+        self._interim: Interim | None = None
+        self._reason = ""
+        self._body_allowed = True
+        self._close_delimited = False
+        self.got_bytes = False
+        self.held = False
+        self.paused = False
+        self._drain: asyncio.Future | None = None
+        self._pipe: Callable[[bytes], None] | None = None
+        self._held_bytes = b""
+        self.idle_since = 0.0           # in the pool since (loop time); 0 = in use
+        self._timeout = 10.0
+        self._last = 0.0
+
+    # --- transport ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport            # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pool.forget(self)
+        self.exchange_over()
+        if self._pipe is not None:
+            self._pipe(b"")
+            return
+        self._lost(exc)
+
+    def eof_received(self) -> bool | None:
+        if self._pipe is not None:
+            self._pipe(b"")
+            return True
+        return None
+
+    def _lost(self, exc: Exception | None) -> None:
+        resp, head = self.response, self._head
+        if head is not None and not head.done():
+            head.set_exception(Disconnected(f"connection closed before the response"
+                                            f"{f': {exc}' if exc else ''}",
+                                            nothing_received=not self.got_bytes))
+        elif resp is not None and not resp.done:
+            if self._close_delimited and exc is None:
+                resp._finish(False)               # the close is the end of this body
+            else:
+                resp._fail(Disconnected(f"connection closed {resp.received} bytes into "
+                                        f"the body"))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.transport is None:
+            raise Disconnected("connection closed while sending the request")
+        if self.paused:
+            if self._drain is None:
+                self._drain = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drain)
+
+    def hold(self) -> None:
+        """Our reader is behind: stop reading the origin (and do not time it out)."""
+        if not self.held and self.transport is not None:
+            self.held = True
+            self.transport.pause_reading()
+
+    def unhold(self) -> None:
+        if self.held and self.transport is not None:
+            self.held = False
+            self._last = asyncio.get_running_loop().time()
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- one exchange -------------------------------------------------------------------
+
+    async def exchange(self, method: str, target: str, headers: list[tuple[str, str]],
+                       body, timeout: float, interim: Interim | None) -> Response:
+        """Send a request, wait for its response head (interim ones go to `interim`)."""
+        loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpResponseParser(self)
+        self.response, self._headers = None, []
+        self._method, self._interim, self.got_bytes = method, interim, False
+        self._head = head = loop.create_future()
+        if self.transport is None or self.transport.is_closing():
+            raise Disconnected("the pooled connection was closed", nothing_received=True)
+        self._timeout, self._last = timeout, loop.time()
+        self.pool.watch(self)
+        upload = None
+        data = request_head(method, target, headers)
+        if isinstance(body, bytes):
+            data += body
+        elif body is not None:
+            upload = loop.create_task(self._upload(body))
+        self.transport.write(data)
+        try:
+            response = await head
+        except BaseException:
+            if upload is not None:
+                upload.cancel()
+            self.exchange_over()
+            raise
+        response.upload = upload
+        return response
+
+    async def _upload(self, body) -> None:
+        """Stream a request body (chunked when its length is unknown) as it comes."""
+        chunked = body.chunked
+        try:
+            async for data in body.stream():
+                if self.transport is None:
+                    return
+                self.transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                self._last = asyncio.get_running_loop().time()
+                await self.drain()
+            if chunked and self.transport is not None:
+                self.transport.write(b"0\r\n\r\n")
+        except (ConnectionError, OriginError):
+            if self.transport is not None:
+                self.transport.abort()        # the client went: the origin must not see a
+                                              # body that looks complete
+
+    def check(self, now: float) -> None:
+        """Called by the pool's ticker while an exchange is on: time it out if it is idle
+        (not when our own reader is holding the origin back)."""
+        if self.held:
+            self._last = now
+            return
+        if now - self._last < self._timeout:
+            return
+        self.exchange_over()
+        exc = OriginTimeout(f"no byte from the origin for {self._timeout:g} s")
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        elif self.response is not None:
+            self.response._fail(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def exchange_over(self) -> None:
+        self.pool.unwatch(self)
+
+    # --- parser callbacks ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._pipe is not None:
+            self._pipe(data)
+            return
+        if self.parser is None or (self.response is not None and self.response.done):
+            self.close()                    # bytes nobody asked for (after Content-Length)
+            return
+        self.got_bytes = True
+        self._last = asyncio.get_running_loop().time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._held_bytes = data[exc.args[0]:] if exc.args else b""
+        except httptools.HttpParserError as exc:
+            resp = self.response
+            if resp is not None and resp.done:
+                self.close()                # more than Content-Length: take CL, drop the rest
+                return
+            error = BadResponse(f"unparsable response: {exc}")
+            if self._head is not None and not self._head.done():
+                self._head.set_exception(error)
+            elif resp is not None:
+                resp._fail(error)
+            self.close()
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status.decode("latin-1", "replace")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
+        headers = self._headers
+        if 100 <= status < 200 and status != 101:
+            if self._interim is not None:
+                self._interim(status, [(n.decode("latin-1"), v.decode("latin-1"))
+                                       for n, v in headers])
+            return
+        resp = Response(self, status, self._reason, headers)
+        length, chunked = None, False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+            elif lower == b"transfer-encoding":
+                chunked = True
+        resp.content_length = length if not chunked else None
+        self._body_allowed = (self._method != "HEAD" and status not in NO_BODY_STATUSES
+                              and status != 101)
+        self._close_delimited = self._body_allowed and length is None and not chunked
+        self.response = resp
+        if not self._body_allowed:
+            resp._finish(parser.should_keep_alive() and status != 101)
+        if self._head is not None and not self._head.done():
+            self._head.set_result(resp)
+
+    def on_body(self, data: bytes) -> None:
+        if self.response is not None and self._body_allowed:
+            self.response.feed(data)
+
+    def on_message_complete(self) -> None:
+        resp = self.response
+        if resp is not None and not resp.done and self.parser is not None:
+            resp._finish(self.parser.should_keep_alive())
+
+    def become_pipe(self, sink: Callable[[bytes], None]) -> asyncio.Transport:
+        assert self.transport is not None
+        self.exchange_over()
+        self._pipe = sink
+        held, self._held_bytes = self._held_bytes, b""
+        if held:       # after the caller has joined both ends
+            asyncio.get_running_loop().call_soon(sink, held)
+        return self.transport
+
+
+class Upload:
+    """A request body to stream to the origin, replayable while it is small enough."""
+
+    def __init__(self, source: AsyncIterator[bytes] | None, chunked: bool,
+                 data: bytes | None = None):
+        self.source, self.chunked = source, chunked
+        self.kept: list[bytes] = [data] if data else []
+        self.kept_bytes = len(data) if data else 0
+        self.started = False
+        self.overflow = False
+
+    @property
+    def replayable(self) -> bool:
+        return not self.overflow
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        replay = self.started
+        self.started = True
+        for data in list(self.kept) if replay or self.source is None else ():
+            yield data
+        if self.source is None:
+            return
+        async for data in self.source:
+            if not self.overflow:
+                self.kept.append(data)
+                self.kept_bytes += len(data)
+                if self.kept_bytes > REPLAY_MAX:
+                    self.overflow, self.kept = True, []
+            yield data
+
+
+class Pool:
+    """Keep-alive connections per (address, port, TLS name)."""
+
+    def __init__(self, ca_file: str = ""):
+        self.tls = _context(ca_file, True)
+        self.tls_unnamed = _context(ca_file, False)
+        self._idle: dict[tuple, list[Upstream]] = {}
+        self._busy: set[Upstream] = set()     # exchanges whose timeout the ticker watches
+        self._ticker: asyncio.TimerHandle | None = None
+        self.retried = 0              # requests replayed after the keep-alive race
+
+    # One ticker for every timeout and idle connection: a timer per request costs more
+    # than the request (heap work on every call_later and cancel).
+    def watch(self, conn: Upstream) -> None:
+        self._busy.add(conn)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def unwatch(self, conn: Upstream) -> None:
+        self._busy.discard(conn)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._busy):
+            conn.check(now)
+        for idle in self._idle.values():
+            for conn in [c for c in idle if now - c.idle_since > POOL_IDLE]:
+                idle.remove(conn)
+                conn.close()
+        self._ticker = (loop.call_later(TICK, self._tick)
+                        if self._busy or any(self._idle.values()) else None)
+
+    def put(self, conn: Upstream) -> None:
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= POOL_MAX_IDLE:
+            conn.close()
+            return
+        conn.parser = None
+        conn.response = None
+        conn.idle_since = asyncio.get_running_loop().time()
+        idle.append(conn)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def forget(self, conn: Upstream) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _take(self, key: tuple) -> Upstream | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self, key: tuple, timeout: float) -> Upstream:
+        address, port, tls_name = key
+        loop = asyncio.get_running_loop()
+        extra = {}
+        if tls_name is not None:
+            # Without a name (an IPv6 literal Host) the chain is still verified.
+            extra = {"ssl": self.tls if tls_name else self.tls_unnamed,
+                     "server_hostname": tls_name or address}
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: Upstream(self, key), address,
+                                                       port, **extra)
+        except TimeoutError:
+            raise ConnectFailed(f"connect to {address}:{port} timed out") from None
+        except (OSError, ssl_module.SSLError) as exc:
+            raise ConnectFailed(f"connect to {address}:{port}: {exc}") from None
+        return conn
+
+    async def request(self, address: str, port: int, tls_name: str | None, method: str,
+                      target: str, headers: list[tuple[str, str]], body: Upload | None,
+                      timeout: float, interim: Interim | None = None) -> Response:
+        """One request to one server; `tls_name`: None for plain HTTP, else the TLS server
+        name ("" = none). Raises OriginError (or its OriginTimeout)."""
+        key = (address, port, tls_name)
+        conn = self._take(key)
+        for fresh in (conn is None, True):
+            if fresh:
+                conn = await self._connect(key, timeout)
+            assert conn is not None
+            try:
+                return await conn.exchange(method, target, headers, _payload(body), timeout,
+                                           interim)
+            except Disconnected as exc:
+                conn.close()
+                # The keep-alive race: the server closed the idle connection as we sent.
+                if fresh or not exc.nothing_received or (body is not None
+                                                         and not body.replayable):
+                    raise
+                self.retried += 1
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+
+def _payload(body: Upload | None):
+    if body is None:
+        return None
+    if body.source is None and not body.chunked:
+        return b"".join(body.kept)
+    return body
+
+
+def _context(ca_file: str, check_name: bool) -> ssl_module.SSLContext:
+    """Origin certificates are verified against the system CAs and `ca_file`."""
+    ctx = ssl_module.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+    ctx.check_hostname = check_name
+    return ctx

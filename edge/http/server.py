@@ -1,0 +1,541 @@
+"""The edge's HTTP/1.1 server: one `Connection` protocol per client connection.
+
+httptools (llhttp) parses requests; a request the hit shortcut (`front.Hits`)
+can answer is written out from the parser's callback, without a task or a
+request object; anything else becomes a `Request` handed to the edge's handler
+with a `Reply` to answer it on. Requests on one connection are answered in
+order (pipelined ones wait in a queue), bodies stream both ways with flow
+control, and an upgraded connection (WebSocket) becomes a byte pipe.
+
+Malformed requests (smuggling attempts such as Content-Length with
+Transfer-Encoding, duplicate Content-Length, oversized heads, bad syntax) get a
+plain `400 Bad Request` and the connection is closed: one counter per reason
+in /metrics and at most one log line every 10 s, so they cannot flood the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Awaitable, Callable
+
+import httptools
+from multidict import CIMultiDict
+
+from edge.http.filesend import send_file
+from edge.http.wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, chunk, head, multidict, reason
+
+log = logging.getLogger("edge.http.server")
+
+MAX_HEAD = 64 * 1024          # request line + headers; more is refused (nginx: 4 x 8 KiB)
+IDLE_TIMEOUT = 75.0           # keep-alive connections idle this long are closed
+BODY_HIGH = 256 * 1024        # request body buffered above this: stop reading the socket
+PIPELINE_MAX = 16             # queued pipelined requests above this: stop reading
+BAD_LOG_EVERY = 10.0
+BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               b"Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n")
+
+
+class _BadLog:
+    """One log line per period for malformed requests, with how many there were."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.quiet = 0
+
+    def note(self, peer: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self.last < BAD_LOG_EVERY:
+            self.quiet += 1
+            return
+        more = f" (and {self.quiet} more in the last {now - self.last:.0f} s)" if (
+            self.quiet and self.last) else ""
+        log.warning("bad request from %s refused: %s%s", peer, why, more)
+        self.last, self.quiet = now, 0
+
+
+BAD_LOG = _BadLog()
+
+
+def _classify(exc: Exception) -> tuple[str, str]:
+    """(metric reason, log text) for a parser error, never its raw internals to clients."""
+    text = str(exc) or type(exc).__name__
+    lower = text.lower()
+    if "content-length" in lower or "transfer-encoding" in lower or "chunk" in lower:
+        return "framing", text
+    return "syntax", text
+
+
+class Body(ChunkQueue):
+    """A request body arriving from the client, for one reader, with flow control."""
+
+    __slots__ = ("_conn", "length")
+
+    def __init__(self, conn: "Connection", length: int | None):
+        super().__init__(BODY_HIGH)
+        self._conn = conn
+        self.length = length          # Content-Length, or None (chunked)
+
+    def hold(self) -> None:
+        self._conn.pause_reading()
+
+    def unhold(self) -> None:
+        self._conn.resume_reading()
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, if it is at most `limit` bytes (ValueError otherwise)."""
+        parts, size = [], 0
+        async for data in self.chunks():
+            size += len(data)
+            if size > limit:
+                raise ValueError(f"body over {limit} bytes")
+            parts.append(data)
+        return b"".join(parts)
+
+
+class Request:
+    """One parsed request. `headers` is built on first use (hits never need it)."""
+
+    __slots__ = ("method", "target", "version", "raw_headers", "scheme", "peer", "body",
+                 "keep_alive", "upgrade", "conn", "_headers")
+
+    def __init__(self, conn: "Connection", method: str, target: str, version: str,
+                 raw_headers: list, keep_alive: bool, upgrade: bool, body: Body | None):
+        self.conn, self.method, self.target, self.version = conn, method, target, version
+        self.raw_headers, self.keep_alive, self.upgrade, self.body = (raw_headers, keep_alive,
+                                                                      upgrade, body)
+        self.scheme, self.peer = conn.scheme, conn.peer
+        self._headers: CIMultiDict | None = None
+
+    @property
+    def headers(self) -> CIMultiDict:
+        if self._headers is None:
+            self._headers = multidict(self.raw_headers)
+        return self._headers
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host", "")
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+class Reply:
+    """How a handler answers its request: `start`, `write`..., `end` (or `abort`)."""
+
+    __slots__ = ("conn", "request", "started", "finished", "status", "_chunked", "_no_body",
+                 "close", "sent", "_head")
+
+    def __init__(self, conn: "Connection", request: Request):
+        self.conn, self.request = conn, request
+        self.started = self.finished = self.close = False
+        self.status = 0
+        self._chunked = self._no_body = False
+        self.sent = 0
+        self._head = b""          # written with the first body bytes: one send, not two
+
+    def interim(self, status: int, headers: "list[tuple[str, str]]") -> None:
+        """Forward a 1xx response (103 Early Hints, 100 Continue) before the final one."""
+        if not self.started and self.request.version != "1.0":
+            self.conn.write(head(status, reason(status), headers))
+
+    def start(self, status: int, phrase: str, headers: "list[tuple[str, str]]",
+              length: int | None) -> None:
+        """Send the status line and headers; `length` None: chunked (or to the close)."""
+        request = self.request
+        self.started, self.status = True, status
+        self._no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
+        out = list(headers)
+        for k, _ in out:
+            if k == "Date" or k.lower() == "date":
+                break
+        else:
+            out.append(("Date", DATE.now()))
+        if length is not None:
+            if status not in NO_BODY_STATUSES:
+                out.append(("Content-Length", str(length)))
+        elif not self._no_body:
+            if request.version == "1.0":
+                self.close = True                # the end of the body is the close
+            else:
+                self._chunked = True
+                out.append(("Transfer-Encoding", "chunked"))
+        if self.close or not request.keep_alive or self.conn.closing:
+            self.close = True
+            out.append(("Connection", "close"))
+        elif request.version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        self._head = head(status, reason(status, phrase), out)
+
+    def _flush(self, data: bytes = b"") -> None:
+        if self._head:
+            data, self._head = self._head + data, b""
+        if data:
+            self.conn.write(data)
+
+    async def write(self, data: bytes) -> None:
+        if self._no_body or not data:
+            return
+        if self.conn.transport is None:
+            raise ConnectionResetError("client gone")
+        self.sent += len(data)
+        self._flush(chunk(data) if self._chunked else data)
+        if self.conn.paused:
+            await self.conn.drain()
+
+    def write_now(self, data: bytes) -> None:
+        """`write` for callers that cannot wait: no flow control (small bodies only)."""
+        if not self._no_body and data:
+            self.sent += len(data)
+            self._flush(chunk(data) if self._chunked else data)
+
+    async def sendfile(self, file, offset: int, count: int, kernel: bool = False) -> None:
+        """`count` bytes of an open file from `offset` (edge/http/filesend.py); `kernel`: by
+        sendfile(2), else copied through one buffer per worker."""
+        if self._no_body or count <= 0:
+            return
+        transport = self.conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client gone")
+        self._flush()
+        self.sent += count
+        await send_file(transport, self.conn.drain, file, offset, count, kernel)
+
+    def end(self) -> None:
+        if self.finished:
+            return
+        self._flush(LAST_CHUNK if self._chunked and not self._no_body else b"")
+        self.finished = True
+
+    def abort(self) -> None:
+        """Cut the connection: the client must see that the response is incomplete."""
+        self._head = b""
+        self.finished = True
+        self.close = True
+        self.conn.abort()
+
+    def simple(self, status: int, text: str, headers: "list[tuple[str, str]]" = ()) -> None:
+        """A whole small plain-text response (the edge's own errors and answers)."""
+        body = text.encode()
+        self.start(status, "", [("Content-Type", "text/plain; charset=utf-8"), *headers],
+                   len(body))
+        self.write_now(body)
+        self.end()
+
+    def switch(self, headers: "list[tuple[str, str]]") -> None:
+        """101 Switching Protocols (then `take_over`)."""
+        self.started = True
+        self._flush(head(101, reason(101), headers))
+
+    def take_over(self, sink: Callable[[bytes], None]) -> "asyncio.Transport":
+        """After a 101: the connection is a byte pipe; client bytes go to `sink` from now
+        on (those that came with the request first). Returns the client transport."""
+        self.started = self.finished = self.close = True
+        return self.conn.become_pipe(sink)
+
+
+Handler = Callable[[Request, Reply], Awaitable[None]]
+
+class Connection(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, handler: Handler, hits, scheme: str, conns: set, bad_requests):
+        self.handler, self.hits, self.scheme, self.conns = handler, hits, scheme, conns
+        self.bad_requests = bad_requests          # Counter(reason)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self.paused = False            # the client reads slower than we write
+        self.closing = False           # close after the response in progress
+        self._drain: asyncio.Future | None = None
+        self._reading = True
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_size = 0
+        self._body: Body | None = None         # of the request being parsed
+        self._answered = False                 # that request was a hit, already written
+        self._busy: Request | None = None
+        self._task: asyncio.Task | None = None     # the handler of that request
+        self.busy_since = 0.0                 # when the request in progress began
+        self._queue: collections.deque = collections.deque()
+        self._pipe: Callable[[bytes], None] | None = None
+        self._held = b""                       # bytes after an upgrade request, not parsed
+        self._upgrading = False
+        self._dead = False
+        self._eof = False
+        self._why: tuple[str, str] | None = None   # our own reason to refuse a request
+        self._active = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- the transport ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport          # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.conns.add(self)
+        self._timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conns.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport = None
+        gone = ConnectionResetError("client closed the connection")
+        for body in (self._body, self._busy.body if self._busy is not None else None):
+            if body is not None and not body.done:
+                body.fail(gone)
+        self._wake_drain(gone)
+        if self._pipe is not None:
+            self._pipe(b"")                 # the other side of a pipe sees the end
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._pipe is not None:
+            self._pipe(b"")                 # the other side of the pipe sees the end
+            return True
+        if self._busy is not None:
+            return True                     # answer the request first, then close
+        return None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake_drain(None)
+
+    def _wake_drain(self, exc: Exception | None) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    async def drain(self) -> None:
+        if self.transport is None:
+            raise ConnectionResetError("client gone")
+        if not self.paused:
+            return
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drain)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+            self._active = time.monotonic()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self._reading and self.transport is not None:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and self.transport is not None and len(self._queue) < PIPELINE_MAX:
+            self._reading = True
+            self.transport.resume_reading()
+
+    @property
+    def in_flight(self) -> Request | None:
+        """The request being answered (None when idle)."""
+        return self._busy
+
+    def close(self) -> None:
+        """Close when idle, else after the response in progress (shutdown)."""
+        self.closing = True
+        if self._busy is None and self.transport is not None:
+            self.transport.close()
+
+    def _idle(self) -> None:
+        left = self._active + IDLE_TIMEOUT - time.monotonic()
+        if self._busy is not None or self._pipe is not None:
+            left = IDLE_TIMEOUT               # a request in flight has its own timeouts
+        if left > 0:
+            self._timer = asyncio.get_running_loop().call_later(left, self._idle)
+        elif self.transport is not None:
+            self.transport.close()
+
+    # --- parsing ------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._pipe is not None:
+            self._pipe(data)
+            return
+        if self._dead:
+            return
+        if self._upgrading:
+            self._held += data
+            return
+        self._active = time.monotonic()
+        if self._in_head:
+            self._head_size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrading = True
+            self._held = data[exc.args[0]:] if exc.args else b""
+            return
+        except httptools.HttpParserError as exc:
+            reason_, text = self._why or _classify(exc)
+            return self._refuse(reason_, text)
+        if self._in_head and self._head_size > MAX_HEAD:
+            self._refuse("too_large", f"request head over {MAX_HEAD} bytes")
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._head_size = 0
+        self._answered = False
+        self._body = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        method = parser.get_method()
+        version = parser.get_http_version()
+        upgrade = parser.should_upgrade()
+        if (self._busy is None and not self._queue and self.hits is not None and not upgrade
+                and version == "1.1"):
+            answer = self.hits.answer(method, self._url, self._headers, self.scheme)
+            if answer is not None:
+                self.write(answer)
+                self._answered = True
+                return
+        length = None
+        chunked = False
+        hosts = 0
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+            elif lower == b"content-length":
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
+        if hosts > 1 or (hosts == 0 and version == "1.1" and self._url[:1] == b"/"):
+            # RFC 9112 3.2: an HTTP/1.1 request has exactly one Host.
+            self._why = ("syntax", f"{hosts} Host headers")
+            raise ValueError(self._why[1])
+        body = Body(self, length) if (chunked or (length or 0) > 0) else None
+        self._body = body
+        request = Request(self, method.decode("latin-1"), self._url.decode("latin-1"), version,
+                          self._headers, parser.should_keep_alive(), upgrade, body)
+        if self._busy is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            if len(self._queue) >= PIPELINE_MAX:
+                self.pause_reading()
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._body is not None:
+            self._body.end()
+            self._body = None
+
+    def _refuse(self, why: str, text: str) -> None:
+        """A malformed request: counted, logged quietly, answered 400, connection closed."""
+        self._dead = True
+        self.bad_requests.labels(why).inc()
+        BAD_LOG.note(self.peer or "?", text)
+        if self._body is not None:
+            self._body.fail(ConnectionResetError("malformed request body"))
+        if self._busy is None:
+            self.write(BAD_REQUEST)
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self._queue.append(None)          # after the response in progress
+            self.pause_reading()
+
+    # --- answering ----------------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self._busy = request
+        self.busy_since = time.monotonic()
+        reply = Reply(self, request)
+        # The loop holds tasks weakly: held by the connection (which its open transport
+        # holds), a handler waiting on a future nothing else refers to is not destroyed
+        # mid-request ("Task was destroyed but it is pending").
+        self._task = asyncio.get_running_loop().create_task(self._run(request, reply))
+
+    async def _run(self, request: Request, reply: Reply) -> None:
+        try:
+            await self.handler(request, reply)
+        except (ConnectionError, asyncio.CancelledError):
+            reply.abort()
+        except Exception:
+            log.exception("handling %s %s failed", request.method, request.target)
+            if not reply.started:
+                reply.simple(500, "internal error\n")
+            else:
+                reply.abort()
+        finally:
+            self._finished(request, reply)
+
+    def _finished(self, request: Request, reply: Reply) -> None:
+        if not reply.finished:
+            reply.abort()                    # a handler that left its response unfinished
+        self._busy = None
+        if self._pipe is not None:
+            return
+        body = request.body
+        if (reply.close or not request.keep_alive or self.closing or self._eof
+                or (body is not None and not body.done)):
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._upgrading:                  # an upgrade the origin refused: plain HTTP on
+            self._upgrading = False
+            self.parser = httptools.HttpRequestParser(self)
+            held, self._held = self._held, b""
+            if held:
+                self.data_received(held)
+        while self._queue and self._busy is None:
+            nxt = self._queue.popleft()
+            if nxt is None:
+                self.write(BAD_REQUEST)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            answer = None
+            if self.hits is not None and nxt.body is None and not nxt.upgrade:
+                answer = self.hits.answer(nxt.method.encode("latin-1"),
+                                          nxt.target.encode("latin-1"), nxt.raw_headers,
+                                          self.scheme) if nxt.version == "1.1" else None
+            if answer is not None:
+                self.write(answer)
+                if not nxt.keep_alive:
+                    self.transport.close() if self.transport is not None else None
+                    return
+                continue
+            self._start(nxt)
+        self.resume_reading()
+
+    def become_pipe(self, sink: Callable[[bytes], None]) -> "asyncio.Transport":
+        assert self.transport is not None
+        self._pipe = sink
+        held, self._held = self._held, b""
+        if held:       # after the caller has joined both ends
+            asyncio.get_running_loop().call_soon(sink, held)
+        return self.transport

@@ -1,0 +1,1 @@
+"""Origins: which server to try, how names resolve, what is forwarded, buckets, the pull."""

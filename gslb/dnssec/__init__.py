@@ -1,0 +1,1 @@
+"""DNSSEC: online signing, authenticated denial, key files and the operator's commands."""
