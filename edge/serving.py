@@ -10,11 +10,18 @@ On SIGTERM/SIGINT a worker stops accepting, closes idle connections at once
 and gives the requests still in flight up to the drain bound
 (`--drain-timeout`, 5 s by default), saying what it waits for; an idle edge
 exits at once.
+
+SIGUSR1 drains (/healthz answers 503) and SIGUSR2 ends the drain. With
+several workers the parent writes the wanted state into a byte shared with
+them before it relays the signal, and a worker reads that byte whichever of
+the two signals wakes it: two signals sent close together can reach a busy
+worker in either order, and the last one sent must win in every worker.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -23,15 +30,19 @@ from typing import Any, Callable
 
 from cdnkit.ports import TCP, Owned, own_all
 
-from .config import ConfigError, EdgeConfig
-from .front import Listeners
-from .proxy import EdgeApp
-from .server import Request
-from .state import EdgeState
+from edge.config import ConfigError, EdgeConfig
+from edge.http.front import Listeners
+from edge.proxy import EdgeApp
+from edge.http.server import Request
+from edge.state import EdgeState
 
 log = logging.getLogger("edge")
 
 DRAIN_TIMEOUT = 5.0
+RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+# The drain state the parent wants, shared with the workers it forks (None: one process).
+_wanted: mmap.mmap | None = None
 
 
 def bind(cfg: EdgeConfig, workers: int) -> tuple[list[Owned], list[Owned]]:
@@ -60,7 +71,7 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     """Serve `cfg` on already bound sockets until SIGTERM/SIGINT, then drain and return 0.
 
     ``reload`` returns the new config on SIGHUP (None to keep the current one).
-    ``follower`` makes the store follower (edge/fleet.py) of a fleet edge: its
+    ``follower`` makes the store follower (edge/fleet/watch.py) of a fleet edge: its
     customers are the store's, and SIGHUP re-reads only the local part.
     """
     state = EdgeState(cfg)
@@ -80,7 +91,7 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
         await listeners.serve(sock, ssl=context)
     reporter = None
     if fleet is not None:            # load, verdict and drain to the fleet (report.py)
-        from .report import Reporter
+        from edge.fleet.report import Reporter
         reporter = Reporter(fleet, app, listeners, fleet.opts.capacity)
         reporter.start()
     loop = asyncio.get_running_loop()
@@ -97,12 +108,17 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
             log.info("reloaded %s: %d customers", new.source, len(new.customers))
 
     def drain(on: bool) -> None:
-        app.draining = on
-        log.info("draining: /healthz answers %s", 503 if on else 200)
+        if _wanted is not None:
+            on = bool(_wanted[0])
+        if app.draining != on:
+            app.draining = on
+            log.info("draining: /healthz answers %s", 503 if on else 200)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR1, lambda: drain(True))
     loop.add_signal_handler(signal.SIGUSR2, lambda: drain(False))
+    if _wanted is not None and _wanted[0]:
+        drain(True)                   # a drain asked for while this worker started
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     log.info("ready: %d customers on %s", len(cfg.customers),
@@ -142,10 +158,31 @@ def fork_workers(run: Callable[[int], int], workers: int, owned: list[Owned]) ->
     keeps only the claims: a worker that dies takes its sockets with it, and the
     kernel sends new connections to the others.
     """
-    children = []
+    global _wanted
+    _wanted = mmap.mmap(-1, 1)        # shared with the workers: MAP_SHARED | MAP_ANONYMOUS
+    parent, children = os.getpid(), []
+
+    def relay(sig: int, _frame: object) -> None:
+        if os.getpid() != parent:
+            return                    # a worker before its loop takes the signal: its
+                                      # loop reads the drain state from _wanted
+        if sig in (signal.SIGUSR1, signal.SIGUSR2):
+            _wanted[0] = sig == signal.SIGUSR1
+        for child in children:
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+
+    # Installed before the forks, so a signal that comes while workers start is neither
+    # lost in the parent nor fatal to a worker; a worker still stops on SIGTERM/SIGINT.
+    for sig in RELAYED:
+        signal.signal(sig, relay)
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             for item in owned:
                 for i, sock in enumerate(item.sockets):
                     if i != index:
@@ -158,16 +195,6 @@ def fork_workers(run: Callable[[int], int], workers: int, owned: list[Owned]) ->
         children.append(pid)
     for item in owned:
         item.close_sockets()
-
-    def relay(sig: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, sig)
-            except ProcessLookupError:
-                pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, relay)
     status = 0
     for child in children:
         while True:

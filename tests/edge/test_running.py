@@ -5,6 +5,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import aiohttp
 import yaml
@@ -115,4 +116,65 @@ async def test_keep_alive_to_origins_and_client_disconnect_stops_the_pull():
             assert state.get("stopped")                 # the origin saw the edge let go
             assert state["sent"] < 200 * (1 << 20)      # long before the end of the "file"
     finally:
+        await runner.cleanup()
+
+
+async def _healthz_of_every_worker(base: str, tries: int = 40) -> set[int]:
+    """Statuses of /healthz over fresh connections (the kernel spreads them over workers)."""
+    seen = set()
+    for _ in range(tries):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.get(base + "/healthz") as r:
+                seen.add(r.status)
+    return seen
+
+
+async def _keep_busy(base: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async def one() -> None:
+            while True:
+                async with s.get(base + "/a", headers={"Host": "www.test.com"}) as r:
+                    await r.read()
+        await asyncio.gather(*(one() for _ in range(8)))
+
+
+async def test_drain_signals_sent_close_together_end_in_the_last_ones_state(tmp_path):
+    """`kill -USR1; kill -USR2` at once: every worker ends undrained, whichever order the
+    two reached it in (a busy worker took them in the wrong order and stayed drained);
+    and a drain sent while the workers start still reaches every one of them."""
+    oport, eport, state = free_port(), free_port(), {}
+    runner = await start_origin("127.0.0.74", oport, state)
+    cfg = {"listen": [f"127.0.0.1:{eport}"], "customers": [
+        {"directory": "t", "cnames": ["www.test.com"], "origin": {"http": [f"127.0.0.74:{oport}"]}}]}
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "-c", str(path)],
+                            cwd=ROOT, stdout=(tmp_path / "edge.log").open("w"),
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{eport}"
+    try:
+        for _ in range(200):                        # the parent catches SIGUSR1 (bit 10)
+            caught = (Path(f"/proc/{proc.pid}/status").read_text().split("SigCgt:")[1].split()[0])
+            if int(caught, 16) & (1 << (signal.SIGUSR1 - 1)):
+                break
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGUSR1)            # while the workers are still starting
+        assert (await wait_http(base + "/healthz", "x"))[0] in (200, 503)
+        await asyncio.sleep(0.5)
+        assert await _healthz_of_every_worker(base) == {503}
+        assert proc.poll() is None, "a worker's early signal must not kill the edge"
+        for first, last, want in ((signal.SIGUSR1, signal.SIGUSR2, {200}),
+                                  (signal.SIGUSR2, signal.SIGUSR1, {503})):
+            load = asyncio.create_task(_keep_busy(base))    # workers late to their signals
+            for _ in range(20):
+                proc.send_signal(first)
+                await asyncio.sleep(0.002)          # the parent takes them one at a time
+                proc.send_signal(last)
+                await asyncio.sleep(0.002)
+            load.cancel()
+            await asyncio.sleep(0.5)
+            assert await _healthz_of_every_worker(base) == want
+    finally:
+        proc.terminate()
+        proc.wait(10)
         await runner.cleanup()
