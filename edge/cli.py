@@ -23,11 +23,21 @@ def _load(args: argparse.Namespace) -> edge_config.EdgeConfig:
     listen = tuple(args.listen or ())
     if getattr(args, "store", None) is not None and args.store.kind == "file":
         args.config = args.store.path          # file:PATH is the YAML file, as -c
+    https = tuple(getattr(args, "https", None) or ())
+    cert, key = getattr(args, "cert", None) or "", getattr(args, "key", None) or ""
     if args.origin:
-        return edge_config.quick(args.origin, args.host, listen or (Listener("127.0.0.1", 8081),))
+        return edge_config.quick(args.origin, args.host, listen or (Listener("127.0.0.1", 8081),),
+                                 https, cert, key)
     cfg = edge_config.load(args.config)
     if listen:
         cfg = dataclasses.replace(cfg, listen=listen)
+    if https:                       # the config's TLS listeners replaced, as --listen does
+        certs = edge_config.quick_certificates(https, cert, key) if (cert or key) else (
+            cfg.certificates)
+        if not certs:
+            raise edge_config.ConfigError(["--https needs --cert and --key, or tls "
+                                           "certificates in the config"])
+        cfg = dataclasses.replace(cfg, tls_listen=https, certificates=certs)
     return cfg
 
 
@@ -103,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", metavar="HOST",
                    help="quick mode: Host header to send to the origin (default: the "
                         "client's)")
+    tls = p.add_argument_group("HTTPS (HTTP/2 and HTTP/1.1 by ALPN; docs/edge.md)")
+    tls.add_argument("--https", action="append", type=listener_arg, metavar="ADDR:PORT",
+                     help="serve TLS here instead of the config's tls listen; repeatable "
+                          "(default: the config's, none in quick mode)")
+    tls.add_argument("--cert", metavar="FILE",
+                     help="certificate chain (PEM) for --https, for every name "
+                          "(default: the config's tls certificates)")
+    tls.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="processes sharing the port with SO_REUSEPORT and the disk cache "
                         "(default: one per CPU, as nginx's worker_processes auto)")

@@ -180,8 +180,10 @@ def load(path: str | os.PathLike[str]) -> EdgeConfig:
     return build(raw, source, Path(path).resolve().parent)
 
 
-def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> EdgeConfig:
-    """`edge serve --origin URL`: every Host goes to that one origin."""
+def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...],
+          tls_listen: tuple[Listener, ...] = (), cert: str = "", key: str = "") -> EdgeConfig:
+    """`edge serve --origin URL`: every Host goes to that one origin; with `tls_listen`,
+    also HTTPS (HTTP/2 and HTTP/1.1) there with the one certificate `cert`/`key`."""
     from urllib.parse import urlsplit
     parts = urlsplit(origin_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -189,9 +191,30 @@ def quick(origin_url: str, host: str | None, listen: tuple[Listener, ...]) -> Ed
     server = Server(parts.hostname, parts.port)
     origin = Origin(Protocol(parts.scheme), (server,), (server,), host or "")
     customer = Customer("quick", (), origin)
+    certs = quick_certificates(tls_listen, cert, key)
     return EdgeConfig("--origin", listen, "800001", (customer,), "gslb-edge",
+                      tls_listen=tls_listen, certificates=certs,
                       by_directory={"quick": customer})
 
 
+def quick_certificates(tls_listen: tuple[Listener, ...], cert: str,
+                       key: str) -> tuple[CertSpec, ...]:
+    """The one certificate of `--https` (for every name): checked now, so a wrong file
+    is one clear line and not a failed handshake later."""
+    if not tls_listen and not cert and not key:
+        return ()
+    if not tls_listen or not cert or not key:
+        raise ConfigError(["--https ADDR:PORT, --cert FILE and --key FILE go together"])
+    for flag, path in (("--cert", cert), ("--key", key)):
+        if not Path(path).is_file():
+            raise ConfigError([f"{flag}: {path} does not exist"])
+    spec = CertSpec((), str(Path(cert).resolve()), str(Path(key).resolve()))
+    try:
+        CertStore((spec,))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError([f"--cert/--key: cannot load the certificate ({exc})"]) from None
+    return (spec,)
+
+
 __all__ = ["Balancing", "CacheRules", "ConfigError", "Customer", "EdgeConfig", "IPVersion",
-           "Origin", "Protocol", "Server", "TtlRule", "build", "load", "quick"]
+           "Origin", "Protocol", "Server", "TtlRule", "build", "load", "quick", "quick_certificates"]

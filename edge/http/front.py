@@ -24,6 +24,8 @@ from edge.cache.store import Stored
 from edge.cache.cached import cache_key
 from edge.http.headers import sf_name, to_client
 from edge.route import BadPath, origin_host, route
+from edge.http.h2 import H2Connection
+from edge.http.h2stream import response_head
 from edge.http.server import Connection, Handler, Request
 from edge.state import EdgeState
 
@@ -49,6 +51,43 @@ class Hits:
     def answer(self, method: bytes, target: bytes, raw_headers: list,
                scheme: str) -> bytes | None:
         """The whole response to a parsed request, or None to take the long way."""
+        found = self._find(method, target, raw_headers, scheme)
+        if found is None:
+            return None
+        rendered, stored, now = found
+        _, prefix, body, counters, _ = rendered
+        counters[0].inc()
+        counters[1].inc()
+        age = stored.age(now)
+        left = stored.policy.ttl - age
+        age = b"; hit; ttl=%d\r\nAge: %d\r\n\r\n" % (left, age)
+        if method == b"HEAD":
+            return prefix + age
+        counters[2].inc(stored.size)
+        return prefix + age + body
+
+    def answer_h2(self, method: bytes, target: bytes, raw_headers: list,
+                  scheme: str) -> "tuple[list[tuple[bytes, bytes]], bytes] | None":
+        """`answer` for an HTTP/2 stream: (header block, body), or None. `raw_headers`
+        carry :authority as their Host."""
+        found = self._find(method, target, raw_headers, scheme)
+        if found is None:
+            return None
+        rendered, stored, now = found
+        _, _, body, counters, (head, status_name) = rendered
+        counters[0].inc()
+        counters[1].inc()
+        age = stored.age(now)
+        head = head + [(b"cache-status", b"%s; hit; ttl=%d" % (status_name, stored.policy.ttl
+                                                                - age)),
+                       (b"age", b"%d" % age)]
+        if method == b"HEAD":
+            return head, b""
+        counters[2].inc(stored.size)
+        return head, body
+
+    def _find(self, method: bytes, target: bytes, raw_headers: list, scheme: str):
+        """(rendered, stored, now) of a fresh hit the shortcut may answer, else None."""
         if method not in (b"GET", b"HEAD") or target[:1] != b"/" or target in OWN_PATHS:
             return None
         host = None
@@ -91,16 +130,7 @@ class Hits:
             rendered = self._render(key, stored, customer)
             if rendered is None:
                 return None
-        _, prefix, body, counters = rendered
-        counters[0].inc()
-        counters[1].inc()
-        age = stored.age(now)
-        left = stored.policy.ttl - age
-        age = b"; hit; ttl=%d\r\nAge: %d\r\n\r\n" % (left, age)
-        if method == b"HEAD":
-            return prefix + age
-        counters[2].inc(stored.size)
-        return prefix + age + body
+        return rendered, stored, now
 
     def _render(self, key: str, stored: Stored, customer) -> tuple | None:
         if stored.size > FAST_MAX_BODY or stored.file is not None:
@@ -115,25 +145,44 @@ class Hits:
         except UnicodeEncodeError:
             return None
         body = stored.chunks[0] if len(stored.chunks) == 1 else b"".join(stored.chunks)
+        h2 = (response_head(stored.status, hit_headers(stored, customer, config.via, "2"),
+                            stored.size), sf_name(config.name).encode("latin-1", "replace"))
         metrics, label = self.state.metrics, customer.directory
         counters = (metrics.cache.labels(label, "HIT"),
                     metrics.requests.labels(label, str(stored.status)),
                     metrics.to_clients.labels(label))
         if len(self._rendered) > 50_000:
             self._rendered.clear()
-        rendered = (stored, prefix, body, counters)
+        rendered = (stored, prefix, body, counters, h2)
         self._rendered[key] = rendered
         return rendered
 
 
-def hit_headers(stored: Stored, customer, via_name: str) -> list[tuple[str, str]]:
+def hit_headers(stored: Stored, customer, via_name: str,
+                version: str = "1.1") -> list[tuple[str, str]]:
     """A fresh hit's headers but Age, Cache-Status and framing (the shortcut's and the
     long way's alike)."""
-    headers = to_client(stored.headers, version="1.1", via_name=via_name,
+    headers = to_client(stored.headers, version=version, via_name=via_name,
                         alt_svc=customer.alt_svc, drop=customer.cache.targeted, checked=True)
     if not any(k.lower() == "date" for k, _ in headers):
         headers.append(("Date", formatdate(stored.stored_at, usegmt=True)))
     return headers + [("X-Cache", "HIT"), ("Accept-Ranges", "bytes")]
+
+
+class ByAlpn(asyncio.Protocol):
+    """A TLS connection's first protocol: once the handshake is done (asyncio calls
+    `connection_made` then), it hands the transport to the HTTP/2 protocol when ALPN
+    agreed on "h2", else to the HTTP/1.1 one (no ALPN: HTTP/1.1, RFC 9113 3.3)."""
+
+    def __init__(self, http1, http2):
+        self.http1, self.http2 = http1, http2
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        alpn = tls.selected_alpn_protocol() if tls is not None else None
+        protocol = self.http2() if alpn == "h2" else self.http1()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 class Listeners:
@@ -156,12 +205,20 @@ class Listeners:
         await self.serve(owned.sockets[0], ssl)
 
     async def serve(self, sock: socket.socket, ssl=None) -> None:
-        """Serve an already bound, listening socket (`edge serve` binds them all first)."""
+        """Serve an already bound, listening socket (`edge serve` binds them all first);
+        with TLS, HTTP/2 or HTTP/1.1 as the handshake's ALPN agreed."""
         scheme = "https" if ssl is not None else "http"
         bad = self.state.metrics.bad_requests
+
+        def http1() -> Connection:
+            return Connection(self.handler, self.hits, scheme, self.conns, bad)
+
+        def http2() -> H2Connection:
+            return H2Connection(self.handler, self.hits, scheme, self.conns, bad)
+
+        factory = http1 if ssl is None else lambda: ByAlpn(http1, http2)
         self.servers.append(await asyncio.get_running_loop().create_server(
-            lambda: Connection(self.handler, self.hits, scheme, self.conns, bad), sock=sock,
-            ssl=ssl, backlog=1024))
+            factory, sock=sock, ssl=ssl, backlog=1024))
 
     def close(self) -> None:
         """Stop accepting; close idle connections now and busy ones after their response."""

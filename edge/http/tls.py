@@ -1,7 +1,7 @@
 """TLS for clients: one certificate per edge CNAME, chosen by SNI, reloadable.
 
 Modern defaults: TLS 1.2 and 1.3 only, the standard library's default
-ciphers. The SNI callback reads the current table on every handshake, so a
+ciphers, ALPN "h2" then "http/1.1". The SNI callback reads the current table on every handshake, so a
 reload (new files) takes effect for new connections without a restart.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _context(spec: CertSpec) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(spec.cert, spec.key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])      # HTTP/2 first (edge/http/h2.py)
     return ctx
 
 

@@ -1,0 +1,294 @@
+"""One HTTP/2 stream as the edge's handler sees it: a `StreamRequest` and a `StreamReply`
+with the interface of server.py's `Request` and `Reply`, so a stream goes through the
+same routing, cache, coalescing, ranges, purge and metrics as an HTTP/1.1 request.
+
+The request head is checked here (RFC 9113 8.2, 8.3), not by the h2 library, so a
+malformed request is a stream error -- that stream refused, the connection's others
+go on -- and so nothing that could split a header when forwarded over HTTP/1.1 (CR,
+LF, NUL, upper case, connection-specific fields) reaches an origin.
+
+Bytes out wait for the client's flow-control window and for the socket: `write`
+returns only when its bytes are framed, so a client that never opens its window
+holds one chunk per stream, and its stream is reset after `STALL_TIMEOUT`
+seconds without progress.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+from typing import AsyncIterator
+
+from multidict import CIMultiDict
+
+from edge.http.wire import DATE, NO_BODY_STATUSES, ChunkQueue
+
+# `conn` below is the stream's h2.H2Connection (not imported: that module imports this).
+
+STALL_TIMEOUT = 30.0          # a stream whose bytes cannot move this long is reset
+FILE_CHUNK = 64 * 1024        # sendfile over h2: pread this much, frame it, wait
+CANCEL, INTERNAL_ERROR, PROTOCOL_ERROR = 0x8, 0x2, 0x1
+
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+# RFC 9113 8.2.2: meaningless in HTTP/2; a request carrying one is malformed.
+CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-alive",
+                                 b"transfer-encoding", b"upgrade"})
+_OUT_DROPPED = frozenset({"connection", "proxy-connection", "keep-alive", "transfer-encoding",
+                          "upgrade"})
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+
+
+class Malformed(ValueError):
+    """A request head RFC 9113 calls malformed: a stream error of type PROTOCOL_ERROR."""
+
+
+def parse_head(headers) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]]]:
+    """(pseudo-headers, regular fields) of a request HEADERS block; Malformed if bad.
+    Cookie fields are joined into one (RFC 9113 8.2.3: what an HTTP/1.1 origin expects),
+    and Host is set from :authority (8.3.1)."""
+    pseudo: dict[bytes, bytes] = {}
+    regular: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    host = None
+    for name, value in headers:
+        if _BAD_VALUE.search(value) is not None:
+            raise Malformed(f"bad value of {name!r}")
+        if name[:1] == b":":
+            if regular or cookies or host is not None or name not in _PSEUDO or name in pseudo:
+                raise Malformed(f"pseudo-header {name!r} misplaced, unknown or repeated")
+            pseudo[name] = value
+            continue
+        if _NAME.match(name) is None:
+            raise Malformed(f"bad field name {name!r}")
+        if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            raise Malformed(f"connection-specific field {name!r}")
+        if name == b"cookie":
+            cookies.append(value)
+        elif name == b"host":
+            if host is not None:
+                raise Malformed("two Host fields")
+            host = value
+        else:
+            regular.append((name, value))
+    method = pseudo.get(b":method")
+    if method is None:
+        raise Malformed("no :method")
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
+            raise Malformed("CONNECT needs :authority only")
+    elif b":scheme" not in pseudo or not pseudo.get(b":path"):
+        raise Malformed("no :scheme or :path")
+    authority = pseudo.get(b":authority")
+    if authority is not None and host is not None and host != authority:
+        raise Malformed("Host differs from :authority")
+    host = authority if authority is not None else host
+    if host is not None:
+        regular.insert(0, (b"host", host))
+    if cookies:
+        regular.append((b"cookie", b"; ".join(cookies)))
+    return pseudo, regular
+
+
+class StreamBody(ChunkQueue):
+    """A request body arriving in DATA frames. The stream's window is opened again only
+    as the handler takes the bytes, so a slow reader holds the client back."""
+
+    __slots__ = ("_conn", "_stream_id", "length")
+
+    def __init__(self, conn, stream_id: int, length: int | None):
+        super().__init__(1 << 62)           # bounded by the flow-control window instead
+        self._conn, self._stream_id, self.length = conn, stream_id, length
+
+    async def chunks(self) -> "AsyncIterator[bytes]":
+        async for data in super().chunks():
+            self._conn.consumed(self._stream_id, len(data))
+            yield data
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, if it is at most `limit` bytes (ValueError otherwise)."""
+        parts, size = [], 0
+        async for data in self.chunks():
+            size += len(data)
+            if size > limit:
+                raise ValueError(f"body over {limit} bytes")
+            parts.append(data)
+        return b"".join(parts)
+
+    def unread(self) -> int:
+        """Bytes received but not taken (given back to the window when the stream ends)."""
+        return self._buffered
+
+
+class StreamRequest:
+    """A request on one stream, duck-typing server.Request (`version` "2", never an
+    upgrade: HTTP/2 has no Upgrade, and extended CONNECT is not offered)."""
+
+    __slots__ = ("method", "target", "version", "raw_headers", "scheme", "peer", "body",
+                 "keep_alive", "upgrade", "conn", "stream_id", "_headers", "host")
+
+    def __init__(self, conn, stream_id: int, pseudo: dict[bytes, bytes],
+                 regular: list[tuple[bytes, bytes]], body: StreamBody | None):
+        self.conn, self.stream_id, self.body = conn, stream_id, body
+        self.method = pseudo[b":method"].decode("latin-1")
+        self.target = pseudo.get(b":path", b"").decode("latin-1")
+        self.host = (regular[0][1] if regular and regular[0][0] == b"host" else b""
+                     ).decode("latin-1")
+        self.version, self.keep_alive, self.upgrade = "2", True, False
+        self.raw_headers = regular
+        self.scheme, self.peer = conn.scheme, conn.peer
+        self._headers: CIMultiDict | None = None
+
+    @property
+    def headers(self) -> CIMultiDict:
+        if self._headers is None:
+            self._headers = CIMultiDict([(n.decode("latin-1"), v.decode("latin-1"))
+                                         for n, v in self.raw_headers])
+        return self._headers
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+def response_head(status: int, headers, length: int | None) -> list[tuple[bytes, bytes]]:
+    """An HTTP/2 response header block: lower-case names, connection-specific fields
+    dropped (RFC 9113 8.2.2), Date and content-length added."""
+    out = [(b":status", b"%d" % status)]
+    dated = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _OUT_DROPPED or lower == "content-length":
+            continue
+        dated = dated or lower == "date"
+        out.append((lower.encode("latin-1"), value.encode("latin-1", "replace")))
+    if not dated:
+        out.append((b"date", DATE.now().encode()))
+    if length is not None and status not in NO_BODY_STATUSES:
+        out.append((b"content-length", b"%d" % length))
+    return out
+
+
+class StreamReply:
+    """How a handler answers a stream, duck-typing server.Reply."""
+
+    __slots__ = ("conn", "request", "stream_id", "started", "finished", "status", "close",
+                 "sent", "_no_body", "_head", "_pending", "_ended", "_waiter", "reset", "out_done")
+
+    def __init__(self, conn, request: StreamRequest | None, stream_id: int):
+        self.conn, self.request, self.stream_id = conn, request, stream_id
+        self.started = self.finished = self.close = self._no_body = self._ended = False
+        self.reset = False                 # the stream is gone (either side reset it)
+        self.out_done = False              # END_STREAM framed
+        self.status = self.sent = 0
+        self._head: list | None = None     # sent with the first bytes (or the end)
+        self._pending: collections.deque = collections.deque()   # memoryviews to frame
+        self._waiter: asyncio.Future | None = None
+
+    def interim(self, status: int, headers: "list[tuple[str, str]]") -> None:
+        """A 1xx (103 Early Hints) before the final response; 101 has no HTTP/2 form."""
+        if not self.started and not self.reset and 100 <= status < 200 and status != 101:
+            self.conn.send_interim(self.stream_id, response_head(status, headers, None))
+
+    def start(self, status: int, phrase: str, headers: "list[tuple[str, str]]",
+              length: int | None) -> None:
+        """The response head (HTTP/2 has no reason phrase); framed with the first bytes."""
+        self.started, self.status = True, status
+        method = self.request.method if self.request is not None else "GET"
+        self._no_body = method == "HEAD" or status in NO_BODY_STATUSES
+        self._head = response_head(status, headers, length)
+
+    def start_raw(self, head: list[tuple[bytes, bytes]], no_body: bool) -> None:
+        """`start` with a header block rendered already (hits)."""
+        self.started, self.status, self._no_body, self._head = True, 200, no_body, head
+
+    def pump(self) -> bool:
+        """Frame what the windows allow; True when anything moved."""
+        if self.reset:
+            return False
+        moved = self.conn.frame(self)
+        if moved and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        return moved
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _queue(self, data) -> None:
+        self._pending.append(memoryview(data))
+        self.pump()
+
+    async def _wait(self) -> None:
+        """Until every queued byte is framed and the socket takes more."""
+        conn = self.conn
+        loop = asyncio.get_running_loop()
+        while (self._pending or conn.paused) and not self.reset:
+            self._waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(self._waiter, STALL_TIMEOUT)
+            except TimeoutError:
+                conn.reset(self, CANCEL)            # no progress: free the stream
+            finally:
+                self._waiter = None
+        if self.reset:
+            raise ConnectionResetError("stream reset")
+
+    async def write(self, data: bytes) -> None:
+        if self._no_body or not data:
+            return
+        if self.reset:
+            raise ConnectionResetError("stream reset")
+        self.sent += len(data)
+        self._queue(data)
+        if self._pending or self.conn.paused:
+            await self._wait()
+
+    def write_now(self, data: bytes) -> None:
+        """`write` for callers that cannot wait: queued for the window (small bodies),
+        framed at the end of the loop turn (with the END_STREAM of an `end` that follows)."""
+        if not self._no_body and data and not self.reset:
+            self.sent += len(data)
+            self._pending.append(memoryview(data))
+            self.conn.later(self)
+
+    async def sendfile(self, file, offset: int, count: int, kernel: bool = False) -> None:
+        """`count` bytes of an open file from `offset`, one bounded chunk at a time (no
+        sendfile(2) under TLS framing)."""
+        if self._no_body or count <= 0:
+            return
+        fd = file.fileno()
+        while count > 0:
+            data = os.pread(fd, min(count, FILE_CHUNK), offset)
+            if not data:
+                raise ConnectionResetError("file shorter than its object")
+            offset, count = offset + len(data), count - len(data)
+            await self.write(data)
+
+    def end(self) -> None:
+        if self.finished:
+            return
+        self.finished = self._ended = True
+        self.conn.later(self)
+
+    def abort(self) -> None:
+        """Reset the stream: the client must see that the response is incomplete."""
+        self.finished = self.close = True
+        self._pending.clear()
+        if not self.reset:
+            self.conn.reset(self, INTERNAL_ERROR)
+
+    def simple(self, status: int, text: str, headers: "list[tuple[str, str]]" = ()) -> None:
+        """A whole small plain-text response (the edge's own errors and answers)."""
+        body = text.encode()
+        self.start(status, "", [("Content-Type", "text/plain; charset=utf-8"), *headers],
+                   len(body))
+        self.write_now(body)
+        self.end()
+
+    def switch(self, headers: "list[tuple[str, str]]") -> None:
+        raise ConnectionResetError("no protocol switch over HTTP/2")
+
+    def take_over(self, sink) -> "asyncio.Transport":
+        raise ConnectionResetError("no protocol switch over HTTP/2")
