@@ -133,7 +133,8 @@ class H2Connection(asyncio.Protocol):
         h2c.initiate_connection()
         h2c.increment_flow_control_window(CONN_WINDOW - 65535)
         self._flush()
-        self._timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle)
+        self._timer = asyncio.get_running_loop().call_later(
+            min(IDLE_TIMEOUT, h2stream.STALL_TIMEOUT / 2), self._idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conns.discard(self)
