@@ -284,11 +284,9 @@ class H2Connection(asyncio.Protocol):
             pseudo, regular = parse_head(event.headers)
         except Malformed:
             self.bad_requests.labels("h2_malformed").inc()
-            self.h2.reset_stream(sid, PROTOCOL_ERROR)      # RFC 9113 8.1.1: a stream error
-            return
+            return self._refuse(sid, PROTOCOL_ERROR)       # RFC 9113 8.1.1: a stream error
         if self.closing or self._handlers >= MAX_HANDLERS:
-            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)   # safe to retry
-            return
+            return self._refuse(sid, ErrorCodes.REFUSED_STREAM)    # safe to retry
         hits = self.hits
         if ended and hits is not None:
             answer = hits.answer_h2(pseudo[b":method"], pseudo.get(b":path", b""), regular,
@@ -318,6 +316,14 @@ class H2Connection(asyncio.Protocol):
         self._handlers += 1
         # Held by the stream (which the connection holds): see server.Connection._start.
         stream.task = asyncio.get_running_loop().create_task(self._run(stream))
+
+    def _refuse(self, sid: int, code: int) -> None:
+        # The client may have reset the stream in the same read (HEADERS then RST_STREAM,
+        # as rapid reset does): h2 has closed it already and there is nothing to refuse.
+        try:
+            self.h2.reset_stream(sid, code)
+        except h2.exceptions.ProtocolError:
+            pass
 
     def _data(self, event: h2.events.DataReceived) -> None:
         stream = self._streams.get(event.stream_id)

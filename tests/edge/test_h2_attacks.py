@@ -262,6 +262,23 @@ async def test_malformed_requests_are_stream_errors_and_the_connection_goes_on(e
     await still_serves(edge)
 
 
+async def test_a_stream_reset_in_the_same_write_as_its_headers_costs_nothing(edge):
+    """HEADERS then RST_STREAM in one read: h2 has closed the stream before the edge sees
+    the request, so refusing it (malformed here) must not fail the connection."""
+    def run(a: Attacker):
+        for _ in range(3):
+            sid = a.get(b"/x", extra=[(b"X-Upper", b"1")])
+            a.h2.reset_stream(sid)
+        good = a.get(b"/after-reset")
+        a.send()
+        return good, a.frames(lambda f: f[0] == DATA and f[2] == good and f[1] & 1)
+
+    good, frames = await asyncio.to_thread(attack, edge, run)
+    assert (-1, 0, 0, b"") not in frames and GOAWAY not in [f[0] for f in frames]
+    assert any(f[0] == HEADERS and f[2] == good for f in frames)
+    await still_serves(edge)
+
+
 async def test_a_client_that_never_opens_its_window_is_cut_off(tmp_path, monkeypatch):
     """In process, so the stall bound can be short and the connection's state seen."""
     monkeypatch.setattr(h2stream, "STALL_TIMEOUT", 1.0)
