@@ -26,6 +26,7 @@ from edge.http.headers import sf_name, to_client
 from edge.route import BadPath, origin_host, route
 from edge.http.h2 import H2Connection
 from edge.http.h2stream import response_head
+from edge.http.hpackblock import block as hpack_block, encoded, field
 from edge.http.server import Connection, Handler, Request
 from edge.state import EdgeState
 
@@ -74,7 +75,7 @@ class Hits:
         if found is None:
             return None
         rendered, stored, now = found
-        _, _, body, counters, (head, status_name) = rendered
+        _, _, body, counters, (head, status_name, _) = rendered
         counters[0].inc()
         counters[1].inc()
         age = stored.age(now)
@@ -85,6 +86,26 @@ class Hits:
             return head, b""
         counters[2].inc(stored.size)
         return head, body
+
+    def answer_hpack(self, method: bytes, target: bytes, raw_headers: list,
+                     scheme: str) -> "tuple[list, bytes] | None":
+        """`answer_h2` with the head as an HPACK block encoded once (hpackblock), for
+        h2's send_headers: only Age and Cache-Status are encoded per answer."""
+        found = self._find(method, target, raw_headers, scheme)
+        if found is None:
+            return None
+        rendered, stored, now = found
+        _, _, body, counters, (_, status_name, block) = rendered
+        counters[0].inc()
+        counters[1].inc()
+        age = stored.age(now)
+        block += (field(b"cache-status", b"%s; hit; ttl=%d" % (status_name,
+                                                               stored.policy.ttl - age))
+                  + field(b"age", b"%d" % age))
+        if method == b"HEAD":
+            return encoded(block), b""
+        counters[2].inc(stored.size)
+        return encoded(block), body
 
     def _find(self, method: bytes, target: bytes, raw_headers: list, scheme: str):
         """(rendered, stored, now) of a fresh hit the shortcut may answer, else None."""
@@ -145,8 +166,9 @@ class Hits:
         except UnicodeEncodeError:
             return None
         body = stored.chunks[0] if len(stored.chunks) == 1 else b"".join(stored.chunks)
-        h2 = (response_head(stored.status, hit_headers(stored, customer, config.via, "2"),
-                            stored.size), sf_name(config.name).encode("latin-1", "replace"))
+        head = response_head(stored.status, hit_headers(stored, customer, config.via, "2"),
+                             stored.size)
+        h2 = (head, sf_name(config.name).encode("latin-1", "replace"), hpack_block(head))
         metrics, label = self.state.metrics, customer.directory
         counters = (metrics.cache.labels(label, "HIT"),
                     metrics.requests.labels(label, str(stored.status)),

@@ -4,8 +4,9 @@ whose ALPN agreed on "h2" (front.ByAlpn picks it).
 python-hyper's `h2` does the framing, HPACK and the state machines (sans-IO);
 this module feeds it the socket's bytes, turns each request stream into a
 `StreamRequest` / `StreamReply` pair (h2stream.py) for the same handler the
-HTTP/1.1 server calls, answers fresh memory-tier hits at once (`Hits.answer_h2`),
-and sends what h2 has framed, once per loop turn.
+HTTP/1.1 server calls, answers fresh memory-tier hits at once (`Hits.answer_hpack`,
+their heads HPACK-encoded once: hpackblock.py), and sends what h2 has framed, once
+per loop turn.
 
 Defences, each bounded per connection (docs/edge.md "HTTP/2"):
 - rapid reset (CVE-2023-44487): RST_STREAMs from the client are counted; past
@@ -37,6 +38,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from edge.http import h2stream
+from edge.http.hpackblock import Encoder
 from edge.http.h2stream import (
     CANCEL,
     PROTOCOL_ERROR,
@@ -100,6 +102,7 @@ class H2Connection(asyncio.Protocol):
         self.handler, self.hits, self.scheme, self.conns = handler, hits, scheme, conns
         self.bad_requests = bad_requests
         self.h2 = h2.connection.H2Connection(config=_CONFIG)
+        self.h2.encoder = Encoder()          # passes hits' pre-encoded heads through
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.paused = False
@@ -289,7 +292,7 @@ class H2Connection(asyncio.Protocol):
             return self._refuse(sid, ErrorCodes.REFUSED_STREAM)    # safe to retry
         hits = self.hits
         if ended and hits is not None:
-            answer = hits.answer_h2(pseudo[b":method"], pseudo.get(b":path", b""), regular,
+            answer = hits.answer_hpack(pseudo[b":method"], pseudo.get(b":path", b""), regular,
                                     self.scheme)
             if answer is not None:
                 reply = StreamReply(self, None, sid)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.events
+import h2.settings
 import pytest
 import yaml
 from aiohttp import web
@@ -142,7 +144,11 @@ async def still_serves(edge) -> None:
 
 
 def attack(edge, run) -> object:
-    a = Attacker(edge.tls_port, edge.ca.path)
+    return attack_with(edge, run, None)
+
+
+def attack_with(edge, run, settings: dict | None) -> object:
+    a = Attacker(edge.tls_port, edge.ca.path, settings)
     try:
         return run(a)
     finally:
@@ -276,6 +282,60 @@ async def test_a_stream_reset_in_the_same_write_as_its_headers_costs_nothing(edg
     good, frames = await asyncio.to_thread(attack, edge, run)
     assert (-1, 0, 0, b"") not in frames and GOAWAY not in [f[0] for f in frames]
     assert any(f[0] == HEADERS and f[2] == good for f in frames)
+    await still_serves(edge)
+
+
+def exchange(a: Attacker, sid: int, timeout: float = 10.0) -> tuple[dict, bytes]:
+    """The response headers and body of stream `sid`, decoded by the client's h2
+    (a header block it cannot decode fails the connection: COMPRESSION_ERROR)."""
+    a.send()
+    head, body = None, b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        a.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        data = a.sock.recv(65536)
+        assert data, "the edge closed the connection"
+        for event in a.h2.receive_data(data):
+            assert not isinstance(event, h2.events.ConnectionTerminated), event
+            if getattr(event, "stream_id", None) != sid:
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                head = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                a.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            elif isinstance(event, h2.events.StreamEnded):
+                return head, body
+        a.send()
+    raise AssertionError(f"stream {sid} not answered")
+
+
+@pytest.mark.parametrize("table", [0, 64, 4096])
+async def test_pre_encoded_hit_heads_and_hpack_heads_mix_on_one_connection(edge, table):
+    """Hits go out as header blocks encoded once (hpackblock.py), the long way through
+    hpack's dynamic table; a client decoding both on one connection, whatever header
+    table size it allows, sees every field of every answer."""
+    def run(a: Attacker):
+        out = []
+        for extra in ([], [], [(b"range", b"bytes=0-9")], [], [(b"x-any", b"1")], []):
+            out.append(exchange(a, a.get(b"/mixed", extra=extra)))
+        head = a.h2.get_next_available_stream_id()
+        a.h2.send_headers(head, [(b":method", b"HEAD"), *REQUEST[1:], (b":path", b"/mixed")],
+                          end_stream=True)
+        out.append(exchange(a, head))
+        return out
+
+    settings = {h2.settings.SettingCodes.HEADER_TABLE_SIZE: table}
+    answers = await asyncio.to_thread(lambda: attack_with(edge, run, settings))
+    full = answers[0][1]
+    assert full.startswith(b"object /mixed") and len(full) > 10_000
+    for (head, body), ranged in zip(answers, [0, 0, 1, 0, 0, 0, 0]):
+        assert head[b":status"] == (b"206" if ranged else b"200")
+        assert head[b"via"] == b"2 gslb-edge" and b"date" in head and b"age" in head
+        assert body == (full[:10] if ranged else b"" if head is answers[-1][0] else full)
+    statuses = [head[b"cache-status"] for head, _ in answers]
+    assert b"stored" in statuses[0] and all(b"; hit; ttl=" in s for s in statuses[1:])
+    assert [head[b"content-length"] for head, _ in answers[3:]] == [b"%d" % len(full)] * 4
     await still_serves(edge)
 
 
