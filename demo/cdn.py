@@ -19,6 +19,7 @@ from cdnkit.listen import Listener
 from gslb.health import targets
 from gslb.model import Config
 
+from .certs import TLS_PORT, customer_names, demo_tls, tls_block
 from .procs import ROOT, Child, edge_answers_as
 
 
@@ -41,10 +42,14 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def edge_config(plan: Plan, work: Path, name: str, lat: float, lon: float) -> Path:
+def edge_config(plan: Plan, work: Path, name: str, lat: float, lon: float,
+                tls_host: str = "") -> Path:
     """data/edge.yaml for one demo edge: its name and place, the shield, the demo origin,
-    and its own cache and state directories in `work`."""
+    its own cache and state directories in `work`, and with `tls_host` HTTPS there
+    (demo/certs.py)."""
     raw = yaml.safe_load((ROOT / "data" / "edge.yaml").read_text())
+    if tls_host:
+        raw["tls"] = tls_block(demo_tls(work, customer_names(raw)), tls_host)
     raw.update(name=name, via=name, lat=lat, lon=lon,
                cache_disk=str(work / name / "cache"), state_dir=str(work / name / "state"),
                shields=[{"name": plan.shield_name, "address": plan.shield,
@@ -58,13 +63,19 @@ def edge_config(plan: Plan, work: Path, name: str, lat: float, lon: float) -> Pa
 
 
 def _edge(plan: Plan, work: Path, name: str, role: str, binds: list[str],
-          lat: float, lon: float) -> Child:
+          lat: float, lon: float, tls: bool = False) -> Child:
+    host = tls_host(binds) if tls else ""
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
-               "-c", str(edge_config(plan, work, name, lat, lon))]
+               "-c", str(edge_config(plan, work, name, lat, lon, host))]
     for bind in binds:
         command += ["--listen", bind]
     return Child(name, role, command, binds, work / f"{name}.log", "ready:",
-                 check=edge_answers_as)
+                 check=edge_answers_as, tls=[f"{host}:{TLS_PORT}"] if host else [])
+
+
+def tls_host(binds: list[str]) -> str:
+    """The address a site edge serves HTTPS on: its first IPv4 listener's."""
+    return next((b.rsplit(":", 1)[0] for b in binds if not b.startswith("[")), "")
 
 
 def children(plan: Plan, work: Path) -> list[Child]:
@@ -82,7 +93,7 @@ def children(plan: Plan, work: Path) -> list[Child]:
     for site, binds in by_site.items():
         where = plan.config.sites[site]
         out.append(_edge(plan, work, f"edge-{site}", f"the {site} edge", binds,
-                         where.lat, where.lon))
+                         where.lat, where.lon, tls=True))
     out.append(gslb_child(plan, work))
     return out
 

@@ -66,7 +66,8 @@ class Demo:
 
     def taken(self) -> list[tuple[str, list[str]]]:
         """(part, its addresses already held by another process), for every part."""
-        return [(c.name, found) for c in self.children if (found := busy(c.binds, c.udp))]
+        return [(c.name, found) for c in self.children
+                if (found := busy(c.binds + c.tls, c.udp))]
 
     def find(self, name: str) -> Child | None:
         by_name = {c.name: c for c in self.children}
@@ -183,6 +184,12 @@ def banner(demo: Demo) -> str:
                   f"  curl -s -o /dev/null -D - --resolve www.test.com:{port}:{ip} "
                   f"http://www.test.com:{port}/clip.webm",
                   f"  open http://{edge.binds[0]}/800001/test/      # the demo video, seekable"]
+        if edge.tls:
+            tls_ip, tls_port = edge.tls[0].rsplit(":", 1)
+            lines += ["", "Over HTTPS: HTTP/2 (and HTTP/1.1) by ALPN, with the demo's own CA:",
+                      f"  curl -s -o /dev/null -D - --http2 --cacert {demo.work / 'demo-ca.pem'} "
+                      f"--resolve www.test.com:{tls_port}:{tls_ip} "
+                      f"https://www.test.com:{tls_port}/clip.webm"]
     if demo.fleet is not None:
         from .fleet import banner_lines
         edge = next((c for c in demo.children if c.name == "edge-fra"), None)
@@ -193,7 +200,8 @@ def banner(demo: Demo) -> str:
                   "every part is the demo's and stops with it):"]
     for child in demo.children:
         state = f"pid {pid_of(child)}" if child.alive else "NOT RUNNING"
-        lines.append(f"  {child.name:<11} {child.role} on {', '.join(child.binds)} ({state})")
+        binds = child.binds + [f"{bind} (TLS)" for bind in child.tls]
+        lines.append(f"  {child.name:<11} {child.role} on {', '.join(binds)} ({state})")
     if edges:
         lines += [f"  {program()} demo{control} stop {edge.name}     # stop {edge.role}",
                   f"  {program()} demo{control} start {edge.name}    # start it again",

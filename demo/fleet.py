@@ -36,7 +36,8 @@ from cdnkit.keys import Keys
 from cdnkit.listen import Listener
 from cdnkit.seal import new_key
 
-from .cdn import Plan, gslb_child
+from .cdn import Plan, gslb_child, tls_host
+from .certs import TLS_PORT, customer_names, demo_tls, tls_block
 from .procs import ROOT, Child, edge_answers_as
 
 DEMO_TOKEN = "demo-token"
@@ -146,9 +147,12 @@ def _seeder(work: Path, store: str):
     return seed
 
 
-def _local_config(work: Path, name: str, lat: float, lon: float) -> Path:
-    """How one edge runs (its customers come from the store)."""
+def _local_config(work: Path, name: str, lat: float, lon: float, tls_host: str = "") -> Path:
+    """How one edge runs (its customers come from the store; with `tls_host`, HTTPS
+    there with the demo's certificate for the seeded customers' names)."""
     raw = yaml.safe_load((ROOT / "data" / "edge.yaml").read_text())
+    if tls_host:
+        raw["tls"] = tls_block(demo_tls(work, customer_names(raw)), tls_host)
     raw.pop("customers", None)
     raw.update(name=name, via=name, lat=lat, lon=lon,
                cache_disk=str(work / name / "cache"), state_dir=str(work / name / "state"))
@@ -159,8 +163,9 @@ def _local_config(work: Path, name: str, lat: float, lon: float) -> Path:
 
 def _edge(work: Path, fleet: FleetPlan, name: str, role: str, binds: list[str], lat: float,
           lon: float, kind: str, site: str, addresses: list[str]) -> Child:
+    host = tls_host(binds) if kind == "edge" else ""
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
-               "-c", str(_local_config(work, name, lat, lon)), "--store", fleet.store,
+               "-c", str(_local_config(work, name, lat, lon, host)), "--store", fleet.store,
                "--node-id", name, "--kind", kind, "--site", site,
                "--key-file", str(key_file(work))]
     if kind == "edge":
@@ -170,7 +175,8 @@ def _edge(work: Path, fleet: FleetPlan, name: str, role: str, binds: list[str], 
     for address in addresses:
         command += ["--address", address]
     return Child(name, role, command, binds, work / f"{name}.log", "ready:",
-                 check=_both(edge_answers_as, registered(fleet.etcd, name)))
+                 check=_both(edge_answers_as, registered(fleet.etcd, name)),
+                 tls=[f"{host}:{TLS_PORT}"] if host else [])
 
 
 def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:

@@ -36,6 +36,7 @@ class Child:
     ready_text: str = "ready"       # a line of its log that says it is up
     check: Callable[["Child"], str] | None = None   # "" when it answers as itself
     udp: list[str] = field(default_factory=list)    # UDP HOST:PORTs it must own too
+    tls: list[str] = field(default_factory=list)    # TLS HOST:PORTs (TCP) it listens on too
     proc: subprocess.Popen | None = None
 
     @property
@@ -70,7 +71,7 @@ def busy(binds: list[str], udp: list[str] = ()) -> list[str]:
 
 def start(child: Child) -> str:
     """Start `child` and wait until it serves; "" on success, else why not (it is stopped)."""
-    taken = busy(child.binds, child.udp)
+    taken = busy(child.binds + child.tls, child.udp)
     if taken:
         return f"{', '.join(taken)} already in use by another process (an earlier demo?)"
     child.log.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def _wait_ready(child: Child, offset: int) -> str:
     while time.monotonic() < deadline:
         if not child.alive:
             return f"exited with status {child.proc.returncode}: {_tail(child.log, offset)}"
-        if child.ready_text in _read(child.log, offset) and _listening(child.binds):
+        if child.ready_text in _read(child.log, offset) and _listening(child.binds + child.tls):
             why = child.check(child) if child.check else ""
             if not why:
                 return ""

@@ -165,6 +165,16 @@ def test_the_demo_end_to_end(tmp_path):
         rows = dashboard_edge_rows(http)          # the same, as a browser shows it
         assert rows["shield-fra"][1] == "test" and rows["shield-fra"][2].endswith("%")
         assert float(rows["edge-fra"][2].rstrip(" %")) > 0
+        # HTTPS as printed: HTTP/2 with the demo's own CA (https is its own cache key,
+        # as nginx's default $scheme$proxy_host$request_uri: MISS, then HIT).
+        https = shlex.split(next(l for l in banner if "--http2" in l and "https://" in l))
+        assert "--cacert" in https and "-k" not in https and "--insecure" not in https
+        for cached in ("MISS", "HIT"):
+            out = subprocess.run([*https, "--max-time", "10", "-w", "%{http_version}"],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.startswith("HTTP/2 200") and out.stdout.endswith("2"), out.stdout
+            assert f"x-cache: {cached}" in out.stdout and "edge-fra" in out.stdout
 
         # Kill the Frankfurt edge: its clients go to the next nearest site (New York).
         pid = int(next(re.search(r"pid (\d+)", l).group(1) for l in banner
