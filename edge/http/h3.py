@@ -43,14 +43,13 @@ from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.connection import QuicConnectionState
 from aioquic.quic.packet import (
     QuicPacketType,
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.tls import pull_client_hello
 
 from edge.http import h2stream
 from edge.http.h2stream import (
@@ -62,6 +61,7 @@ from edge.http.h2stream import (
     StreamRequest,
     parse_head,
 )
+from edge.http.quiccert import CertTable, SniQuic
 from edge.http.quictoken import RetryTokens, TokenError
 
 log = logging.getLogger("edge.http.h3")
@@ -83,66 +83,6 @@ _CODES = {CANCEL: ErrorCode.H3_REQUEST_CANCELLED, INTERNAL_ERROR: ErrorCode.H3_I
           0: ErrorCode.H3_NO_ERROR, 0x7: ErrorCode.H3_REQUEST_REJECTED}
 
 
-class CertTable:
-    """Certificate and key per name for QUIC (aioquic's objects, not ssl's), rebuilt
-    when the edge's config changes (a reload), chosen by SNI as tls.CertStore does."""
-
-    def __init__(self) -> None:
-        self._specs = None
-        self._table: dict[str, QuicConfiguration] = {}
-        self.default: QuicConfiguration | None = None
-
-    def update(self, specs) -> None:
-        if specs is self._specs:
-            return
-        table, default = {}, None
-        for spec in specs:
-            loaded = QuicConfiguration(is_client=False)
-            loaded.load_cert_chain(spec.cert, spec.key)
-            default = default or loaded
-            for name in spec.names:
-                table[name.lower()] = loaded
-        self._specs, self._table, self.default = specs, table, default
-
-    def pick(self, name: str | None) -> QuicConfiguration | None:
-        if not name:
-            return self.default
-        name = name.lower().rstrip(".")
-        found = self._table.get(name)
-        if found is None and "." in name:
-            found = self._table.get("*." + name.split(".", 1)[1])
-        return found or self.default
-
-
-class _Quic(QuicConnection):
-    """A server QuicConnection whose certificate is chosen by the ClientHello's SNI.
-
-    aioquic has no SNI callback: the TLS context is made in `_initialize` and reads
-    the ClientHello in `_server_handle_hello`, so that method is wrapped to read the
-    server name first and put the certificate for it in place."""
-
-    certs: CertTable
-
-    def _initialize(self, peer_cid: bytes) -> None:
-        super()._initialize(peer_cid)
-        tls = self.tls
-        handle = tls._server_handle_hello
-        certs = self.certs
-
-        def by_sni(input_buf, initial_buf, handshake_buf):
-            start = input_buf.tell()
-            hello = pull_client_hello(input_buf)
-            input_buf.seek(start)
-            chosen = certs.pick(hello.server_name)
-            if chosen is not None:
-                tls.certificate = chosen.certificate
-                tls.certificate_chain = chosen.certificate_chain
-                tls.certificate_private_key = chosen.private_key
-            return handle(input_buf, initial_buf, handshake_buf)
-
-        tls._server_handle_hello = by_sni
-
-
 class _Stream:
     __slots__ = ("request", "reply", "task", "since")
 
@@ -159,7 +99,7 @@ class H3Conn:
     alt_svc = b""                    # HTTP/3 answers advertise nothing more
     paused = False                   # UDP never pushes back: SEND_HIGH bounds instead
 
-    def __init__(self, server: "H3Server", quic: _Quic, addr: tuple):
+    def __init__(self, server: "H3Server", quic: SniQuic, addr: tuple):
         self.server, self.quic, self.addr = server, quic, addr
         self.peer = addr[0]
         self.h3: H3Connection | None = None
@@ -593,7 +533,7 @@ class H3Server:
                 original_destination_cid=header.destination_cid,
                 retry_token=self.tokens.issue(addr, header.destination_cid, scid)), addr)
             return None
-        quic = _Quic(configuration=self._config, original_destination_connection_id=original,
+        quic = SniQuic(configuration=self._config, original_destination_connection_id=original,
                      retry_source_connection_id=retry_scid)
         quic.certs = self.certs
         conn = H3Conn(self, quic, addr)
