@@ -124,7 +124,9 @@ class H3Conn:
         self._events()
         if self._blocked:
             self._unblock()              # ACKs may have freed send buffer space
-        self.transmit()
+        # Once per loop turn, not per datagram: a turn that reads several datagrams of
+        # this connection (and frames the answers) packs them into as few as fit.
+        self.dirty()
 
     def transmit(self) -> None:
         """Send what aioquic has packed; re-arm its timer."""
