@@ -11,7 +11,8 @@ HTTP/2; fresh memory-tier hits are answered at once (`Hits.answer_h2`).
 
 Defences (docs/edge.md "HTTP/3"):
 - malformed or unknown datagrams are dropped: only an Initial of at least 1200
-  bytes (RFC 9000 14.1) with a known version creates state; any exception while
+  bytes (RFC 9000 14.1) with a known version creates state, and only if aioquic
+  can decrypt it (else it is forgotten at once); any exception while
   handling a datagram closes that one connection, never the worker.
 - anti-amplification: aioquic sends at most 3x the bytes received to an address
   it has not validated (RFC 9000 8.1), tested in tests/edge/test_h3_attacks.py.
@@ -491,12 +492,18 @@ class H3Server:
             self.dropped += 1                     # not QUIC: dropped
             return
         conn = self.by_cid.get(header.destination_cid)
-        if conn is None:
+        new = conn is None
+        if new:
             conn = self._admit(data, addr, header)
             if conn is None:
                 return
         try:
             conn.received(data, addr, asyncio.get_running_loop().time())
+            if new and conn.quic._state is QuicConnectionState.FIRSTFLIGHT:
+                # The Initial did not decrypt (aioquic moves to CONNECTED on the first
+                # packet it can open): junk with a fresh CID keeps no state.
+                self.dropped += 1
+                conn._lost()
         except Exception:
             # aioquic drops what it cannot parse itself; anything else ends this
             # connection only.
