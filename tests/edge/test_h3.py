@@ -83,6 +83,13 @@ async def h3edge(origin, tmp_path):
         yield edge
 
 
+def udp_sockets(port: int) -> int:
+    """How many UDP sockets are bound to 127.0.0.1:PORT (/proc/net/udp)."""
+    want = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1] == want)
+
+
 def udp_bound(port: int) -> bool:
     """Whether something holds UDP 127.0.0.1:PORT."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -156,12 +163,13 @@ async def test_alt_svc_on_h2_and_h1_answers_and_h3_on_every_worker(h3edge):
 async def test_no_h3_means_no_udp_socket_and_no_alt_svc(origin, tmp_path):
     url, _ = origin
     async with QuickTls(url, CA(tmp_path), "--no-h3") as edge:
-        assert not udp_bound(edge.tls_port)
+        assert not udp_bound(edge.tls_port) and udp_sockets(edge.tls_port) == 0
         for version in ("--http2", "--http1.1"):
             info, _ = await asyncio.to_thread(curl, edge, "/x", version=version)
             assert info["http_code"] == 200 and "alt-svc" not in info["headers"]
     async with QuickTls(url, CA(tmp_path)) as edge:
-        assert udp_bound(edge.tls_port)
+        # one SO_REUSEPORT socket per worker (the parent closed its copies), not one shared
+        assert udp_sockets(edge.tls_port) == edge.workers
 
 
 async def test_h3_certificate_chosen_by_sni_and_config_key(origin, tmp_path):
