@@ -442,9 +442,10 @@ class H3Server:
     """The asyncio DatagramProtocol of one worker's UDP socket (module docstring)."""
 
     def __init__(self, handler, hits, certificates, conns: set, bad_requests,
-                 retry_always: bool = False):
+                 retry_always: bool = False, max_connections: int = MAX_CONNECTIONS):
         """`certificates()` gives the config's CertSpecs (re-read when a reload changes
         them); `retry_always` sends every new client a Retry first."""
+        self.max_connections = max_connections
         self.handler, self.hits, self.conns = handler, hits, conns
         self.bad_requests = bad_requests
         self.retry_always = retry_always
@@ -523,7 +524,7 @@ class H3Server:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < MIN_INITIAL:
             self.dropped += 1
             return None
-        if len(self.all) >= MAX_CONNECTIONS:
+        if len(self.all) >= self.max_connections:
             self.bad_requests.labels("h3_connections_full").inc()
             return None
         self.certs.update(self._specs())           # the same tuple unless reloaded

@@ -169,3 +169,57 @@ async def test_malformed_datagrams_are_dropped_and_never_crash_a_worker(edge):
             sock.close()
     await still_answers(edge)
     assert edge.proc.poll() is None and "Traceback" not in edge.log.read_text()
+
+
+async def test_connections_per_worker_are_bounded(tmp_path):
+    """One H3Server on a real UDP socket with room for 3 connections: real clients'
+    Initials past that get nothing and are counted; freed room is used again."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from edge.http.h3 import H3Server
+    from edge.http.tls import CertSpec
+
+    cert, key = CA(tmp_path).issue("www.test.com")
+    registry = CollectorRegistry()
+    bad = Counter("bad", "bad", ["reason"], registry=registry)
+
+    async def handler(request, reply) -> None:
+        reply.simple(200, "ok\n")
+
+    server = H3Server(handler, None, lambda: (CertSpec(("www.test.com",), str(cert),
+                                                       str(key)),), set(), bad,
+                      max_connections=3)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: server,
+                                                       local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    socks = []
+    try:
+        for i in range(5):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((f"127.4.0.{i + 1}", 0))
+            sock.setblocking(False)
+            socks.append(sock)
+            sock.sendto(initial(port), ("127.0.0.1", port))
+        await asyncio.sleep(0.5)
+        answered = []
+        for sock in socks:
+            try:
+                answered.append(len(sock.recv(65536)) > 0)
+            except BlockingIOError:
+                answered.append(False)
+        assert answered == [True, True, True, False, False]
+        assert len(server.all) == 3
+        assert registry.get_sample_value("bad_total", {"reason": "h3_connections_full"}) == 2
+        for conn in list(server.all):
+            conn.abort()
+        assert not server.all and not server.by_cid
+        socks[3].sendto(initial(port), ("127.0.0.1", port))
+        await asyncio.sleep(0.3)
+        assert len(socks[3].recv(65536)) > 0 and len(server.all) == 1
+    finally:
+        for conn in list(server.all):
+            conn.abort()
+        transport.close()
+        for sock in socks:
+            sock.close()
