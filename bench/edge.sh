@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Edge benchmark: edge vs nginx reverse proxy, pass-through and streaming, with wrk.
 # Installs nginx-light and wrk from Debian when missing. Loopback only.
-#   bench/edge.sh [--seconds 10] [--workers N] [--only stream|h2]
+#   bench/edge.sh [--seconds 10] [--workers N] [--only stream|h2|h3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./dev debs nginx-light wrk nghttp2-client

@@ -1,7 +1,7 @@
 """Edge proxy vs nginx, with wrk, in one run: pass-through and cache hits.
 
     python bench/edgebench.py [--seconds 10] [--workers N] [--only stream [--rounds 5]]
-                              [--only h2] [--sendfile]
+                              [--only h2|h3] [--sendfile]
 
 One nginx serves the files (the origin). In front of it, in turn: nginx
 `proxy_pass` without cache, `edge serve` without cache, nginx `proxy_cache`
@@ -13,6 +13,8 @@ are sent to each caching proxy and the origin's access log is counted.
 `--only stream`: nginx proxy_cache and the edge cache run side by side and
 only 100 MB hits are measured, alternating between the two for `--rounds`
 rounds (a busy box moves both alike), with the ratio of each round.
+`--only h3`: HTTP/3 10 KB hits against the edge's own HTTP/2 (bench/h3bench.py).
+
 `--only h2`: only the HTTP/2 row (bench/h2bench.py): 10 KB hits with h2load
 against nginx `listen ... ssl http2` + proxy_cache, and a 100 MB hit over h2.
 `--sendfile`: the edge sends disk-tier hits with sendfile(2) (`sendfile: true`).
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from dnsbench import cpu_seconds, free_port, missing, rss_mb, stop, tree  # noqa: E402
 from h2bench import run_h2  # noqa: E402
+from h3bench import run_h3  # noqa: E402
 
 NGINX_ORIGIN = """
 worker_processes 1;
@@ -389,9 +392,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--only", choices=["stream", "h2"],
+    ap.add_argument("--only", choices=["stream", "h2", "h3"],
                     help="stream: only 100 MB hits, nginx cache vs edge; h2: only the "
-                         "HTTP/2 row (bench/h2bench.py)")
+                         "HTTP/2 row (bench/h2bench.py); h3: only HTTP/3 vs the edge's "
+                         "own HTTP/2 (bench/h3bench.py)")
     ap.add_argument("--rounds", type=int, default=5, help="with --only stream")
     ap.add_argument("--sendfile", action="store_true",
                     help="the edge sends disk-tier hits with sendfile(2)")
@@ -407,10 +411,13 @@ def main() -> int:
             run_stream(bench, args.seconds, args.rounds)
         elif args.only == "h2":
             run_h2(bench, args.seconds)
+        elif args.only == "h3":
+            run_h3(bench, args.seconds)
         else:
             results, misses = run_all(bench, args.seconds)
             report_all(results, misses, args.workers, args.seconds)
             run_h2(bench, args.seconds)
+            run_h3(bench, args.seconds)
     except NotUp as exc:
         keep = True
         print(f"{exc}\n(the work dir {bench.work} is kept)", file=sys.stderr)

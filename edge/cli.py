@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="certificate chain (PEM) for --https, for every name "
                           "(default: the config's tls certificates)")
     tls.add_argument("--key", metavar="FILE", help="private key (PEM) of --cert")
+    tls.add_argument("--no-h3", action="store_true",
+                     help="no HTTP/3 (QUIC on the same UDP port) and no Alt-Svc "
+                          "(default: on, unless the config says tls: h3: false)")
+    tls.add_argument("--h3-retry", action="store_true",
+                     help="send every new HTTP/3 client a QUIC Retry first (address "
+                          "validation; default: only past a number of handshakes)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="processes sharing the port with SO_REUSEPORT and the disk cache "
                         "(default: one per CPU, as nginx's worker_processes auto)")
@@ -196,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from edge.eventloop import run as run_loop
     from edge.scratch import remove, shared_dirs
-    from edge.serving import bind, fork_workers, serve
+    from edge.serving import bind, bind_h3, fork_workers, serve
 
     setup(logging.INFO)
     try:
@@ -204,9 +210,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except edge_config.ConfigError as exc:
         print(describe(exc.problems, args.config), file=sys.stderr)
         return 1
+    if args.no_h3:
+        cfg = dataclasses.replace(cfg, h3=False)
     workers = args.workers or os.cpu_count() or 1
     try:
         plain, tls = bind(cfg, workers)     # before anything else: one clear line if taken
+        try:
+            quic = bind_h3(cfg, workers)
+        except OSError:
+            for owned in plain + tls:
+                owned.close()
+            raise
     except OSError as exc:          # cdnkit.ports.AddressInUse, CannotListen
         print(f"edge: cannot listen on {exc}", file=sys.stderr)
         return 1
@@ -233,13 +247,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def run(index: int) -> int:
         return run_loop(serve(cfg, [o.sockets[index] for o in plain],
                               [o.sockets[index] for o in tls], reload, args.drain_timeout,
-                              follower(index)))
+                              follower(index), [o.sockets[index] for o in quic],
+                              args.h3_retry))
 
     if workers == 1:
         return run(0)
     cfg, scratch = shared_dirs(cfg, workers)       # one cache, whatever the worker count
     try:
-        return fork_workers(run, workers, plain + tls)
+        return fork_workers(run, workers, plain + tls + quic)
     finally:
         remove(scratch)
 

@@ -50,7 +50,7 @@ def _tls(ck: Checker, raw: Any, where: Where, base: Path) -> tuple[tuple[Listene
     if raw is None:
         return (), ()
     block = ck.mapping(raw, where, "tls")
-    ck.keys(block, ("listen", "certificates"), "tls")
+    ck.keys(block, ("listen", "certificates", "h3"), "tls")
     listen = []
     for value, w in ck.texts(block.get("listen", "127.0.0.1:8443"), block.at("listen"),
                              "tls listen"):
@@ -112,6 +112,8 @@ def build(raw: Any, source: str, base: Path | None = None, *,
     cache_disk_size = size(ck, top, "cache_disk_size", 10 * 1024**3, "config")
     sendfile = ck.flag(top, "sendfile", False, "config")
     tls_listen, certs = _tls(ck, top.get("tls"), top.at("tls"), base)
+    # HTTP/3 on the tls listeners' ports (edge/http/h3.py), on unless `tls: h3: false`.
+    h3 = isinstance(top.get("tls"), dict) and ck.flag(top["tls"], "h3", True, "tls")
     origin_ca = ck.text(top, "origin_ca_file", "config")
     if origin_ca:
         origin_ca = str(base / origin_ca)
@@ -166,7 +168,7 @@ def build(raw: Any, source: str, base: Path | None = None, *,
                       origin_ca, cache_memory, cache_disk, cache_disk_size, state_dir,
                       admin_token, name=me, region=region, location=location,
                       shields=shields, nameservers=tuple(nameservers),
-                      trusted_proxies=tuple(trusted_proxies), sendfile=sendfile,
+                      trusted_proxies=tuple(trusted_proxies), sendfile=sendfile, h3=h3,
                       by_cname=found.by_cname,
                       by_directory=found.by_directory)
 

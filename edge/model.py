@@ -49,6 +49,7 @@ class EdgeConfig:
     # Peers whose Forwarded / X-Forwarded-* chains are kept (our own tiers); default: egress.
     trusted_proxies: tuple = ()
     sendfile: bool = False               # disk-tier hits by sendfile(2), not copied (filesend)
+    h3: bool = True                      # HTTP/3 (UDP) on every tls listen (tls: h3: false)
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
 

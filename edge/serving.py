@@ -28,7 +28,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from cdnkit.ports import TCP, Owned, own_all
+from cdnkit.ports import TCP, UDP, Owned, own_all
 
 from edge.config import ConfigError, EdgeConfig
 from edge.http.front import Listeners
@@ -58,6 +58,19 @@ def bind(cfg: EdgeConfig, workers: int) -> tuple[list[Owned], list[Owned]]:
     return plain, tls
 
 
+def bind_h3(cfg: EdgeConfig, workers: int) -> list[Owned]:
+    """The UDP side of every TLS listener for HTTP/3: one SO_REUSEPORT socket per worker,
+    bound here before the fork, so the kernel's 4-tuple hash keeps each client's
+    datagrams on one worker (one shared socket would scatter a connection's packets
+    over all of them). None when HTTP/3 is off."""
+    return own_all(cfg.tls_listen, (UDP,), workers) if cfg.h3 and cfg.tls_listen else []
+
+
+def alt_svc(cfg: EdgeConfig, sock: socket.socket) -> str:
+    """The Alt-Svc a TLS listener sends on every answer: its port over HTTP/3."""
+    return f'h3=":{sock.getsockname()[1]}"; ma=86400' if cfg.h3 else ""
+
+
 def _describe(in_flight: list[tuple[Request, float]]) -> str:
     now = time.monotonic()
     shown = [f"{r.method} {r.host}{r.path} ({now - t:.1f} s)" for r, t in in_flight[:5]]
@@ -67,7 +80,8 @@ def _describe(in_flight: list[tuple[Request, float]]) -> str:
 
 async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.socket],
                 reload: Callable[[], EdgeConfig | None], drain_timeout: float = DRAIN_TIMEOUT,
-                follower: Callable[[EdgeState], Any] | None = None) -> int:
+                follower: Callable[[EdgeState], Any] | None = None,
+                quic: list[socket.socket] = (), retry_always: bool = False) -> int:
     """Serve `cfg` on already bound sockets until SIGTERM/SIGINT, then drain and return 0.
 
     ``reload`` returns the new config on SIGHUP (None to keep the current one).
@@ -88,7 +102,9 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
         await listeners.serve(sock)
     context = state.certs.server_context()
     for sock in tls:
-        await listeners.serve(sock, ssl=context)
+        await listeners.serve(sock, ssl=context, alt_svc=alt_svc(cfg, sock) if quic else "")
+    for sock in quic:                # HTTP/3: the UDP twin of each TLS socket
+        await listeners.serve_h3(sock, retry_always)
     reporter = None
     if fleet is not None:            # load, verdict and drain to the fleet (report.py)
         from edge.fleet.report import Reporter
@@ -122,7 +138,8 @@ async def serve(cfg: EdgeConfig, plain: list[socket.socket], tls: list[socket.so
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     log.info("ready: %d customers on %s", len(cfg.customers),
-             ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS)" for l in cfg.tls_listen]))
+             ", ".join([str(l) for l in cfg.listen] + [f"{l} (TLS{', HTTP/3' if quic else ''})"
+                                                       for l in cfg.tls_listen]))
     await stop.wait()
     if reporter is not None:
         await reporter.stop()
@@ -207,4 +224,4 @@ def fork_workers(run: Callable[[int], int], workers: int, owned: list[Owned]) ->
     return status
 
 
-__all__ = ["ConfigError", "DRAIN_TIMEOUT", "bind", "fork_workers", "serve"]
+__all__ = ["ConfigError", "DRAIN_TIMEOUT", "alt_svc", "bind", "bind_h3", "fork_workers", "serve"]

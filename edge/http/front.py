@@ -50,47 +50,53 @@ class Hits:
         self._config = None
 
     def answer(self, method: bytes, target: bytes, raw_headers: list,
-               scheme: str) -> bytes | None:
-        """The whole response to a parsed request, or None to take the long way."""
+               scheme: str, extra: bytes = b"") -> bytes | None:
+        """The whole response to a parsed request, or None to take the long way.
+        `extra`: header lines the connection adds to every answer (Alt-Svc)."""
         found = self._find(method, target, raw_headers, scheme)
         if found is None:
             return None
         rendered, stored, now = found
-        _, prefix, body, counters, _ = rendered
+        prefix, body, counters = rendered[1], rendered[2], rendered[3]
         counters[0].inc()
         counters[1].inc()
         age = stored.age(now)
         left = stored.policy.ttl - age
-        age = b"; hit; ttl=%d\r\nAge: %d\r\n\r\n" % (left, age)
+        age = b"; hit; ttl=%d\r\nAge: %d\r\n%s\r\n" % (left, age, extra)
         if method == b"HEAD":
             return prefix + age
         counters[2].inc(stored.size)
         return prefix + age + body
 
-    def answer_h2(self, method: bytes, target: bytes, raw_headers: list,
-                  scheme: str) -> "tuple[list[tuple[bytes, bytes]], bytes] | None":
-        """`answer` for an HTTP/2 stream: (header block, body), or None. `raw_headers`
-        carry :authority as their Host."""
+    def answer_h2(self, method: bytes, target: bytes, raw_headers: list, scheme: str,
+                  extra: bytes = b"", version: str = "2",
+                  ) -> "tuple[list[tuple[bytes, bytes]], bytes] | None":
+        """`answer` for an HTTP/2 or HTTP/3 (`version` "3") stream: (header block, body),
+        or None. `raw_headers` carry :authority as their Host; `extra` is an Alt-Svc."""
         found = self._find(method, target, raw_headers, scheme)
         if found is None:
             return None
         rendered, stored, now = found
-        _, _, body, counters, (head, status_name, _) = rendered
+        body, counters = rendered[2], rendered[3]
+        head, status_name = rendered[4][:2] if version == "2" else rendered[5]
         counters[0].inc()
         counters[1].inc()
         age = stored.age(now)
         head = head + [(b"cache-status", b"%s; hit; ttl=%d" % (status_name, stored.policy.ttl
                                                                 - age)),
                        (b"age", b"%d" % age)]
+        if extra:
+            head.append((b"alt-svc", extra))
         if method == b"HEAD":
             return head, b""
         counters[2].inc(stored.size)
         return head, body
 
-    def answer_hpack(self, method: bytes, target: bytes, raw_headers: list,
-                     scheme: str) -> "tuple[list, bytes] | None":
+    def answer_hpack(self, method: bytes, target: bytes, raw_headers: list, scheme: str,
+                     extra: bytes = b"") -> "tuple[list, bytes] | None":
         """`answer_h2` with the head as an HPACK block encoded once (hpackblock), for
-        h2's send_headers: only Age and Cache-Status are encoded per answer."""
+        h2's send_headers: only Age, Cache-Status (and `extra`, an Alt-Svc value, as
+        a literal) are encoded per answer."""
         found = self._find(method, target, raw_headers, scheme)
         if found is None:
             return None
@@ -102,6 +108,8 @@ class Hits:
         block += (field(b"cache-status", b"%s; hit; ttl=%d" % (status_name,
                                                                stored.policy.ttl - age))
                   + field(b"age", b"%d" % age))
+        if extra:
+            block += field(b"alt-svc", extra)
         if method == b"HEAD":
             return encoded(block), b""
         counters[2].inc(stored.size)
@@ -166,16 +174,18 @@ class Hits:
         except UnicodeEncodeError:
             return None
         body = stored.chunks[0] if len(stored.chunks) == 1 else b"".join(stored.chunks)
-        head = response_head(stored.status, hit_headers(stored, customer, config.via, "2"),
-                             stored.size)
-        h2 = (head, sf_name(config.name).encode("latin-1", "replace"), hpack_block(head))
+        name = sf_name(config.name).encode("latin-1", "replace")
+        head2, head3 = (response_head(stored.status, hit_headers(stored, customer, config.via,
+                                                                 v), stored.size)
+                        for v in ("2", "3"))
+        h2, h3 = (head2, name, hpack_block(head2)), (head3, name)
         metrics, label = self.state.metrics, customer.directory
         counters = (metrics.cache.labels(label, "HIT"),
                     metrics.requests.labels(label, str(stored.status)),
                     metrics.to_clients.labels(label))
         if len(self._rendered) > 50_000:
             self._rendered.clear()
-        rendered = (stored, prefix, body, counters, h2)
+        rendered = (stored, prefix, body, counters, h2, h3)
         self._rendered[key] = rendered
         return rendered
 
@@ -218,6 +228,7 @@ class Listeners:
         self.servers: list[asyncio.Server] = []
         self.conns: set[Connection] = set()
         self._owned: list[Owned] = []
+        self.quic: list = []               # (H3Server, its DatagramTransport) per UDP socket
 
     async def add(self, host: str, port: int, ssl=None) -> None:
         """Own HOST:PORT (refused with `cdnkit.ports.AddressInUse` if another has it)
@@ -226,26 +237,47 @@ class Listeners:
         self._owned.append(owned)
         await self.serve(owned.sockets[0], ssl)
 
-    async def serve(self, sock: socket.socket, ssl=None) -> None:
+    async def serve(self, sock: socket.socket, ssl=None, alt_svc: str = "") -> None:
         """Serve an already bound, listening socket (`edge serve` binds them all first);
-        with TLS, HTTP/2 or HTTP/1.1 as the handshake's ALPN agreed."""
+        with TLS, HTTP/2 or HTTP/1.1 as the handshake's ALPN agreed. `alt_svc` is sent
+        on every answer (the listener's HTTP/3, rendered once here)."""
         scheme = "https" if ssl is not None else "http"
         bad = self.state.metrics.bad_requests
+        line = f"Alt-Svc: {alt_svc}\r\n".encode("latin-1") if alt_svc else b""
+        value = alt_svc.encode("latin-1")
 
         def http1() -> Connection:
-            return Connection(self.handler, self.hits, scheme, self.conns, bad)
+            conn = Connection(self.handler, self.hits, scheme, self.conns, bad)
+            if alt_svc:
+                conn.alt_svc, conn.alt_svc_line = alt_svc, line
+            return conn
 
         def http2() -> H2Connection:
-            return H2Connection(self.handler, self.hits, scheme, self.conns, bad)
+            conn = H2Connection(self.handler, self.hits, scheme, self.conns, bad)
+            conn.alt_svc = value
+            return conn
 
         factory = http1 if ssl is None else lambda: ByAlpn(http1, http2)
         self.servers.append(await asyncio.get_running_loop().create_server(
             factory, sock=sock, ssl=ssl, backlog=1024))
 
+    async def serve_h3(self, sock: socket.socket, retry_always: bool = False) -> None:
+        """HTTP/3 on an already bound UDP socket (this worker's own; edge/http/h3.py)."""
+        from edge.http.h3 import H3Server
+
+        state = self.state
+        server = H3Server(self.handler, self.hits, lambda: state.config.certificates,
+                          self.conns, state.metrics.bad_requests, retry_always)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: server, sock=sock)
+        self.quic.append((server, transport))
+
     def close(self) -> None:
         """Stop accepting; close idle connections now and busy ones after their response."""
         for server in self.servers:
             server.close()
+        for quic, _ in self.quic:
+            quic.close()
         for owned in self._owned:
             owned.close()
         self._owned.clear()
@@ -265,3 +297,5 @@ class Listeners:
             await asyncio.sleep(0.05)
         for conn in list(self.conns):
             conn.abort()
+        for _, transport in self.quic:
+            transport.close()

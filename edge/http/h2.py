@@ -98,6 +98,9 @@ class _Stream:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 client connection (see the module docstring)."""
 
+    version = "2"
+    alt_svc = b""                  # Alt-Svc on every answer (Listeners sets it: HTTP/3 on)
+
     def __init__(self, handler, hits, scheme: str, conns: set, bad_requests):
         self.handler, self.hits, self.scheme, self.conns = handler, hits, scheme, conns
         self.bad_requests = bad_requests
@@ -293,7 +296,7 @@ class H2Connection(asyncio.Protocol):
         hits = self.hits
         if ended and hits is not None:
             answer = hits.answer_hpack(pseudo[b":method"], pseudo.get(b":path", b""), regular,
-                                    self.scheme)
+                                       self.scheme, extra=self.alt_svc)
             if answer is not None:
                 reply = StreamReply(self, None, sid)
                 head, body = answer

@@ -122,8 +122,10 @@ class StreamBody(ChunkQueue):
 
 
 class StreamRequest:
-    """A request on one stream, duck-typing server.Request (`version` "2", never an
-    upgrade: HTTP/2 has no Upgrade, and extended CONNECT is not offered)."""
+    """A request on one stream, duck-typing server.Request (`version` the connection's,
+    "2" or "3"; never an upgrade: neither has Upgrade, and extended CONNECT is not
+    offered). `conn` is an h2.H2Connection or an h3.H3Conn: both frame, reset and
+    credit streams with the same methods."""
 
     __slots__ = ("method", "target", "version", "raw_headers", "scheme", "peer", "body",
                  "keep_alive", "upgrade", "conn", "stream_id", "_headers", "host")
@@ -135,7 +137,7 @@ class StreamRequest:
         self.target = pseudo.get(b":path", b"").decode("latin-1")
         self.host = (regular[0][1] if regular and regular[0][0] == b"host" else b""
                      ).decode("latin-1")
-        self.version, self.keep_alive, self.upgrade = "2", True, False
+        self.version, self.keep_alive, self.upgrade = conn.version, True, False
         self.raw_headers = regular
         self.scheme, self.peer = conn.scheme, conn.peer
         self._headers: CIMultiDict | None = None
@@ -198,6 +200,8 @@ class StreamReply:
         method = self.request.method if self.request is not None else "GET"
         self._no_body = method == "HEAD" or status in NO_BODY_STATUSES
         self._head = response_head(status, headers, length)
+        if self.conn.alt_svc:
+            self._head.append((b"alt-svc", self.conn.alt_svc))
 
     def start_raw(self, head: list[tuple[bytes, bytes]], no_body: bool) -> None:
         """`start` with a header block rendered already (hits)."""

@@ -168,6 +168,8 @@ class Reply:
             out.append(("Connection", "close"))
         elif request.version == "1.0":
             out.append(("Connection", "keep-alive"))
+        if self.conn.alt_svc:
+            out.append(("Alt-Svc", self.conn.alt_svc))
         self._head = head(status, reason(status, phrase), out)
 
     def _flush(self, data: bytes = b"") -> None:
@@ -241,6 +243,11 @@ Handler = Callable[[Request, Reply], Awaitable[None]]
 
 class Connection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
+
+    # Alt-Svc on every answer of a TLS listener with HTTP/3 (front.Listeners sets it):
+    # the value, and the header line the hit shortcut adds.
+    alt_svc = ""
+    alt_svc_line = b""
 
     def __init__(self, handler: Handler, hits, scheme: str, conns: set, bad_requests):
         self.handler, self.hits, self.scheme, self.conns = handler, hits, scheme, conns
@@ -413,7 +420,8 @@ class Connection(asyncio.Protocol):
         upgrade = parser.should_upgrade()
         if (self._busy is None and not self._queue and self.hits is not None and not upgrade
                 and version == "1.1"):
-            answer = self.hits.answer(method, self._url, self._headers, self.scheme)
+            answer = self.hits.answer(method, self._url, self._headers, self.scheme,
+                                      self.alt_svc_line)
             if answer is not None:
                 self.write(answer)
                 self._answered = True
@@ -522,7 +530,8 @@ class Connection(asyncio.Protocol):
             if self.hits is not None and nxt.body is None and not nxt.upgrade:
                 answer = self.hits.answer(nxt.method.encode("latin-1"),
                                           nxt.target.encode("latin-1"), nxt.raw_headers,
-                                          self.scheme) if nxt.version == "1.1" else None
+                                          self.scheme, self.alt_svc_line
+                                          ) if nxt.version == "1.1" else None
             if answer is not None:
                 self.write(answer)
                 if not nxt.keep_alive:
