@@ -113,3 +113,4 @@ class Customer:
     alt_svc: str = ""
     cache: CacheRules = CacheRules()
     shields: tuple[Shield, ...] = ()   # this edge's shield plan for the customer, in order
+    https: str = ""                    # "auto" (ACME), "upload" (its own) or "" (none)

@@ -5,11 +5,17 @@
     {prefix}config/shields/{name}          a shield: {name, address, region, lat, lon}
     {prefix}config/purge/{id}              a purge job: {urls | prefix | customer, at, by}
     {prefix}config/drain/{node}            an edge drained by an operator: {at, by}
+    {prefix}config/certs/{directory}       a customer's ACME certificate: {cert (PEM chain),
+                                           key (sealed, AAD = this key), names, not_after,
+                                           serial}
+    {prefix}config/acme/{token}            an HTTP-01 challenge: the key authorization
     {prefix}config/rev                     touched by every config change: its mod_revision
                                            is the latest config revision
     {prefix}nodes/{id}                     an edge, shield or nameserver, under its lease:
                                            {id, kind, site, addresses, applied, ...}
     {prefix}audit/{time}-{n}               who changed what, old and new revision
+    {prefix}certstatus/{directory}         issuing | active | failed, with why and when
+    {prefix}acme/account                   the ACME account: {key (sealed), uri, directory}
 
 Edges watch `config/` only (one contiguous range, so one change is one watch
 response and applies atomically); nameservers also watch `nodes/` to learn which
@@ -52,6 +58,22 @@ class Keys:
         return f"{self.config}drain/"
 
     @property
+    def certs(self) -> str:
+        return f"{self.config}certs/"
+
+    @property
+    def challenges(self) -> str:
+        return f"{self.config}acme/"
+
+    @property
+    def cert_status(self) -> str:
+        return f"{self.prefix}certstatus/"
+
+    @property
+    def acme_account(self) -> str:
+        return f"{self.prefix}acme/account"
+
+    @property
     def rev(self) -> str:
         return f"{self.config}rev"
 
@@ -68,6 +90,9 @@ class Keys:
 
     def cname(self, name: str) -> str:
         return self.cnames + name
+
+    def cert(self, directory: str) -> str:
+        return self.certs + directory
 
     def drain(self, node_id: str) -> str:
         return self.drains + node_id

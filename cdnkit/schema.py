@@ -33,7 +33,7 @@ from .shields import plan
 from .yamlsrc import LineDict, Where
 
 MAX_CUSTOMERS = 100          # the seed's limit per platform
-CUSTOMER_KEYS = ("directory", "cnames", "origin", "alt_svc", "cache", "shield")
+CUSTOMER_KEYS = ("directory", "cnames", "origin", "alt_svc", "cache", "shield", "https")
 DIRECTORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
 HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
                       r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -318,6 +318,28 @@ def _under(host: str, domains: tuple[str, ...]) -> str:
     return ""
 
 
+def _https(ck: Checker, c: LineDict, what: str, cnames: list[str]) -> str:
+    """`https: auto` (ACME) or `https: {cert: PEM, key: PEM}` (uploaded): "auto",
+    "upload" or "" (none). The PEM itself is checked where it is used (cdnkit/certs.py)."""
+    if "https" not in c or c.get("https") is None:
+        return ""
+    value = c.get("https")
+    if value == "auto":
+        if not cnames:
+            ck.add(c.at("https"), f"{what}: https: auto needs cnames: (the names to certify)")
+        return "auto"
+    if isinstance(value, dict):
+        block = ck.mapping(value, c.at("https"), f"{what} https")
+        ck.keys(block, ("cert", "key"), f"{what} https")
+        for key in ("cert", "key"):
+            if not isinstance(block.get(key), str) or not block.get(key):
+                ck.add(block.at(key) if key in block else block.where,
+                       f"{what}: https.{key} must be PEM text")
+        return "upload"
+    ck.add(c.at("https"), f"{what}: https must be auto or {{cert: PEM, key: PEM}}")
+    return ""
+
+
 def customer(ck: Checker, body: Any, where: Where, label: str, ctx: Context) -> Customer:
     """One customer entry; problems go to `ck` (the returned value is usable regardless)."""
     c = ck.mapping(body, where, f"customer {label}")
@@ -349,7 +371,8 @@ def customer(ck: Checker, body: Any, where: Where, label: str, ctx: Context) -> 
     out = Customer(directory, tuple(cnames), origin, ck.text(c, "alt_svc", what),
                    _cache_rules(ck, c.get("cache"), c.at("cache"), f"{what} cache"),
                    plan(ck, c.get("shield"), c.at("shield"), what, ctx.shields, ctx.me,
-                        ctx.region, ctx.location))
+                        ctx.region, ctx.location),
+                   _https(ck, c, what, cnames))
     if out.shields and not cnames:
         ck.add(c.at("shield"), f"{what}: a shield routes by edge CNAME; give cnames:")
     return out

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cdnkit import schema
+from cdnkit import certs, schema
 from cdnkit.check import Checker
 from cdnkit.customer import Shield
 from cdnkit.jsondoc import lines
@@ -20,6 +20,7 @@ from cdnkit.seal import Sealer, is_sealed
 
 SECRET = "secret_access_key"
 SECRET_POINTER = f"/origin/{SECRET}"
+HTTPS_KEY_POINTER = "/https/key"        # an uploaded certificate's key: sealed, write-only
 
 
 class Invalid(ValueError):
@@ -78,6 +79,10 @@ def with_secret(doc: dict[str, Any], value: str) -> dict[str, Any]:
 def keep_stored_secret(doc: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
     """A write that leaves the secret out keeps the stored one (it is write-only: a client
     that read the document never saw it), as long as the access key id is the same."""
+    if stored is not None and isinstance(doc.get("https"), dict) and https_key_of(doc) is None \
+            and is_sealed(https_key_of(stored)) and \
+            doc["https"].get("cert") == stored["https"].get("cert"):
+        doc = _with_https_key(doc, stored["https"]["key"])    # same certificate: same key
     if stored is None or secret_of(doc) is not None or not is_sealed(secret_of(stored)):
         return doc
     origin, old = doc.get("origin"), stored.get("origin", {})
@@ -94,12 +99,50 @@ def validate(doc: Any, shields: tuple[Shield, ...], rules: Rules) -> None:
     if is_sealed(secret_of(doc)):
         probe = with_secret(doc, "stored")
     problems = check(probe, shields, rules)
+    if not problems:
+        problems = check_certificate(doc)
     if problems:
         raise Invalid(problems)
 
 
+def https_key_of(doc: dict[str, Any]) -> str | None:
+    https = doc.get("https")
+    value = https.get("key") if isinstance(https, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_certificate(doc: dict[str, Any]) -> list[str]:
+    """An uploaded certificate must load, match its key, be valid now and cover every
+    one of the customer's names (a name it misses would fail every client's check)."""
+    https, key = doc.get("https"), https_key_of(doc)
+    if not isinstance(https, dict) or key is None or is_sealed(key):
+        return []               # a sealed key was checked when it was uploaded
+    try:
+        info = certs.inspect(https.get("cert"), key)
+    except certs.CertError as exc:
+        return [f"/https: {exc}"]
+    missing = [str(n).lower().rstrip(".") for n in doc.get("cnames") or ()
+               if not info.covers(str(n))]
+    if missing:
+        return [f"/https/cert: the certificate (for {', '.join(info.names)}) does not cover "
+                f"{', '.join(missing)}"]
+    return []
+
+
+def _with_https_key(doc: dict[str, Any], value: str) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    out["https"]["key"] = value
+    return out
+
+
 def seal(doc: dict[str, Any], key: str, sealer: Sealer | None) -> dict[str, Any]:
-    """The document as stored: its plain secret sealed for `key` (the customer's key)."""
+    """The document as stored: its plain secrets sealed for `key` (the customer's key)."""
+    https_key = https_key_of(doc)
+    if https_key is not None and not is_sealed(https_key):
+        if sealer is None:
+            raise Invalid([f"{HTTPS_KEY_POINTER}: this control plane has no --key-file; it "
+                           "cannot store certificate keys"])
+        doc = _with_https_key(doc, sealer.seal(https_key, key + HTTPS_KEY_POINTER))
     secret = secret_of(doc)
     if secret is None or is_sealed(secret):
         return doc
@@ -111,7 +154,11 @@ def seal(doc: dict[str, Any], key: str, sealer: Sealer | None) -> dict[str, Any]
 
 def reseal(doc: dict[str, Any], old_key: str, new_key: str,
            sealer: Sealer | None) -> dict[str, Any]:
-    """A sealed secret moved with its customer to a new key (a directory rename)."""
+    """Sealed secrets moved with their customer to a new key (a directory rename)."""
+    https_key = https_key_of(doc)
+    if is_sealed(https_key) and sealer is not None:
+        plain = sealer.open(https_key, old_key + HTTPS_KEY_POINTER)
+        doc = _with_https_key(doc, sealer.seal(plain, new_key + HTTPS_KEY_POINTER))
     secret = secret_of(doc)
     if not is_sealed(secret) or sealer is None:
         return doc
@@ -120,12 +167,17 @@ def reseal(doc: dict[str, Any], old_key: str, new_key: str,
 
 
 def public(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The document without its secret, and the pointers of the secrets left out."""
-    if secret_of(doc) is None:
-        return doc, []
-    out = copy.deepcopy(doc)
-    del out["origin"][SECRET]
-    return out, [SECRET_POINTER]
+    """The document without its secrets, and the pointers of the secrets left out."""
+    out, left = doc, []
+    if https_key_of(doc) is not None:
+        out = copy.deepcopy(out)
+        del out["https"]["key"]
+        left.append(HTTPS_KEY_POINTER)
+    if secret_of(doc) is not None:
+        out = copy.deepcopy(out)
+        del out["origin"][SECRET]
+        left.append(SECRET_POINTER)
+    return out, left
 
 
 def encode(doc: dict[str, Any]) -> bytes:
