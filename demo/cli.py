@@ -48,6 +48,12 @@ def program() -> str:
     return os.environ.get("GSLB_DEMO_PROGRAM") or "gslb"
 
 
+def edge_program() -> str:
+    """The `edge` command installed beside `gslb` (.venv/bin/gslb: .venv/bin/edge)."""
+    head, _, _ = program().rpartition("gslb")
+    return f"{head}edge" if program().endswith("gslb") else "edge"
+
+
 # --- the running demo ----------------------------------------------------------------------
 
 
@@ -188,6 +194,10 @@ def banner(demo: Demo) -> str:
             tls_ip, tls_port = edge.tls[0].rsplit(":", 1)
             lines += ["", "Over HTTPS: HTTP/2 (and HTTP/1.1) by ALPN, with the demo's own CA:",
                       f"  curl -s -o /dev/null -D - --http2 --cacert {demo.work / 'demo-ca.pem'} "
+                      f"--resolve www.test.com:{tls_port}:{tls_ip} "
+                      f"https://www.test.com:{tls_port}/clip.webm",
+                      "Over HTTP/3 (QUIC, same port over UDP; Debian's curl has none):",
+                      f"  {edge_program()} h3get --cacert {demo.work / 'demo-ca.pem'} "
                       f"--resolve www.test.com:{tls_port}:{tls_ip} "
                       f"https://www.test.com:{tls_port}/clip.webm"]
     if demo.fleet is not None:

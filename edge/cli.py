@@ -183,7 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also every edge address of this gslb config (default: none)")
     p.add_argument("--json", action="store_true", help="JSON instead of text (default: text)")
     p.set_defaults(func=cmd_whitelist)
+
+    p = sub.add_parser("h3get", help="GET one URL over HTTP/3 (Debian's curl has none)",
+                       description="One HTTP/3 request, the response head printed as "
+                                   "`curl -D -` does; exit 1 when nothing answered.")
+    p.add_argument("url", help="https://HOST[:PORT]/PATH")
+    p.add_argument("--cacert", default="", metavar="FILE",
+                   help="CA certificates to check the edge's with (default: the system's)")
+    p.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR",
+                   help="connect to ADDR for HOST:PORT, as curl's --resolve (repeatable; "
+                        "default: HOST itself)")
+    p.add_argument("-I", "--head", action="store_true", help="HEAD instead of GET")
+    p.add_argument("-o", "--output", default="", metavar="FILE",
+                   help="write the body here, - for stdout (default: dropped)")
+    p.add_argument("--max-time", type=float, default=30.0, metavar="SECONDS",
+                   help="give up after this long (default: %(default)g)")
+    p.set_defaults(func=cmd_h3get)
     return parser
+
+
+def cmd_h3get(args: argparse.Namespace) -> int:
+    from edge.http.h3get import run        # aioquic's client only for this command
+    return run(args.url, args.cacert, args.resolve, args.head, args.output, args.max_time)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,6 +175,15 @@ def test_the_demo_end_to_end(tmp_path):
             assert out.returncode == 0, out.stderr
             assert out.stdout.startswith("HTTP/2 200") and out.stdout.endswith("2"), out.stdout
             assert f"x-cache: {cached}" in out.stdout and "edge-fra" in out.stdout
+        # HTTP/3 as printed (the edge's own client: Debian's curl has no HTTP/3).
+        words = shlex.split(next(l for l in banner if " h3get " in l))
+        assert words[0].endswith("edge") and "--cacert" in words, words
+        out = subprocess.run([sys.executable, "-m", "edge.cli", *words[1:]], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        head = out.stdout.splitlines()
+        assert head[0] == "HTTP/3 200" and "x-cache: HIT" in head, out.stdout
+        assert any(h.startswith("via:") and "edge-fra" in h for h in head), out.stdout
 
         # Kill the Frankfurt edge: its clients go to the next nearest site (New York).
         pid = int(next(re.search(r"pid (\d+)", l).group(1) for l in banner

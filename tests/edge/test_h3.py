@@ -199,3 +199,34 @@ async def test_h3_certificate_chosen_by_sni_and_config_key(origin, tmp_path):
         assert not udp_bound(edge.tls_port)
         info, _ = await asyncio.to_thread(curl, edge, "/x")
         assert "alt-svc" not in info["headers"]
+
+
+async def test_edge_h3get_fetches_over_http3_as_the_demo_prints_it(h3edge, tmp_path):
+    """`edge h3get`, the client the demo prints (Debian's curl has no HTTP/3): the head as
+    curl -D - prints it, the body to -o, the certificate checked against --cacert."""
+    edge = h3edge
+    out = tmp_path / "body"
+    line = [sys.executable, "-m", "edge.cli", "h3get", "--cacert", str(edge.ca.path),
+            "--resolve", f"www.test.com:{edge.tls_port}:127.0.0.1", "-o", str(out),
+            f"{edge.url}/a.txt"]
+    for cached in ("uri-miss", "hit"):
+        got = await asyncio.to_thread(subprocess.run, line, cwd=ROOT, capture_output=True,
+                                      text=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        head = got.stdout.splitlines()
+        assert head[0] == "HTTP/3 200" and "via: 3 gslb-edge" in head, got.stdout
+        assert any(h.startswith("cache-status:") and cached in h for h in head), got.stdout
+        assert out.read_bytes() == b"object /a.txt " + b"y" * 10_000
+    # A certificate the given CA did not sign: refused, exit 1, said why.
+    (tmp_path / "other").mkdir()
+    other = CA(tmp_path / "other")
+    wrong = await asyncio.to_thread(
+        subprocess.run, [*line[:5], str(other.path), *line[6:]], cwd=ROOT,
+        capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("edge h3get: "), wrong
+    # Nothing listening: a clear error within --max-time, not a hang.
+    quiet = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "edge.cli", "h3get", "--max-time", "2",
+                         "--cacert", str(edge.ca.path), f"https://127.0.0.1:{free_port()}/"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert quiet.returncode == 1 and "no HTTP/3 answer within 2 s" in quiet.stderr, quiet
