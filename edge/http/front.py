@@ -101,7 +101,7 @@ class Hits:
         if found is None:
             return None
         rendered, stored, now = found
-        _, _, body, counters, (_, status_name, block) = rendered
+        body, counters, (_, status_name, block) = rendered[2], rendered[3], rendered[4]
         counters[0].inc()
         counters[1].inc()
         age = stored.age(now)
