@@ -48,8 +48,8 @@ async def test_shortcut_answers_like_the_long_way(monkeypatch):
             served = []
             real = front.Hits.answer
 
-            def spy(self, method, target, raw_headers, scheme):
-                out = real(self, method, target, raw_headers, scheme)
+            def spy(self, *args, **kwargs):
+                out = real(self, *args, **kwargs)
                 served.append(out is not None)
                 return out
 
