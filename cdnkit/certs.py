@@ -41,7 +41,8 @@ class CertInfo:
         return self.not_after.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _names(cert: x509.Certificate) -> tuple[str, ...]:
+def names_of(cert: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names a certificate covers (subjectAltName, else its common name)."""
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
         names = san.value.get_values_for_type(x509.DNSName)
@@ -78,7 +79,7 @@ def inspect(cert_pem: str, key_pem: str, now: datetime.datetime | None = None) -
         raise CertError(f"certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d}")
     if leaf.not_valid_before_utc > now:
         raise CertError(f"certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d}")
-    names = _names(leaf)
+    names = names_of(leaf)
     if not names:
         raise CertError("certificate names no host (no DNS name in subjectAltName)")
     return CertInfo(names, leaf.not_valid_after_utc, format(leaf.serial_number, "x"))

@@ -6,6 +6,8 @@
     PUT    /api/customers/{directory}          replace (If-Match: REVISION, else 428)
     DELETE /api/customers/{directory}          delete (If-Match: REVISION, else 428)
     POST   /api/customers/{directory}/validate the validation path from every edge
+    POST   /api/customers/{directory}/certificate/renew   order its ACME certificate anew
+    GET    /api/certificates                   issuing | active (expires) | failed (why)
     GET    /api/whitelist[?format=txt|json|csv]
     POST   /api/purge                          {"urls": [...]} | {"prefix": P} | {"customer": D}
     GET    /api/purge/{id}                     per-edge completion
@@ -217,6 +219,21 @@ async def drain(request: web.Request) -> web.Response:
                                                on=request.method == "POST"))
 
 
+async def certificates(request: web.Request) -> web.Response:
+    """Every customer's certificate: ACME issuing | active (expires) | failed (reason), or
+    uploaded."""
+    return web.json_response(await request.app[PLANE].certificates())
+
+
+async def renew_certificate(request: web.Request) -> web.Response:
+    """POST: order the customer's ACME certificate anew at the issuer's next look."""
+    from .acme import request_renewal
+
+    status = await request_renewal(request.app[PLANE], request.match_info["directory"])
+    return web.json_response({"directory": request.match_info["directory"], **status},
+                             status=202)
+
+
 async def shields(request: web.Request) -> web.Response:
     view = await request.app[PLANE].view()
     return web.json_response({"shields": [s.name for s in view.shields]})
@@ -260,6 +277,8 @@ def make_app(plane: ControlPlane, tokens: dict[str, Caller]) -> web.Application:
     r.add_get("/api/edges/{node}/drain", drain)
     r.add_post("/api/edges/{node}/drain", drain)
     r.add_delete("/api/edges/{node}/drain", drain)
+    r.add_get("/api/certificates", certificates)
+    r.add_post("/api/customers/{directory}/certificate/renew", renew_certificate)
     r.add_get("/api/shields", shields)
     r.add_get("/api/audit", audit)
     return app

@@ -1,13 +1,16 @@
 """`cdnctl`: the control plane. `serve` runs the API and the page; the other commands
 talk to the store directly, as an operator's or a CI job's tool.
 
-    cdnctl serve [--listen 127.0.0.1:8090]          API, page, and the CNAME reaper
+    cdnctl serve [--listen 127.0.0.1:8090]          API, page, the CNAME reaper and,
+          [--acme-directory URL]                    with a CA, certificates for https: auto
     cdnctl plan -f DIR                              what apply would change
     cdnctl apply -f DIR [--max-deletes 10] [--force]  all of it in one transaction
     cdnctl customers list | show DIR | delete DIR
     cdnctl purge --url URL... | --prefix URL | --customer DIR  [--wait]
     cdnctl status                                   nodes, revisions, what is deploying
     cdnctl drain EDGE [--wait SECONDS] | undrain EDGE   out of every nameserver's answers
+    cdnctl certs [--json] [--renew DIR]             customers' certificates: issuing,
+                                                    active (expires), failed (why), uploaded
     cdnctl keygen > key                             a key file for sealed bucket secrets
 
 The store is --store or $CDNCTL_STORE (default etcd://127.0.0.1:2379).
@@ -70,6 +73,7 @@ async def _serve(args: argparse.Namespace, plane: ControlPlane) -> int:
     from aiohttp import web
 
     from .api import make_app, parse_tokens
+    from .acme import Issuer
     from .reaper import Reaper
 
     tokens = parse_tokens(os.environ.get("CDNCTL_TOKEN", ""),
@@ -85,17 +89,49 @@ async def _serve(args: argparse.Namespace, plane: ControlPlane) -> int:
         log.error("cannot listen on %s: %s", args.listen, exc.strerror)
         await runner.cleanup()
         return 1
-    reaper = asyncio.get_running_loop().create_task(Reaper(plane, args.retire_grace).run())
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    background = [loop.create_task(Reaper(plane, args.retire_grace).run()),
+                  loop.create_task(Issuer(plane, _acme_options(args)).run())]
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("ready: cdnctl on http://%s/ (store %s)", args.listen, plane.store.spec)
     await stop.wait()
-    reaper.cancel()
-    await asyncio.gather(reaper, return_exceptions=True)
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     await runner.cleanup()
     return 0
+
+
+def _acme_options(args: argparse.Namespace) -> Any:
+    from .acme import DAY, AcmeOptions
+
+    return AcmeOptions(directory=args.acme_directory, email=args.acme_email,
+                       ca_file=args.acme_ca_file, renew_before=args.renew_before * DAY,
+                       retry=args.acme_retry, interval=args.acme_interval)
+
+
+async def _certs(args: argparse.Namespace, plane: ControlPlane) -> int:
+    if args.renew:
+        from .acme import request_renewal
+
+        await request_renewal(plane, args.renew)
+        print(f"{args.renew}: a new certificate will be ordered at the issuer's next look")
+        return OK
+    listing = await plane.certificates()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return OK
+    print(f"{'customer':<20}{'mode':<8}{'state':<10}{'expires':<27}names / why")
+    for c in listing["certificates"]:
+        detail = c.get("reason") or ", ".join(c.get("names") or ())
+        if c["state"] == "failed" and c.get("next_attempt"):
+            detail += f" (next attempt in {max(0, c['next_attempt'] - time.time()):.0f} s)"
+        print(f"{c['directory']:<20}{c['mode']:<8}{c['state']:<10}{c.get('expires') or '-':<27}"
+              f"{detail}")
+    failed = [c for c in listing["certificates"] if c["state"] == "failed"]
+    return REFUSED if failed and args.check else OK
 
 
 # --- plan / apply --------------------------------------------------------------------------
@@ -265,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retire-grace", type=float, default=0.0,
                    help="seconds at least between nameservers stopping a CNAME and the "
                         "edges dropping it (default: the nameservers' longest TTL)")
+    p.add_argument("--acme-directory", default=os.environ.get("CDNCTL_ACME_DIRECTORY", ""),
+                   metavar="URL", help="the ACME CA's directory, for customers marked "
+                   "https: auto (default $CDNCTL_ACME_DIRECTORY; none: they stay failed)")
+    p.add_argument("--acme-email", default="", help="the ACME account's contact")
+    p.add_argument("--acme-ca-file", default="", metavar="PEM",
+                   help="CAs to trust for the ACME server's HTTPS (default: the system's)")
+    p.add_argument("--renew-before", type=float, default=30.0, metavar="DAYS",
+                   help="renew certificates this long before they expire (default 30)")
+    p.add_argument("--acme-retry", type=float, default=60.0, metavar="SECONDS",
+                   help="first wait after a failed order, doubling to 6 h (default 60)")
+    p.add_argument("--acme-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="how often the issuer looks for certificates to order (default 5)")
     for name in ("plan", "apply"):
         p = sub.add_parser(name, parents=[common], help=f"{name} the customers of DIR")
         p.add_argument("-f", "--file", required=True, metavar="DIR")
@@ -292,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then wait until it is idle (exit 5 if not within SECONDS)")
     p = sub.add_parser("undrain", parents=[common], help="answer a drained edge again")
     p.add_argument("edge", help="the edge's node id")
+    p = sub.add_parser("certs", parents=[common], help="customers' HTTPS certificates")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true", help="exit 5 when any order failed")
+    p.add_argument("--renew", metavar="DIR", help="order DIR's certificate anew now")
     sub.add_parser("keygen", help="print a new key file for sealed secrets")
     return parser
 
@@ -311,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             "purge": lambda p: _purge(args, p),
             "status": lambda p: _status(args, p),
             "drain": lambda p: _drain(args, p),
-            "undrain": lambda p: _drain(args, p)}[args.command]
+            "undrain": lambda p: _drain(args, p),
+            "certs": lambda p: _certs(args, p)}[args.command]
     try:
         return asyncio.run(_with_plane(args, work))
     except SealError as exc:

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from cdnkit import certs, schema
 from cdnkit.check import Checker
 from cdnkit.customer import Shield
@@ -127,6 +129,17 @@ def check_certificate(doc: dict[str, Any]) -> list[str]:
         return [f"/https/cert: the certificate (for {', '.join(info.names)}) does not cover "
                 f"{', '.join(missing)}"]
     return []
+
+
+def uploaded_expiry(https: dict[str, Any]) -> dict[str, Any]:
+    """{"expires", "names", "serial"} of an uploaded certificate (its key is not needed
+    to read them); an unreadable one shows nothing rather than failing the listing."""
+    try:
+        leaf = x509.load_pem_x509_certificates(str(https.get("cert", "")).encode())[0]
+    except ValueError:
+        return {"expires": None, "names": [], "serial": ""}
+    return {"expires": leaf.not_valid_after_utc.isoformat(), "names": list(certs.names_of(leaf)),
+            "serial": format(leaf.serial_number, "x")}
 
 
 def _with_https_key(doc: dict[str, Any], value: str) -> dict[str, Any]:

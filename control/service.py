@@ -77,6 +77,28 @@ def deployment(directory: str, revision: int, nodes: dict[str, Node],
                       rejected, servers, answering)
 
 
+def certificate_state(doc: dict[str, Any], status: bytes | None) -> dict[str, Any] | None:
+    """What the API shows of a customer's certificate (None: the customer has no HTTPS).
+
+    `https: auto`: the issuer's record (control/acme.py), "issuing" until it wrote one.
+    An uploaded certificate: "uploaded", with the expiry read from the certificate."""
+    mode = doc.get("https")
+    if mode == "auto":
+        try:
+            found = json.loads(status) if status else {}
+        except ValueError:
+            found = {}
+        found = found if isinstance(found, dict) else {}
+        return {"mode": "auto", "state": found.get("state") or "issuing",
+                "expires": found.get("expires"), "reason": found.get("reason", ""),
+                "since": found.get("since"), "next_attempt": found.get("next_attempt"),
+                "attempts": found.get("attempts", 0), "serial": found.get("serial", ""),
+                "names": found.get("names") or []}
+    if isinstance(mode, dict):
+        return {"mode": "upload", "state": "uploaded", **documents.uploaded_expiry(mode)}
+    return None
+
+
 class ControlPlane:
     """Customers, purges, nodes and the whitelist, over one etcd store."""
 
@@ -94,28 +116,44 @@ class ControlPlane:
     async def nodes(self) -> dict[str, Node]:
         return merge((await self.store.load(self.keys.nodes)).under(self.keys.nodes))
 
+    async def cert_statuses(self) -> dict[str, bytes]:
+        """The issuer's certstatus/ records (control/acme.py), by directory."""
+        snap = await self.store.load(self.keys.cert_status)
+        return {d: e.value for d, e in snap.under(self.keys.cert_status).items()}
+
     def _card(self, directory: str, doc: dict[str, Any], revision: int,
-              nodes: dict[str, Node], view: View) -> dict[str, Any]:
+              nodes: dict[str, Node], view: View, statuses: dict[str, bytes]) -> dict[str, Any]:
         public, secrets = documents.public(doc)
         names = view.pointing_at(directory)
         return {"directory": directory, "revision": revision, "customer": public,
                 "cname_target": documents.cname_targets(doc, self.rules.own_domains),
                 "secrets": secrets, **deployment(directory, revision, nodes).as_json(),
-                "retiring": [n for n in names if view.cnames[n].retiring]}
+                "retiring": [n for n in names if view.cnames[n].retiring],
+                "certificate": certificate_state(doc, statuses.get(directory))}
 
     async def customers(self) -> dict[str, Any]:
-        view, nodes = await asyncio.gather(self.view(), self.nodes())
-        cards = [self._card(d, doc, e.mod_revision, nodes, view)
+        view, nodes, statuses = await asyncio.gather(self.view(), self.nodes(),
+                                                     self.cert_statuses())
+        cards = [self._card(d, doc, e.mod_revision, nodes, view, statuses)
                  for d, (doc, e) in sorted(view.customers.items())]
         return {"revision": view.latest(), "customers": cards,
                 "max_customers": self.rules.max_customers}
 
     async def customer(self, directory: str) -> dict[str, Any]:
-        view, nodes = await asyncio.gather(self.view(), self.nodes())
+        view, nodes, statuses = await asyncio.gather(self.view(), self.nodes(),
+                                                     self.cert_statuses())
         found = view.customers.get(directory)
         if found is None:
             raise NotFound(directory)
-        return self._card(directory, found[0], found[1].mod_revision, nodes, view)
+        return self._card(directory, found[0], found[1].mod_revision, nodes, view, statuses)
+
+    async def certificates(self) -> dict[str, Any]:
+        """Every customer's HTTPS certificate: ACME (issuing | active | failed) or
+        uploaded, with its expiry."""
+        view, statuses = await asyncio.gather(self.view(), self.cert_statuses())
+        return {"certificates": [{"directory": d, **state} for d, (doc, _) in
+                                 sorted(view.customers.items())
+                                 if (state := certificate_state(doc, statuses.get(d)))]}
 
     # --- writing -------------------------------------------------------------------------
 
