@@ -70,6 +70,34 @@ def demo_tls(work: Path, names: tuple[str, ...]) -> DemoTLS:
     return found
 
 
+def self_signed(work: Path, stem: str, address: str) -> tuple[Path, Path]:
+    """A certificate for a loopback service's own HTTPS (the demo's ACME CA, pebble),
+    trusted by naming the file itself: (cert, key) in `work`."""
+    import ipaddress
+
+    cert_path, key_path = work / f"{stem}.pem", work / f"{stem}.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    work.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(f"{stem} (this demo only)")
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost")]),
+                critical=False)
+            .sign(key, hashes.SHA256()))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
 def tls_block(tls: DemoTLS, host: str) -> dict:
     """An edge config's `tls:` for the demo certificate on HOST:TLS_PORT."""
     return {"listen": [f"{host}:{TLS_PORT}"],

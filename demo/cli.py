@@ -204,7 +204,7 @@ def banner(demo: Demo) -> str:
         from .fleet import banner_lines
         edge = next((c for c in demo.children if c.name == "edge-fra"), None)
         lines += banner_lines(demo.plan, demo.fleet,
-                              edge.binds[0] if edge else "127.0.0.12:8081")
+                              edge.binds[0] if edge else "127.0.0.12:8081", demo.work)
     control = "" if demo.control == default_control() else f" --control {demo.control}"
     lines += ["", "The CDN (stop a site and its clients move to the next nearest one; "
                   "every part is the demo's and stops with it):"]
@@ -302,7 +302,7 @@ def _fleet(args: argparse.Namespace) -> object:
     if not args.fleet:
         return None
     from .fleet import FleetPlan
-    return FleetPlan(args.etcd, args.etcd_peer, args.cdnctl)
+    return FleetPlan(args.etcd, args.etcd_peer, args.cdnctl, args.acme, args.acme_admin)
 
 
 def remote(args: argparse.Namespace) -> int:
@@ -355,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--fleet: etcd's peer address (default: %(default)s)")
     p.add_argument("--cdnctl", default="127.0.0.1:8090", metavar="ADDR:PORT",
                    help="--fleet: the control plane's API and page (default: %(default)s)")
+    p.add_argument("--acme", default="127.0.0.1:14000", metavar="ADDR:PORT",
+                   help="--fleet: pebble, the ACME CA for https: auto (default: %(default)s)")
+    p.add_argument("--acme-admin", default="127.0.0.1:15000", metavar="ADDR:PORT",
+                   help="--fleet: pebble's management API (default: %(default)s)")
     p.add_argument("--control", default=default_control(), metavar="PATH",
                    help="the running demo's control socket (default: %(default)s)")
     return p

@@ -37,7 +37,7 @@ from cdnkit.listen import Listener
 from cdnkit.seal import new_key
 
 from .cdn import Plan, gslb_child, tls_host
-from .certs import TLS_PORT, customer_names, demo_tls, tls_block
+from .certs import TLS_PORT, customer_names, demo_tls, self_signed, tls_block
 from .procs import ROOT, Child, edge_answers_as
 
 DEMO_TOKEN = "demo-token"
@@ -52,6 +52,8 @@ class FleetPlan:
     etcd: str = "127.0.0.1:2379"
     etcd_peer: str = "127.0.0.1:2380"
     cdnctl: str = "127.0.0.1:8090"
+    acme: str = "127.0.0.1:14000"            # pebble, the demo's ACME CA (https: auto)
+    acme_admin: str = "127.0.0.1:15000"      # pebble's management API: its root certificate
 
     @property
     def store(self) -> str:
@@ -206,12 +208,54 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
     ns1 = gslb_child(plan, work, extra=["--store", store, "--node-id", "ns1"])
     out.append(replace(ns1, check=_both(ns1.check, registered(fleet.etcd, "ns1", "serving"))))
     out.append(second_nameserver(plan, work, fleet))
+    acme = _pebble(work, fleet, plan, int(next(iter(by_site.values()))[0].rsplit(":", 1)[1]))
+    ca = ["--acme-directory", f"https://{fleet.acme}/dir", "--acme-ca-file",
+          str(work / "acme-listener.pem"), "--acme-interval", "1"] if acme else []
+    out += [acme] if acme else []
     # Last: the API answers only once every edge and nameserver is up and registered.
     out.append(Child("cdnctl", "the control plane (API and Customer Origin page)",
                      [sys.executable, "-m", "control.cli", "serve", "--store", store,
-                      "--listen", fleet.cdnctl, "--key-file", str(key_file(work))],
+                      "--listen", fleet.cdnctl, "--key-file", str(key_file(work)), *ca],
                      [fleet.cdnctl], work / "cdnctl.log", "ready:"))
     return out
+
+
+def _pebble(work: Path, fleet: FleetPlan, plan: Plan, edge_port: int) -> Child | None:
+    """Debian's pebble as the ACME CA for customers marked `https: auto`: it looks names
+    up at ns1 (the demo's own nameserver, so a name in the zone leads it to an edge) and
+    validates HTTP-01 at the edges' port. None when pebble is not installed."""
+    binary = shutil.which("pebble")
+    if binary is None:
+        return None
+    cert, key = self_signed(work, "acme-listener", fleet.acme.rsplit(":", 1)[0])
+    config = work / "pebble.json"
+    config.write_text(json.dumps({"pebble": {
+        "listenAddress": fleet.acme, "managementListenAddress": fleet.acme_admin,
+        "certificate": str(cert), "privateKey": str(key), "httpPort": edge_port,
+        "tlsPort": TLS_PORT, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    dns = plan.dns[0]
+    # `env` execs pebble (same pid): validate at once rather than after a random sleep,
+    # and no nonces refused on purpose (pebble's tests of clients' retries)
+    command = ["env", "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", binary,
+               "-config", str(config), "-dnsserver", f"{dns.host}:{dns.port}"]
+    return Child("pebble", "the ACME CA (pebble, for https: auto)", command,
+                 [fleet.acme, fleet.acme_admin], work / "pebble.log", "ACME directory",
+                 check=_root_saved(work, fleet))
+
+
+def _root_saved(work: Path, fleet: FleetPlan):
+    """Save pebble's root (made anew at every start) where the banner's curl trusts it."""
+    def check(child: Child) -> str:
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(work / "acme-listener.pem"))
+        try:
+            with urllib.request.urlopen(f"https://{fleet.acme_admin}/roots/0", context=ctx,
+                                        timeout=3) as resp:
+                (work / "acme-root.pem").write_bytes(resp.read())
+        except OSError as exc:
+            return f"pebble's root certificate: {exc}"
+        return ""
+    return check
 
 
 def second_nameserver(plan: Plan, work: Path, fleet: FleetPlan) -> Child:
@@ -225,7 +269,7 @@ def second_nameserver(plan: Plan, work: Path, fleet: FleetPlan) -> Child:
         check=_both(child.check, registered(fleet.etcd, "ns2", "serving")))
 
 
-def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
+def banner_lines(plan: Plan, fleet: FleetPlan, edge: str, work: Path) -> list[str]:
     """What to try in the fleet demo: a customer created through the API, then served."""
     zone = plan.config.zones[0].origin.rstrip(".")
     first = plan.dns[0]
@@ -258,6 +302,16 @@ def banner_lines(plan: Plan, fleet: FleetPlan, edge: str) -> list[str]:
         f"  wrk -t2 -c64 -d30s -H 'Host: www.test.com' http://{edge}/clip.webm    # past its "
         f"capacity ({EDGE_CAPACITY}): Frankfurt's clients shed to the next site",
     ]
+    if shutil.which("pebble"):
+        shop = ('{"directory": "shop", "cnames": ["shop.' + zone + '"], "origin": {"http": '
+                f'["{plan.origin}"]}}, "https": "auto"}}')
+        lines += [
+            "", f"HTTPS by ACME: pebble ({fleet.acme}) is the CA; it looks names up at ns1 and "
+                "asks the edges for the HTTP-01 answer:",
+            f"  curl -s {auth} -X POST http://{control}/api/customers -d '{shop}'",
+            f"  cdnctl certs --store {fleet.store}     # shop: issuing -> active (expires ...)",
+            f"  curl -s -o /dev/null -D - --cacert {work}/acme-root.pem --resolve "
+            f"shop.{zone}:{TLS_PORT}:{ip} https://shop.{zone}:{TLS_PORT}/clip.webm"]
     if plan.http is not None:
         lines.append(f"  open http://{plan.http}/#fleet     # the fleet view: nameservers, "
                      "edges, load, the last 15 minutes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 from tests.conftest import free_port
 from tests.control.fleet import wait_for
@@ -20,12 +21,15 @@ def run(line: str, env: dict) -> str:
 def test_the_fleet_demo_creates_a_customer_and_serves_it(tmp_path):
     port, http = free_port(), free_port()
     etcd, peer, ctl = free_port(), free_port(), free_port()
+    acme, acme_admin = free_port(), free_port()
     config, options = demo_config(tmp_path)
     env = {**os.environ, "CDNCTL_TOKEN": "t0ken"}
     log = tmp_path / "demo.log"
     proc, banner = start_demo(tmp_path, config, port, http,
                               ["--fleet", "--etcd", f"127.0.0.1:{etcd}",
                                "--etcd-peer", f"127.0.0.1:{peer}", "--cdnctl", f"127.0.0.1:{ctl}",
+                               "--acme", f"127.0.0.1:{acme}",
+                               "--acme-admin", f"127.0.0.1:{acme_admin}",
                                *options], log, env)
     try:
         text = "\n".join(banner)
@@ -51,6 +55,18 @@ def test_the_fleet_demo_creates_a_customer_and_serves_it(tmp_path):
         ip, edge_port = fetch.split("--resolve video.example.com:")[1].split()[0].split(":")[::-1]
         got = curl_video(edge_port, ip)
         assert got["status"] == "200" and "shield-fra" in got["via"], got
+
+        # https: auto, as printed: pebble looks the name up at ns1, asks an edge for the
+        # HTTP-01 answer, and the edge then serves the certificate it issued
+        shop = next(l.strip() for l in banner if '"https": "auto"' in l)
+        certs = next(l.strip() for l in banner if "cdnctl certs" in l)
+        https = next(l.strip() for l in banner if "acme-root.pem" in l)
+        assert json.loads(run(shop, env))["directory"] == "shop"
+        certs = certs.replace("cdnctl", f"{sys.executable} -m control.cli", 1)
+        wait_for(lambda: any(l.startswith("shop") and " active " in l
+                             for l in run(certs, env).splitlines()), timeout=60, every=0.5)
+        head = run(https, env).splitlines()
+        assert head and head[0].split()[1] == "200", (head, https)
     finally:
         proc.terminate()
         proc.wait(30)
