@@ -96,11 +96,24 @@ def test_a_customer_created_through_the_form_is_served(etcd, tmp_path, browser, 
             By.CSS_SELECTOR, 'tr[data-directory="images"] button[data-action="edit"]').click())
         wait.until(lambda d: d.find_element(By.ID, "save").text == "Update")
         Select(browser.find_element(By.NAME, "ip_version")).select_by_value("v4_only")
+        Select(browser.find_element(By.NAME, "https_mode")).select_by_value("auto")
         browser.find_element(By.ID, "save").click()
         wait.until(lambda d: "Updated images" in d.find_element(By.ID, "msg").text)
         card = ctl.call("GET", "/api/customers/images")[1]
         assert card["customer"]["origin"]["ip_version"] == "v4_only"
         assert card["customer"]["origin"]["balancing"] == "failover"
+        assert card["customer"]["https"] == "auto"
+        # this cdnctl has no ACME CA: the HTTPS column says so, with the reason
+        def cert_cell(d):
+            found = d.find_elements(By.CSS_SELECTOR, 'tr[data-directory="images"] [data-cert]')
+            return found[0].get_attribute("data-cert") if found else ""
+        wait.until(lambda d: fresh(lambda: cert_cell(d)) == "failed")
+        row = fresh(lambda: browser.find_element(
+            By.CSS_SELECTOR, 'tr[data-directory="images"]').text)
+        assert "no ACME CA is configured" in row, row
+        fresh(lambda: browser.find_element(
+            By.CSS_SELECTOR, 'tr[data-directory="images"] button[data-action="renew"]').click())
+        wait.until(lambda d: "on its way" in d.find_element(By.ID, "msg").text)
     finally:
         edge.stop()
         ctl.stop()
