@@ -43,7 +43,9 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
     try:
         customer, path = route(config, client_host, request.target)
         if request.target[:1] != "/":
-            client_host = split_target(client_host, request.target)[0]
+            client_host, target = split_target(client_host, request.target)
+            if target.startswith(ACME_PATH) and request.method in ("GET", "HEAD"):
+                return app.challenge(reply, target[len(ACME_PATH):].split("?", 1)[0])
     except BadPath:
         return own_error(reply, request, state, 400, "bad request\n")
     if customer is None:
@@ -268,16 +270,13 @@ class EdgeApp:
         if request.method in ("GET", "HEAD"):
             if path in ("/healthz", "/metrics"):
                 return self._healthz(reply) if path == "/healthz" else self._metrics(reply)
-            if path[:1] != "/":                # absolute-form (rare): its origin-form path
-                try:
-                    path = split_target("", path)[1]
-                except BadPath:
-                    pass                           # proxy() answers 400
-            if path.startswith(ACME_PATH):     # any Host, a customer's too: before routing
-                return self._challenge(reply, path[len(ACME_PATH):])
+            # Any Host, a customer's too, before routing; the slice first keeps the cost
+            # for every other path to one compare (absolute-form: in proxy()).
+            if path[1:2] == "." and path.startswith(ACME_PATH):
+                return self.challenge(reply, path[len(ACME_PATH):])
         await proxy(self, request, reply)
 
-    def _challenge(self, reply: Reply, token: str) -> None:
+    def challenge(self, reply: Reply, token: str) -> None:
         """ACME HTTP-01 (RFC 8555 8.3): the key authorization the control plane put in the
         store for `token`, else 404; never cached, never asked of an origin."""
         state = self.state

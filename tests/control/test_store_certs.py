@@ -216,6 +216,11 @@ def test_acme_challenges_are_answered_from_the_store_by_every_worker(etcd, tmp_p
                        f"www.cust.com:{tls_port}:127.0.0.1",
                        f"https://www.cust.com:{tls_port}/.well-known/acme-challenge/{token}")
             assert got.stdout == f"{answer}\n{version[6:]} 200", got
+        # absolute-form, and HTTP/3
+        got = curl("--request-target", f"http://www.cust.com/.well-known/acme-challenge/{token}",
+                   f"http://127.0.0.1:{edge.port}/")
+        assert got.stdout == answer, got
+        assert asyncio.run(_h3_challenge(tls_port, ca, token)) == (200, answer.encode())
         for unknown in ("nope", "old", ""):
             got = curl("-o", "/dev/null", "-w", "%{http_code}", url + unknown,
                        "-H", "Host: www.cust.com")
@@ -233,3 +238,10 @@ def test_acme_challenges_are_answered_from_the_store_by_every_worker(etcd, tmp_p
     finally:
         edge.stop()
         origin.close()
+
+
+async def _h3_challenge(port: int, ca: CA, token: str) -> tuple[int, bytes]:
+    async with h3_connect(port, ca.path, server_name="edge.example.net") as client:
+        answer = await client.request("GET", f"/.well-known/acme-challenge/{token}",
+                                      f"www.cust.com:{port}")
+        return answer.status, bytes(answer.body)
