@@ -50,6 +50,8 @@ class EdgeConfig:
     trusted_proxies: tuple = ()
     sendfile: bool = False               # disk-tier hits by sendfile(2), not copied (filesend)
     h3: bool = True                      # HTTP/3 (UDP) on every tls listen (tls: h3: false)
+    # ACME HTTP-01 challenges from the store (edge/fleet/watch.py): token -> key authorization
+    acme_challenges: dict[str, str] = field(default_factory=dict)
     by_cname: dict[str, Customer] = field(default_factory=dict)
     by_directory: dict[str, Customer] = field(default_factory=dict)
 

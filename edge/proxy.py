@@ -6,6 +6,8 @@ edge CNAME, or the CDN URL `/<account>/<directory>/`), then `cached`
 (cached.py) for GET/HEAD, a tunnel for WebSocket upgrades, or `pull` and
 `relay` (upstream.py) for everything else. Anything that routes nowhere is
 404: this is never an open proxy and never fetches a URL the client chose.
+ACME HTTP-01 challenges are answered from the store's (EdgeConfig.acme_challenges)
+before any routing, on any Host (a customer's name is what ACME asks for).
 Also here: purge, and the edge's background tasks.
 """
 from __future__ import annotations
@@ -41,7 +43,9 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
     try:
         customer, path = route(config, client_host, request.target)
         if request.target[:1] != "/":
-            client_host = split_target(client_host, request.target)[0]
+            client_host, target = split_target(client_host, request.target)
+            if target.startswith(ACME_PATH) and request.method in ("GET", "HEAD"):
+                return app.challenge(reply, target[len(ACME_PATH):].split("?", 1)[0])
     except BadPath:
         return own_error(reply, request, state, 400, "bad request\n")
     if customer is None:
@@ -105,6 +109,7 @@ async def proxy(app: "EdgeApp", request: Request, reply: Reply) -> None:
 
 
 PURGE_PATH = "/.edge/purge"
+ACME_PATH = "/.well-known/acme-challenge/"
 VALIDATE_PATH = "/.edge/validate"
 BAN_POLL = 0.2
 
@@ -262,9 +267,26 @@ class EdgeApp:
 
     async def handle(self, request: Request, reply: Reply) -> None:
         path = request.path
-        if request.method in ("GET", "HEAD") and path in ("/healthz", "/metrics"):
-            return self._healthz(reply) if path == "/healthz" else self._metrics(reply)
+        if request.method in ("GET", "HEAD"):
+            if path in ("/healthz", "/metrics"):
+                return self._healthz(reply) if path == "/healthz" else self._metrics(reply)
+            # Any Host, a customer's too, before routing; the slice first keeps the cost
+            # for every other path to one compare (absolute-form: in proxy()).
+            if path[1:2] == "." and path.startswith(ACME_PATH):
+                return self.challenge(reply, path[len(ACME_PATH):])
         await proxy(self, request, reply)
+
+    def challenge(self, reply: Reply, token: str) -> None:
+        """ACME HTTP-01 (RFC 8555 8.3): the key authorization the control plane put in the
+        store for `token`, else 404; never cached, never asked of an origin."""
+        state = self.state
+        answer = state.config.acme_challenges.get(token)
+        status, body = (200, answer.encode()) if answer is not None else (
+            404, b"no such ACME challenge\n")
+        reply.start(status, "", [("Content-Type", "text/plain"), ("Cache-Control", "no-store"),
+                                 *own_headers(state, reply.request.version)], len(body))
+        reply.write_now(body)
+        reply.end()
 
     def _healthz(self, reply: Reply) -> None:
         state = self.state

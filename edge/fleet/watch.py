@@ -37,6 +37,7 @@ from cdnkit.yamlsrc import LineDict, LineList, load_yaml
 from edge import config as edge_config
 from edge.model import EdgeConfig
 from edge.cache.purge import Ban, ban_for
+from edge.fleet.certs import StoreCerts, ordered
 from edge.state import EdgeState
 
 log = logging.getLogger("edge.fleet.watch")
@@ -96,6 +97,9 @@ class Follower:
         self.registration: Registration | None = None
         self._tasks: list[asyncio.Task] = []
         self.path = snapshot_path(state.config, opts)
+        # This process's own directory: workers must not remove each other's files.
+        self.certs = StoreCerts(self.keys, self.sealer, self.path.parent / "certs" /
+                                f"{opts.node_id}-{opts.worker}")
 
     # --- building a config from a snapshot -----------------------------------------------
 
@@ -139,8 +143,8 @@ class Follower:
             try:
                 cfg = edge_config.build(raw, str(self.local), self.local.resolve().parent,
                                         max_customers=None, local_refs=False)
-                return self._local(cfg), {**bad, **{k: v for k, v in self.rejected.items()
-                                                    if k in skip}}
+                rejected = {**bad, **{k: v for k, v in self.rejected.items() if k in skip}}
+                return self._store_parts(self._local(cfg), snap, rejected)
             except ConfigError as exc:
                 blamed = _blame(exc.problems, self.keys.customers)
                 if not blamed or set(blamed) <= skip:
@@ -149,6 +153,20 @@ class Follower:
                     self.rejected[name] = problems
                 skip |= set(blamed)
         raise ConfigError(["too many customers the edge cannot use"])
+
+    def _store_parts(self, cfg: EdgeConfig, snap: Snapshot, rejected: dict[str, list[str]]
+                     ) -> tuple[EdgeConfig, dict[str, list[str]]]:
+        """`cfg` with the store's certificates (edge/fleet/certs.py; only where there is a
+        TLS listener) and ACME HTTP-01 challenges; certificates that cannot be used join
+        `rejected`, under their customer's directory."""
+        changes: dict[str, Any] = {"acme_challenges": _challenges(snap, self.keys.challenges,
+                                                                  time.time())}
+        if cfg.tls_listen:
+            found = self.certs.find(snap, cfg.by_directory)
+            changes["certificates"] = ordered(cfg.certificates, found)
+            for directory, problems in found.problems.items():
+                rejected = {**rejected, directory: rejected.get(directory, []) + problems}
+        return replace(cfg, **changes), rejected
 
     def _local(self, cfg: EdgeConfig) -> EdgeConfig:
         changes: dict[str, Any] = {"name": self.opts.node_id,
@@ -176,6 +194,7 @@ class Follower:
                       "; ".join(problems))
         self.rejected = rejected
         self.state.apply(cfg)
+        self.certs.prune(cfg.certificates)     # the contexts are built: old files can go
         if previous is not None:
             self._purge(previous, snap, cfg)
         if save:
@@ -316,6 +335,27 @@ def _retiring(snap: Snapshot, folder: str) -> dict[str, list[str]]:
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return out
+
+
+def _challenges(snap: Snapshot, folder: str, now: float) -> dict[str, str]:
+    """ACME HTTP-01 challenges: token -> key authorization ("<token>.<thumbprint>");
+    expired and malformed ones are left out (the edge then answers 404 for them)."""
+    out = {}
+    for token, entry in snap.under(folder).items():
+        try:
+            doc = json.loads(entry.value)
+            answer, expires = doc["authorization"], doc["expires"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if (TOKEN.fullmatch(token) and isinstance(answer, str) and
+                answer.startswith(token + ".") and AUTHORIZATION.fullmatch(answer) and
+                isinstance(expires, (int, float)) and expires > now):
+            out[token] = answer
+    return out
+
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")                 # base64url, RFC 8555 8.3
+AUTHORIZATION = re.compile(r"[A-Za-z0-9_-]{1,256}\.[A-Za-z0-9_-]{1,128}")
 
 
 def _with_retiring(doc: Any, names: Any) -> Any:

@@ -10,6 +10,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import pull_client_hello
 
+from edge.http.tls import identity
+
 
 class CertTable:
     """Certificate and key per name for QUIC (aioquic's objects, not ssl's), rebuilt
@@ -18,20 +20,25 @@ class CertTable:
     def __init__(self) -> None:
         self._specs = None
         self._table: dict[str, QuicConfiguration] = {}
+        self._built: dict[tuple, QuicConfiguration] = {}
         self.default: QuicConfiguration | None = None
 
     def update(self, specs) -> None:
         """Load `specs` (tls.CertSpec) unless they are the ones loaded already."""
         if specs is self._specs:
             return
-        table, default = {}, None
+        table, default, built = {}, None, {}
         for spec in specs:
-            loaded = QuicConfiguration(is_client=False)
-            loaded.load_cert_chain(spec.cert, spec.key)
+            same = identity(spec)           # unchanged files: the certificate loaded before
+            loaded = built.get(same) or self._built.get(same)
+            if loaded is None:
+                loaded = QuicConfiguration(is_client=False)
+                loaded.load_cert_chain(spec.cert, spec.key)
+            built[same] = loaded
             default = default or loaded
             for name in spec.names:
                 table[name.lower()] = loaded
-        self._specs, self._table, self.default = specs, table, default
+        self._specs, self._table, self._built, self.default = specs, table, built, default
 
     def pick(self, name: str | None) -> QuicConfiguration | None:
         """The loaded certificate for a server name: exact, then wildcard, then default."""

@@ -6,6 +6,7 @@ reload (new files) takes effect for new connections without a restart.
 """
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -25,26 +26,46 @@ def _context(spec: CertSpec) -> ssl.SSLContext:
     return ctx
 
 
+def identity(spec: CertSpec) -> tuple:
+    """What says a spec's files are the ones already loaded: their paths, sizes, mtimes
+    and inodes (a file replaced by os.replace has a new inode)."""
+    out: tuple = (spec.cert, spec.key)
+    for path in out[:2]:
+        st = os.stat(path)
+        out += (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
 class CertStore:
     """Name -> SSLContext; `server_context()` is what the TLS listener uses."""
 
     def __init__(self, specs: tuple[CertSpec, ...]):
         self._table: dict[str, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
+        self._built: dict[tuple, ssl.SSLContext] = {}     # identity() -> context
         self.load(specs)
         self._server = _context(specs[0]) if specs else None
         if self._server is not None:
             self._server.sni_callback = self._pick
 
     def load(self, specs: tuple[CertSpec, ...]) -> None:
-        """Build every context first, then swap: a bad file leaves the old table in place."""
-        table = {}
+        """Build every context first, then swap: a bad file leaves the old table in place.
+
+        A context is built once per pair of files and kept while a later load names the
+        same files unchanged (same size, mtime and inode): a store revision with many
+        customers (edge/fleet/certs.py) rebuilds only the certificates that changed, and
+        a SIGHUP after the operator replaced a file still loads the new one."""
+        table: dict[str, ssl.SSLContext] = {}
+        built: dict[tuple, ssl.SSLContext] = {}
+        default = None
         for spec in specs:
-            ctx = _context(spec)            # raises on unreadable or mismatched files
+            same = identity(spec)           # raises OSError on a missing file
+            ctx = built.get(same) or self._built.get(same) or _context(spec)  # raises on bad files
+            built[same] = ctx
+            default = default or ctx
             for name in spec.names:
                 table[name.lower()] = ctx
-        self._table = table
-        self._default = _context(specs[0]) if specs else None
+        self._table, self._built, self._default = table, built, default
 
     def context_for(self, name: str | None) -> ssl.SSLContext | None:
         if not name:

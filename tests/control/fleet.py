@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -50,13 +51,15 @@ class EdgeProc:
         wait_healthy(self)
 
 
-def wait_healthy(edge: EdgeProc, timeout: float = 20.0) -> None:
+def wait_healthy(edge: EdgeProc, timeout: float = 20.0, workers: int = 1) -> None:
+    """Until the edge answers /healthz and its `workers` processes all said ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if edge.proc.poll() is not None:
             raise RuntimeError(f"edge exited: {edge.log.read_text()[-3000:]}")
         try:
-            if edge.get("/healthz", "x", timeout=0.5)[0] == 200:
+            if edge.get("/healthz", "x", timeout=0.5)[0] == 200 and \
+                    edge.log.read_text().count("ready:") >= workers:
                 return
         except OSError:
             pass
@@ -65,19 +68,28 @@ def wait_healthy(edge: EdgeProc, timeout: float = 20.0) -> None:
 
 
 def start_edge(tmp: Path, store: str, name: str, *extra: str, port: int | None = None,
-               host: str = "127.0.0.1") -> EdgeProc:
+               host: str = "127.0.0.1", workers: int | None = 1,
+               config: dict | None = None) -> EdgeProc:
+    """`edge serve --store` with a YAML of its listener, name and state_dir (plus
+    `config`); `workers=None`: the default worker count, as users run it."""
     port = port or free_port()
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
-    cfg = {"listen": [f"{host}:{port}"], "name": name, "state_dir": str(home / "state")}
+    cfg = {"listen": [f"{host}:{port}"], "name": name, "state_dir": str(home / "state"),
+           **(config or {})}
     path = home / "edge.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = home / "edge.log"
-    cmd = [sys.executable, "-m", "edge.cli", "serve", "-c", str(path), "--workers", "1",
+    count = ["--workers", str(workers)] if workers else []
+    cmd = [sys.executable, "-m", "edge.cli", "serve", "-c", str(path), *count,
            "--store", store, "--node-id", name, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     edge = EdgeProc(name, port, proc, log, cmd, host)
-    wait_healthy(edge)
+    try:
+        wait_healthy(edge, workers=workers or os.cpu_count() or 1)
+    except BaseException:
+        edge.stop()
+        raise
     return edge
 
 

@@ -114,3 +114,38 @@ def test_tls_config_errors(tmp_path):
     with pytest.raises(edge_config.ConfigError) as info:
         edge_config.build(load_yaml_text(yaml.safe_dump(cfg), "e.yaml"), "e.yaml")
     assert "does not exist" in info.value.problems[0]
+
+
+def test_a_load_keeps_the_contexts_of_unchanged_files_and_rebuilds_changed_ones(tmp_path):
+    """A store revision with many customers must not rebuild every SSL context (nor
+    every QUIC certificate); a file replaced under the same name is loaded again."""
+    import os
+    from pathlib import Path
+
+    from edge.http.quiccert import CertTable
+    from edge.http.tls import CertSpec, CertStore
+
+    ca = CA(tmp_path)
+    specs = tuple(CertSpec((f"www.{n}.com",), *map(str, ca.issue(f"www.{n}.com")))
+                  for n in ("a", "b"))
+    store, quic = CertStore(specs), CertTable()
+    quic.update(specs)
+    before = [store.context_for(f"www.{n}.com") for n in ("a", "b")]
+    quic_before = [quic.pick(f"www.{n}.com") for n in ("a", "b")]
+    assert before[0] is not before[1]
+    again = tuple(CertSpec(s.names + ("img.x.com",), s.cert, s.key) for s in specs)
+    store.load(again)
+    quic.update(again)
+    assert [store.context_for(f"www.{n}.com") for n in ("a", "b")] == before
+    assert [quic.pick(f"www.{n}.com") for n in ("a", "b")] == quic_before
+    # the operator replaces b's files (as `tls: certificates` on a SIGHUP): b is new
+    texts = [Path(p).read_bytes() for p in ca.issue("www.b.com")]    # (in place)
+    for path, text in zip((specs[1].cert, specs[1].key), texts):
+        (tmp_path / "new").write_bytes(text)
+        os.replace(tmp_path / "new", path)          # as an editor or certbot does
+    again = tuple(list(again))                      # a new config's tuple (a SIGHUP)
+    store.load(again)
+    quic.update(again)
+    assert store.context_for("www.a.com") is before[0]
+    assert store.context_for("www.b.com") is not before[1]
+    assert quic.pick("www.b.com") is not quic_before[1]
