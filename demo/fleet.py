@@ -205,12 +205,15 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
         where = plan.config.sites[site]
         out.append(_edge(work, fleet, f"edge-{site}", f"the {site} edge", binds, where.lat, where.lon,
                          "edge", site, [a.ip for a in where.addresses]))
-    ns1 = gslb_child(plan, work, extra=["--store", store, "--node-id", "ns1"])
-    out.append(replace(ns1, check=_both(ns1.check, registered(fleet.etcd, "ns1", "serving"))))
-    out.append(second_nameserver(plan, work, fleet))
     acme = _pebble(work, fleet, plan, int(next(iter(by_site.values()))[0].rsplit(":", 1)[1]))
+    ns = replace(plan, config_path=_shop_over_ipv4(plan, work)) if acme else plan
+    ns1 = gslb_child(ns, work, extra=["--store", store, "--node-id", "ns1"])
+    out.append(replace(ns1, check=_both(ns1.check, registered(fleet.etcd, "ns1", "serving"))))
+    out.append(second_nameserver(ns, work, fleet))
+    # a quick retry: a first order may race the edges applying the new customer
     ca = ["--acme-directory", f"https://{fleet.acme}/dir", "--acme-ca-file",
-          str(work / "acme-listener.pem"), "--acme-interval", "1"] if acme else []
+          str(work / "acme-listener.pem"), "--acme-interval", "1", "--acme-retry", "5"] \
+        if acme else []
     out += [acme] if acme else []
     # Last: the API answers only once every edge and nameserver is up and registered.
     out.append(Child("cdnctl", "the control plane (API and Customer Origin page)",
@@ -218,6 +221,35 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
                       "--listen", fleet.cdnctl, "--key-file", str(key_file(work)), *ca],
                      [fleet.cdnctl], work / "cdnctl.log", "ready:"))
     return out
+
+
+def _shop_over_ipv4(plan: Plan, work: Path) -> Path:
+    """The plan's config plus a service for the banner's `shop.<zone>` answered over IPv4
+    only. Pebble, like Let's Encrypt's validators, dials the AAAA answer, and the demo's
+    IPv6 edge addresses are documentation ones (2001:db8::/32) that route nowhere; a real
+    fleet's AAAA addresses are reachable and need no such service."""
+    source = plan.config_path
+    raw = yaml.safe_load(source.read_text())
+    base = source.resolve().parent
+    # the copy lives in the work directory: the paths it names stay the original's
+    geoip = raw.get("geoip") or {}
+    if geoip.get("database"):
+        geoip["database"] = str(base / geoip["database"])
+    for zone in (raw.get("zones") or {}).values():
+        if isinstance(zone, dict) and isinstance(zone.get("dnssec"), dict):
+            zone["dnssec"]["key_directory"] = str(base / zone["dnssec"].get("key_directory",
+                                                                            "keys"))
+    health = raw.get("health") or {}
+    if health.get("state_file"):
+        health["state_file"] = str(base / os.path.expandvars(health["state_file"]))
+    zone = plan.config.zones[0].origin
+    services = raw.setdefault("services", {})
+    model = services.get(f"*.{zone}") or next(iter(services.values()), {"pool": list(
+        plan.config.sites)})
+    services[f"shop.{zone}"] = {**model, "ip_version": "v4_only"}
+    path = work / "gslb-fleet.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def _pebble(work: Path, fleet: FleetPlan, plan: Plan, edge_port: int) -> Child | None:
