@@ -39,6 +39,7 @@ from hyperframe.frame import GoAwayFrame
 
 from edge.http import h2stream
 from edge.http.hpackblock import Encoder
+from edge.http.wire import call_handler
 from edge.http.h2stream import (
     CANCEL,
     PROTOCOL_ERROR,
@@ -456,15 +457,7 @@ class H2Connection(asyncio.Protocol):
     async def _run(self, stream: _Stream) -> None:
         request, reply = stream.request, stream.reply
         try:
-            await self.handler(request, reply)
-        except (ConnectionError, asyncio.CancelledError):
-            reply.abort()
-        except Exception:
-            log.exception("handling %s %s failed", request.method, request.target)
-            if not reply.started:
-                reply.simple(500, "internal error\n")
-            else:
-                reply.abort()
+            await call_handler(self.handler, request, reply, log)
         finally:
             self._handlers -= 1
             stream.task = None

@@ -106,16 +106,6 @@ class StreamBody(ChunkQueue):
             self._conn.consumed(self._stream_id, len(data))
             yield data
 
-    async def read(self, limit: int) -> bytes:
-        """The whole body, if it is at most `limit` bytes (ValueError otherwise)."""
-        parts, size = [], 0
-        async for data in self.chunks():
-            size += len(data)
-            if size > limit:
-                raise ValueError(f"body over {limit} bytes")
-            parts.append(data)
-        return b"".join(parts)
-
     def unread(self) -> int:
         """Bytes received but not taken (given back to the window when the stream ends)."""
         return self._buffered

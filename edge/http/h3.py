@@ -64,6 +64,7 @@ from edge.http.h2stream import (
 )
 from edge.http.quiccert import CertTable, SniQuic
 from edge.http.quictoken import RetryTokens, TokenError
+from edge.http.wire import call_handler
 
 log = logging.getLogger("edge.http.h3")
 # aioquic logs every connection's version and close at INFO: not on the edge's hot path.
@@ -361,15 +362,7 @@ class H3Conn:
     async def _run(self, stream: _Stream) -> None:
         request, reply = stream.request, stream.reply
         try:
-            await self.server.handler(request, reply)
-        except (ConnectionError, asyncio.CancelledError):
-            reply.abort()
-        except Exception:
-            log.exception("handling %s %s failed", request.method, request.target)
-            if not reply.started:
-                reply.simple(500, "internal error\n")
-            else:
-                reply.abort()
+            await call_handler(self.server.handler, request, reply, log)
         finally:
             stream.task = None
             if not reply.finished:

@@ -24,7 +24,7 @@ import httptools
 from multidict import CIMultiDict
 
 from edge.http.filesend import send_file
-from edge.http.wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, chunk, head, multidict, reason
+from edge.http.wire import DATE, call_handler, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, chunk, head, multidict, reason
 
 log = logging.getLogger("edge.http.server")
 
@@ -82,16 +82,6 @@ class Body(ChunkQueue):
 
     def unhold(self) -> None:
         self._conn.resume_reading()
-
-    async def read(self, limit: int) -> bytes:
-        """The whole body, if it is at most `limit` bytes (ValueError otherwise)."""
-        parts, size = [], 0
-        async for data in self.chunks():
-            size += len(data)
-            if size > limit:
-                raise ValueError(f"body over {limit} bytes")
-            parts.append(data)
-        return b"".join(parts)
 
 
 class Request:
@@ -489,15 +479,7 @@ class Connection(asyncio.Protocol):
 
     async def _run(self, request: Request, reply: Reply) -> None:
         try:
-            await self.handler(request, reply)
-        except (ConnectionError, asyncio.CancelledError):
-            reply.abort()
-        except Exception:
-            log.exception("handling %s %s failed", request.method, request.target)
-            if not reply.started:
-                reply.simple(500, "internal error\n")
-            else:
-                reply.abort()
+            await call_handler(self.handler, request, reply, log)
         finally:
             self._finished(request, reply)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -130,6 +131,16 @@ class ChunkQueue:
         self._buffered = 0
         return data
 
+    async def read(self, limit: int) -> bytes:
+        """The whole body, if it is at most `limit` bytes (ValueError otherwise)."""
+        parts, size = [], 0
+        async for data in self.chunks():
+            size += len(data)
+            if size > limit:
+                raise ValueError(f"body over {limit} bytes")
+            parts.append(data)
+        return b"".join(parts)
+
     async def chunks(self) -> "AsyncIterator[bytes]":
         """The body as it arrives; `error` (set by `fail`) if it ends before it should."""
         while True:
@@ -149,3 +160,19 @@ class ChunkQueue:
                 await self._waiter
             finally:
                 self._waiter = None
+
+
+async def call_handler(handler, request, reply, log: logging.Logger) -> None:
+    """Run the app's handler for one request, the same on HTTP/1.1, h2 and h3: a client
+    gone (or a cancelled task) aborts the reply; any other error is logged once with the
+    request and answered 500, or aborts a reply already started (its head is out)."""
+    try:
+        await handler(request, reply)
+    except (ConnectionError, asyncio.CancelledError):
+        reply.abort()
+    except Exception:
+        log.exception("handling %s %s failed", request.method, request.target)
+        if not reply.started:
+            reply.simple(500, "internal error\n")
+        else:
+            reply.abort()
