@@ -39,16 +39,18 @@ from hyperframe.frame import GoAwayFrame
 
 from edge.http import h2stream
 from edge.http.hpackblock import Encoder
-from edge.http.wire import call_handler
 from edge.http.h2stream import (
     CANCEL,
     PROTOCOL_ERROR,
     Malformed,
+    Multiplexed,
+    Stream,
     StreamBody,
     StreamReply,
     StreamRequest,
     parse_head,
 )
+from edge.http.wire import call_handler
 
 log = logging.getLogger("edge.http.h2")
 
@@ -88,15 +90,7 @@ class _Rate:
         return count > limit
 
 
-class _Stream:
-    __slots__ = ("request", "reply", "task", "since")
-
-    def __init__(self, request: StreamRequest | None, reply: StreamReply):
-        self.request, self.reply, self.task = request, reply, None
-        self.since = time.monotonic()
-
-
-class H2Connection(asyncio.Protocol):
+class H2Connection(Multiplexed, asyncio.Protocol):
     """One HTTP/2 client connection (see the module docstring)."""
 
     version = "2"
@@ -111,7 +105,7 @@ class H2Connection(asyncio.Protocol):
         self.peer = ""
         self.paused = False
         self.closing = False
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, Stream] = {}
         self._blocked: dict[int, StreamReply] = {}   # replies with bytes the window holds
         self._handlers = 0
         self._flush_soon = False
@@ -170,26 +164,11 @@ class H2Connection(asyncio.Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
-    def later(self, reply: StreamReply) -> None:
-        """Frame `reply` at the end of this loop turn: its head, body and END_STREAM go in
-        as few frames as they fit."""
-        self._later.append(reply)
-        self.dirty()
-
     def dirty(self) -> None:
         """Send what h2 has framed at the end of this loop turn (one write for many)."""
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
-
-    @property
-    def in_flight(self) -> StreamRequest | None:
-        """The oldest request being answered (None when idle)."""
-        for stream in self._streams.values():
-            if stream.request is not None and stream.task is not None:
-                self.busy_since = stream.since
-                return stream.request
-        return None
 
     def close(self) -> None:
         """GOAWAY now; close when the streams in progress are answered (shutdown)."""
@@ -301,7 +280,7 @@ class H2Connection(asyncio.Protocol):
             if answer is not None:
                 reply = StreamReply(self, None, sid)
                 head, body = answer
-                self._streams[sid] = _Stream(None, reply)
+                self._streams[sid] = Stream(None, reply)
                 reply.start_raw(head, not body)
                 reply.write_now(body)
                 reply.end()
@@ -315,7 +294,7 @@ class H2Connection(asyncio.Protocol):
             body = StreamBody(self, sid, length)
         request = StreamRequest(self, sid, pseudo, regular, body)
         reply = StreamReply(self, request, sid)
-        stream = _Stream(request, reply)
+        stream = Stream(request, reply)
         self._streams[sid] = stream
         if request.method == "CONNECT":
             reply.simple(501, "CONNECT is not supported\n")
@@ -364,16 +343,6 @@ class H2Connection(asyncio.Protocol):
         if event.remote_reset and self._resets.over("reset", RESETS_MAX, RESETS_PERIOD):
             self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, "rapid_reset")
 
-    def _gone(self, stream: _Stream, exc: Exception) -> None:
-        reply = stream.reply
-        reply.reset = True
-        reply._pending.clear()
-        reply.wake()
-        self._blocked.pop(reply.stream_id, None)
-        body = stream.request.body if stream.request is not None else None
-        if body is not None and not body.done:
-            body.fail(exc)
-
     # --- frames out ---------------------------------------------------------------------
 
     def send_interim(self, stream_id: int, head: list) -> None:
@@ -419,21 +388,7 @@ class H2Connection(asyncio.Protocol):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             reply.reset = True
             pending.clear()
-        if pending:
-            self._blocked[sid] = reply
-        else:
-            self._blocked.pop(sid, None)
-            if reply.out_done:
-                self._forget(sid)                  # unless its handler still runs
-        if moved:
-            self._moved = time.monotonic()
-            self.dirty()
-        return moved
-
-    def _unblock(self) -> None:
-        """A window opened: frame what waited for it."""
-        for reply in list(self._blocked.values()):
-            reply.pump()
+        return self._framed(reply, moved)
 
     def reset(self, reply: StreamReply, code: int) -> None:
         """Reset a stream from our side (an aborted response, a stalled client)."""
@@ -454,7 +409,7 @@ class H2Connection(asyncio.Protocol):
 
     # --- answering ----------------------------------------------------------------------
 
-    async def _run(self, stream: _Stream) -> None:
+    async def _run(self, stream: Stream) -> None:
         request, reply = stream.request, stream.reply
         try:
             await call_handler(self.handler, request, reply, log)
@@ -463,7 +418,7 @@ class H2Connection(asyncio.Protocol):
             stream.task = None
             self._finished(stream)
 
-    def _finished(self, stream: _Stream) -> None:
+    def _finished(self, stream: Stream) -> None:
         reply = stream.reply
         if not reply.finished:
             reply.abort()                    # a handler that left its response unfinished
@@ -479,16 +434,8 @@ class H2Connection(asyncio.Protocol):
         if reply.reset or reply.out_done:
             self._forget(reply.stream_id)
 
-    def _forget(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.task is not None:
-            return
-        if stream.reply._pending and not stream.reply.reset:
-            return                           # bytes still waiting for the window
-        del self._streams[stream_id]
-        self._blocked.pop(stream_id, None)
-        if not self._streams:
-            self._active = time.monotonic()
-            if self.closing and self.transport is not None:
-                self._flush()
-                self.transport.close()
+    def _all_forgotten(self) -> None:
+        self._active = time.monotonic()
+        if self.closing and self.transport is not None:
+            self._flush()
+            self.transport.close()

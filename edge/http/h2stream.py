@@ -18,6 +18,7 @@ import asyncio
 import collections
 import os
 import re
+import time
 from typing import AsyncIterator
 
 from multidict import CIMultiDict
@@ -286,3 +287,94 @@ class StreamReply:
 
     def take_over(self, sink) -> "asyncio.Transport":
         raise ConnectionResetError("no protocol switch over HTTP/2")
+
+
+class Stream:
+    """One request stream of a multiplexed connection: its request (None for a hit
+    answered at once), its reply and the handler's task while it runs."""
+
+    __slots__ = ("request", "reply", "task", "since")
+
+    def __init__(self, request: StreamRequest | None, reply: StreamReply):
+        self.request, self.reply, self.task = request, reply, None
+        self.since = time.monotonic()
+
+
+class Multiplexed:
+    """The stream bookkeeping the HTTP/2 and HTTP/3 connections share: which streams are
+    open, which replies wait for the peer's window, and when a stream can be forgotten.
+
+    The subclass sets `_streams`, `_blocked`, `_later`, `_moved` and `busy_since`,
+    and defines `dirty()` (send what is framed at the end of this loop turn) and
+    `_all_forgotten()` (the last stream is gone: a closing connection may end).
+    """
+
+    _streams: dict[int, Stream]
+    _blocked: dict[int, StreamReply]
+    _later: list[StreamReply]
+    _moved: float
+    busy_since: float
+
+    def dirty(self) -> None:
+        raise NotImplementedError
+
+    def _all_forgotten(self) -> None:
+        raise NotImplementedError
+
+    def later(self, reply: StreamReply) -> None:
+        """Frame `reply` at the end of this loop turn: its head, body and end of stream
+        go in as few frames as they fit."""
+        self._later.append(reply)
+        self.dirty()
+
+    @property
+    def in_flight(self) -> StreamRequest | None:
+        """The oldest request being answered (None when idle)."""
+        for stream in self._streams.values():
+            if stream.request is not None and stream.task is not None:
+                self.busy_since = stream.since
+                return stream.request
+        return None
+
+    def _gone(self, stream: Stream, exc: Exception) -> None:
+        """The stream ended under its handler (reset, connection lost): no more bytes
+        out, and a body still being read fails with `exc`."""
+        reply = stream.reply
+        reply.reset = True
+        reply._pending.clear()
+        reply.wake()
+        self._blocked.pop(reply.stream_id, None)
+        body = stream.request.body if stream.request is not None else None
+        if body is not None and not body.done:
+            body.fail(exc)
+
+    def _framed(self, reply: StreamReply, moved: bool) -> bool:
+        """After framing `reply`: held for the window if bytes are left, forgotten when
+        it is all out (unless its handler still runs); `moved` says bytes went out."""
+        sid = reply.stream_id
+        if reply._pending:
+            self._blocked[sid] = reply
+        else:
+            self._blocked.pop(sid, None)
+            if reply.out_done:
+                self._forget(sid)
+        if moved:
+            self._moved = time.monotonic()
+            self.dirty()
+        return moved
+
+    def _unblock(self) -> None:
+        """A window opened: frame what waited for it."""
+        for reply in list(self._blocked.values()):
+            reply.pump()
+
+    def _forget(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.task is not None:
+            return
+        if stream.reply._pending and not stream.reply.reset:
+            return                           # bytes still waiting for the window
+        del self._streams[stream_id]
+        self._blocked.pop(stream_id, None)
+        if not self._streams:
+            self._all_forgotten()

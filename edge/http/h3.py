@@ -57,6 +57,8 @@ from edge.http.h2stream import (
     CANCEL,
     INTERNAL_ERROR,
     Malformed,
+    Multiplexed,
+    Stream,
     StreamBody,
     StreamReply,
     StreamRequest,
@@ -85,15 +87,7 @@ _CODES = {CANCEL: ErrorCode.H3_REQUEST_CANCELLED, INTERNAL_ERROR: ErrorCode.H3_I
           0: ErrorCode.H3_NO_ERROR, 0x7: ErrorCode.H3_REQUEST_REJECTED}
 
 
-class _Stream:
-    __slots__ = ("request", "reply", "task", "since")
-
-    def __init__(self, request: StreamRequest | None, reply: StreamReply):
-        self.request, self.reply, self.task = request, reply, None
-        self.since = time.monotonic()
-
-
-class H3Conn:
+class H3Conn(Multiplexed):
     """One QUIC connection carrying HTTP/3; the `conn` of its StreamRequests/Replies."""
 
     version = "3"
@@ -111,7 +105,7 @@ class H3Conn:
         self.gone = False
         self.started = time.monotonic()
         self.busy_since = 0.0
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, Stream] = {}
         self._blocked: dict[int, StreamReply] = {}
         self._later: list[StreamReply] = []
         self._flush_soon = False
@@ -166,10 +160,6 @@ class H3Conn:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self.transmit)
 
-    def later(self, reply: StreamReply) -> None:
-        self._later.append(reply)
-        self.dirty()
-
     # --- QUIC and HTTP/3 events ---------------------------------------------------------
 
     def _events(self) -> None:
@@ -223,7 +213,7 @@ class H3Conn:
             if answer is not None:
                 head, body = answer
                 reply = StreamReply(self, None, sid)
-                self._streams[sid] = _Stream(None, reply)
+                self._streams[sid] = Stream(None, reply)
                 reply.start_raw(head, not body)
                 reply.write_now(body)
                 reply.end()
@@ -237,7 +227,7 @@ class H3Conn:
             body = StreamBody(self, sid, length)
         request = StreamRequest(self, sid, pseudo, regular, body)
         reply = StreamReply(self, request, sid)
-        stream = _Stream(request, reply)
+        stream = Stream(request, reply)
         self._streams[sid] = stream
         if request.method == "CONNECT":
             reply.simple(501, "CONNECT is not supported\n")
@@ -268,16 +258,6 @@ class H3Conn:
 
     def consumed(self, stream_id: int, size: int) -> None:
         """aioquic extends the client's credit as bytes arrive (BODY_BUFFER bounds it)."""
-
-    def _gone(self, stream: _Stream, exc: Exception) -> None:
-        reply = stream.reply
-        reply.reset = True
-        reply._pending.clear()
-        reply.wake()
-        self._blocked.pop(reply.stream_id, None)
-        body = stream.request.body if stream.request is not None else None
-        if body is not None and not body.done:
-            body.fail(exc)
 
     # --- frames out ---------------------------------------------------------------------
 
@@ -329,20 +309,7 @@ class H3Conn:
         except Exception:                        # the stream is closed or reset
             reply.reset = True
             pending.clear()
-        if pending:
-            self._blocked[sid] = reply
-        else:
-            self._blocked.pop(sid, None)
-            if reply.out_done:
-                self._forget(sid)
-        if moved:
-            self._moved = time.monotonic()
-            self.dirty()
-        return moved
-
-    def _unblock(self) -> None:
-        for reply in list(self._blocked.values()):
-            reply.pump()
+        return self._framed(reply, moved)
 
     def reset(self, reply: StreamReply, code: int) -> None:
         """Reset a stream from our side (an aborted response, a stalled client)."""
@@ -359,7 +326,7 @@ class H3Conn:
 
     # --- answering ----------------------------------------------------------------------
 
-    async def _run(self, stream: _Stream) -> None:
+    async def _run(self, stream: Stream) -> None:
         request, reply = stream.request, stream.reply
         try:
             await call_handler(self.server.handler, request, reply, log)
@@ -373,25 +340,10 @@ class H3Conn:
             if reply.reset or reply.out_done:
                 self._forget(reply.stream_id)
 
-    def _forget(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.task is not None:
-            return
-        if stream.reply._pending and not stream.reply.reset:
-            return
-        del self._streams[stream_id]
-        self._blocked.pop(stream_id, None)
-        if not self._streams and self.closing and not self.gone:
+    def _all_forgotten(self) -> None:
+        if self.closing and not self.gone:
             self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
             self.dirty()
-
-    @property
-    def in_flight(self) -> StreamRequest | None:
-        for stream in self._streams.values():
-            if stream.request is not None and stream.task is not None:
-                self.busy_since = stream.since
-                return stream.request
-        return None
 
     # --- ending -------------------------------------------------------------------------
 
