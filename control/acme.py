@@ -33,7 +33,7 @@ from typing import Any
 
 from cdnkit import certs
 from cdnkit.keys import Keys
-from cdnkit.seal import Sealer, SealError
+from cdnkit.seal import SealError
 from cdnkit.store import StoreError
 
 from .service import EDGE_KINDS, ControlPlane

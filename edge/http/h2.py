@@ -45,9 +45,7 @@ from edge.http.h2stream import (
     Malformed,
     Multiplexed,
     Stream,
-    StreamBody,
     StreamReply,
-    StreamRequest,
     parse_head,
 )
 from edge.http.wire import call_handler
@@ -278,26 +276,9 @@ class H2Connection(Multiplexed, asyncio.Protocol):
             answer = hits.answer_hpack(pseudo[b":method"], pseudo.get(b":path", b""), regular,
                                        self.scheme, extra=self.alt_svc)
             if answer is not None:
-                reply = StreamReply(self, None, sid)
-                head, body = answer
-                self._streams[sid] = Stream(None, reply)
-                reply.start_raw(head, not body)
-                reply.write_now(body)
-                reply.end()
-                return
-        body = None
-        if not ended:
-            length = None
-            for name, value in regular:
-                if name == b"content-length":
-                    length = int(value) if value.isdigit() else None   # h2 checked it
-            body = StreamBody(self, sid, length)
-        request = StreamRequest(self, sid, pseudo, regular, body)
-        reply = StreamReply(self, request, sid)
-        stream = Stream(request, reply)
-        self._streams[sid] = stream
-        if request.method == "CONNECT":
-            reply.simple(501, "CONNECT is not supported\n")
+                return self._answer_now(sid, answer)
+        stream = self._open(sid, pseudo, regular, ended)
+        if stream is None:
             return
         self._handlers += 1
         # Held by the stream (which the connection holds): see server.Connection._start.

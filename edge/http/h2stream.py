@@ -336,6 +336,34 @@ class Multiplexed:
                 return stream.request
         return None
 
+    def _answer_now(self, sid: int, answer: tuple) -> None:
+        """A fresh memory hit, answered without a handler: (head, body) as made ahead."""
+        head, body = answer
+        reply = StreamReply(self, None, sid)
+        self._streams[sid] = Stream(None, reply)
+        reply.start_raw(head, not body)
+        reply.write_now(body)
+        reply.end()
+
+    def _open(self, sid: int, pseudo: dict, regular: list, ended: bool) -> Stream | None:
+        """The stream of a checked request head, for a handler; None when it was answered
+        here (CONNECT, which the edge does not tunnel over h2/h3)."""
+        body = None
+        if not ended:
+            length = None
+            for name, value in regular:
+                if name == b"content-length":     # the protocol library checked it
+                    length = int(value) if value.isdigit() else None
+            body = StreamBody(self, sid, length)
+        request = StreamRequest(self, sid, pseudo, regular, body)
+        reply = StreamReply(self, request, sid)
+        stream = Stream(request, reply)
+        self._streams[sid] = stream
+        if request.method == "CONNECT":
+            reply.simple(501, "CONNECT is not supported\n")
+            return None
+        return stream
+
     def _gone(self, stream: Stream, exc: Exception) -> None:
         """The stream ended under its handler (reset, connection lost): no more bytes
         out, and a body still being read fails with `exc`."""

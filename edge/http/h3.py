@@ -59,9 +59,7 @@ from edge.http.h2stream import (
     Malformed,
     Multiplexed,
     Stream,
-    StreamBody,
     StreamReply,
-    StreamRequest,
     parse_head,
 )
 from edge.http.quiccert import CertTable, SniQuic
@@ -211,26 +209,9 @@ class H3Conn(Multiplexed):
             answer = hits.answer_h2(pseudo[b":method"], pseudo.get(b":path", b""), regular,
                                     "https", version="3")
             if answer is not None:
-                head, body = answer
-                reply = StreamReply(self, None, sid)
-                self._streams[sid] = Stream(None, reply)
-                reply.start_raw(head, not body)
-                reply.write_now(body)
-                reply.end()
-                return
-        body = None
-        if not ended:
-            length = None
-            for name, value in regular:
-                if name == b"content-length":
-                    length = int(value) if value.isdigit() else None
-            body = StreamBody(self, sid, length)
-        request = StreamRequest(self, sid, pseudo, regular, body)
-        reply = StreamReply(self, request, sid)
-        stream = Stream(request, reply)
-        self._streams[sid] = stream
-        if request.method == "CONNECT":
-            reply.simple(501, "CONNECT is not supported\n")
+                return self._answer_now(sid, answer)
+        stream = self._open(sid, pseudo, regular, ended)
+        if stream is None:
             return
         stream.task = asyncio.get_running_loop().create_task(self._run(stream))
 
