@@ -36,6 +36,7 @@ class Plan:
     shield_name: str = "shield-fra"
     shield_at: tuple[float, float] = (50.0379, 8.5622)     # Frankfurt
     workers: int = 1
+    https_port: int = TLS_PORT               # every site edge's HTTPS (and HTTP/3) port
 
 
 def _bind(host: str, port: int) -> str:
@@ -43,13 +44,13 @@ def _bind(host: str, port: int) -> str:
 
 
 def edge_config(plan: Plan, work: Path, name: str, lat: float, lon: float,
-                tls_host: str = "") -> Path:
+                tls_bind: str = "") -> Path:
     """data/edge.yaml for one demo edge: its name and place, the shield, the demo origin,
-    its own cache and state directories in `work`, and with `tls_host` HTTPS there
+    its own cache and state directories in `work`, and with `tls_bind` HTTPS there
     (demo/certs.py)."""
     raw = yaml.safe_load((ROOT / "data" / "edge.yaml").read_text())
-    if tls_host:
-        raw["tls"] = tls_block(demo_tls(work, customer_names(raw)), tls_host)
+    if tls_bind:
+        raw["tls"] = tls_block(demo_tls(work, customer_names(raw)), tls_bind)
     raw.update(name=name, via=name, lat=lat, lon=lon,
                cache_disk=str(work / name / "cache"), state_dir=str(work / name / "state"),
                shields=[{"name": plan.shield_name, "address": plan.shield,
@@ -64,13 +65,13 @@ def edge_config(plan: Plan, work: Path, name: str, lat: float, lon: float,
 
 def _edge(plan: Plan, work: Path, name: str, role: str, binds: list[str],
           lat: float, lon: float, tls: bool = False) -> Child:
-    host = tls_host(binds) if tls else ""
+    https = f"{tls_host(binds)}:{plan.https_port}" if tls and tls_host(binds) else ""
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
-               "-c", str(edge_config(plan, work, name, lat, lon, host))]
+               "-c", str(edge_config(plan, work, name, lat, lon, https))]
     for bind in binds:
         command += ["--listen", bind]
     return Child(name, role, command, binds, work / f"{name}.log", "ready:",
-                 check=edge_answers_as, tls=[f"{host}:{TLS_PORT}"] if host else [])
+                 check=edge_answers_as, tls=[https] if https else [])
 
 
 def tls_host(binds: list[str]) -> str:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-TLS_PORT = 8443            # every demo edge's HTTPS port (HTTP/2, HTTP/1.1; HTTP/3 on UDP)
+TLS_PORT = 8443            # every demo edge's HTTPS port by default (--https-port; HTTP/3 on UDP)
 VALID_DAYS = 7
 
 
@@ -61,13 +61,18 @@ def demo_tls(work: Path, names: tuple[str, ...]) -> DemoTLS:
             .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
+    _write(key, key_path, cert, cert_path)
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return found
+
+
+def _write(key, key_path: Path, cert, cert_path: Path) -> None:
+    """PEM files of a key (readable by its owner only) and its certificate."""
     key_path.touch(mode=0o600)
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return found
 
 
 def self_signed(work: Path, stem: str, address: str) -> tuple[Path, Path]:
@@ -90,17 +95,13 @@ def self_signed(work: Path, stem: str, address: str) -> tuple[Path, Path]:
                 [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost")]),
                 critical=False)
             .sign(key, hashes.SHA256()))
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write(key, key_path, cert, cert_path)
     return cert_path, key_path
 
 
-def tls_block(tls: DemoTLS, host: str) -> dict:
-    """An edge config's `tls:` for the demo certificate on HOST:TLS_PORT."""
-    return {"listen": [f"{host}:{TLS_PORT}"],
+def tls_block(tls: DemoTLS, bind: str) -> dict:
+    """An edge config's `tls:` for the demo certificate on `bind` (HOST:PORT)."""
+    return {"listen": [bind],
             "certificates": [{"names": list(tls.names), "cert": str(tls.cert),
                               "key": str(tls.key)}]}
 

@@ -27,6 +27,7 @@ from gslb.config import DEFAULT_CONFIG, load_config
 from gslb.model import Config
 
 from .cdn import Plan, children
+from .certs import TLS_PORT
 from .procs import Child, busy, pid_of, start, stop, stop_all
 
 TRIES = (
@@ -295,7 +296,7 @@ def _plan(args: argparse.Namespace, config: Config) -> Plan:
     dns = tuple(args.dns) if args.dns else config.server.listen
     http = None if args.no_http else (args.http or config.dashboard.listen)
     return Plan(Path(args.config).resolve(), config, dns, http, origin=args.origin,
-                shield=args.shield, workers=args.workers)
+                shield=args.shield, workers=args.workers, https_port=args.https_port)
 
 
 def _fleet(args: argparse.Namespace) -> object:
@@ -346,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the shield listens (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="DNS worker processes (default: %(default)s)")
+    p.add_argument("--https-port", type=int, default=TLS_PORT, metavar="PORT",
+                   help="every site edge's HTTPS port, HTTP/3 on it over UDP "
+                        "(default: %(default)s)")
     p.add_argument("--fleet", action="store_true",
                    help="customers in a real etcd (127.0.0.1:2379), managed by cdnctl on "
                         "127.0.0.1:8090; edges and DNS follow it (docs/control.md)")

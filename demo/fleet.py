@@ -37,7 +37,7 @@ from cdnkit.listen import Listener
 from cdnkit.seal import new_key
 
 from .cdn import Plan, gslb_child, tls_host
-from .certs import TLS_PORT, customer_names, demo_tls, self_signed, tls_block
+from .certs import customer_names, demo_tls, self_signed, tls_block
 from .procs import ROOT, Child, edge_answers_as
 
 DEMO_TOKEN = "demo-token"
@@ -149,12 +149,12 @@ def _seeder(work: Path, store: str):
     return seed
 
 
-def _local_config(work: Path, name: str, lat: float, lon: float, tls_host: str = "") -> Path:
-    """How one edge runs (its customers come from the store; with `tls_host`, HTTPS
+def _local_config(work: Path, name: str, lat: float, lon: float, tls_bind: str = "") -> Path:
+    """How one edge runs (its customers come from the store; with `tls_bind`, HTTPS
     there with the demo's certificate for the seeded customers' names)."""
     raw = yaml.safe_load((ROOT / "data" / "edge.yaml").read_text())
-    if tls_host:
-        raw["tls"] = tls_block(demo_tls(work, customer_names(raw)), tls_host)
+    if tls_bind:
+        raw["tls"] = tls_block(demo_tls(work, customer_names(raw)), tls_bind)
     raw.pop("customers", None)
     raw.update(name=name, via=name, lat=lat, lon=lon,
                cache_disk=str(work / name / "cache"), state_dir=str(work / name / "state"))
@@ -164,10 +164,10 @@ def _local_config(work: Path, name: str, lat: float, lon: float, tls_host: str =
 
 
 def _edge(work: Path, fleet: FleetPlan, name: str, role: str, binds: list[str], lat: float,
-          lon: float, kind: str, site: str, addresses: list[str]) -> Child:
-    host = tls_host(binds) if kind == "edge" else ""
+          lon: float, kind: str, site: str, addresses: list[str], https_port: int = 0) -> Child:
+    https = f"{tls_host(binds)}:{https_port}" if kind == "edge" and tls_host(binds) else ""
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
-               "-c", str(_local_config(work, name, lat, lon, host)), "--store", fleet.store,
+               "-c", str(_local_config(work, name, lat, lon, https)), "--store", fleet.store,
                "--node-id", name, "--kind", kind, "--site", site,
                "--key-file", str(key_file(work))]
     if kind == "edge":
@@ -178,7 +178,7 @@ def _edge(work: Path, fleet: FleetPlan, name: str, role: str, binds: list[str], 
         command += ["--address", address]
     return Child(name, role, command, binds, work / f"{name}.log", "ready:",
                  check=_both(edge_answers_as, registered(fleet.etcd, name)),
-                 tls=[f"{host}:{TLS_PORT}"] if host else [])
+                 tls=[https] if https else [])
 
 
 def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
@@ -204,7 +204,7 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
     for site, binds in by_site.items():
         where = plan.config.sites[site]
         out.append(_edge(work, fleet, f"edge-{site}", f"the {site} edge", binds, where.lat, where.lon,
-                         "edge", site, [a.ip for a in where.addresses]))
+                         "edge", site, [a.ip for a in where.addresses], plan.https_port))
     acme = _pebble(work, fleet, plan, int(next(iter(by_site.values()))[0].rsplit(":", 1)[1]))
     ns = replace(plan, config_path=_shop_over_ipv4(plan, work)) if acme else plan
     ns1 = gslb_child(ns, work, extra=["--store", store, "--node-id", "ns1"])
@@ -264,7 +264,7 @@ def _pebble(work: Path, fleet: FleetPlan, plan: Plan, edge_port: int) -> Child |
     config.write_text(json.dumps({"pebble": {
         "listenAddress": fleet.acme, "managementListenAddress": fleet.acme_admin,
         "certificate": str(cert), "privateKey": str(key), "httpPort": edge_port,
-        "tlsPort": TLS_PORT, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+        "tlsPort": plan.https_port, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     dns = plan.dns[0]
     # `env` execs pebble (same pid): validate at once rather than after a random sleep,
     # and no nonces refused on purpose (pebble's tests of clients' retries)
@@ -343,7 +343,7 @@ def banner_lines(plan: Plan, fleet: FleetPlan, edge: str, work: Path) -> list[st
             f"  curl -s {auth} -X POST http://{control}/api/customers -d '{shop}'",
             f"  cdnctl certs --store {fleet.store}     # shop: issuing -> active (expires ...)",
             f"  curl -s -o /dev/null -D - --cacert {work}/acme-root.pem --resolve "
-            f"shop.{zone}:{TLS_PORT}:{ip} https://shop.{zone}:{TLS_PORT}/clip.webm"]
+            f"shop.{zone}:{plan.https_port}:{ip} https://shop.{zone}:{plan.https_port}/clip.webm"]
     if plan.http is not None:
         lines.append(f"  open http://{plan.http}/#fleet     # the fleet view: nameservers, "
                      "edges, load, the last 15 minutes")

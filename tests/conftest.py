@@ -278,16 +278,3 @@ def pytest_configure(config) -> None:
         raise pytest.UsageError("dig is missing: run the tests with ./dev test "
                                 "(it installs bind9-dnsutils)")
 
-
-# Every demo edge serves HTTPS on the fixed port 8443 (demo/certs.py TLS_PORT, the port
-# the demo prints), so two demos cannot run at once: these modules share one xdist worker.
-ONE_DEMO_AT_A_TIME = {"test_demo_e2e.py", "test_fleet_demo.py", "test_deployed.py"}
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under `./dev test` (pytest-xdist, --dist loadgroup) a module's tests stay on one
-    worker, so its module-scoped servers start once; the demo modules share one."""
-    for item in items:
-        name = item.path.name
-        group = "demo" if name in ONE_DEMO_AT_A_TIME else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))

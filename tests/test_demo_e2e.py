@@ -88,9 +88,14 @@ def demo_config(tmp: Path) -> tuple[Path, list[str]]:
            for name, site in cfg["sites"].items()},
         "shield-fra": f"http://127.0.0.14:{shield}/metrics"}
     cfg["health"] = {"state_file": str(tmp / "state.json")}
+    # every port the demo would take by default is this test's own, so tests can run at
+    # once (./dev test runs two processes): HTTPS, and the fleet demo's pebble
     return write_config(tmp, cfg), ["--shield", f"127.0.0.14:{shield}",
                                     "--origin", f"127.0.0.1:{origin}",
-                                    "--control", str(tmp / "demo.sock")]
+                                    "--https-port", str(free_port()),
+                                    "--acme", f"127.0.0.1:{free_port()}",
+                                    "--acme-admin", f"127.0.0.1:{free_port()}",
+                                    "--control", str(tmp / "demo.sock")]     # last
 
 
 def data_files() -> dict[str, int]:

@@ -21,15 +21,12 @@ def run(line: str, env: dict) -> str:
 def test_the_fleet_demo_creates_a_customer_and_serves_it(tmp_path):
     port, http = free_port(), free_port()
     etcd, peer, ctl = free_port(), free_port(), free_port()
-    acme, acme_admin = free_port(), free_port()
     config, options = demo_config(tmp_path)
     env = {**os.environ, "CDNCTL_TOKEN": "t0ken"}
     log = tmp_path / "demo.log"
     proc, banner = start_demo(tmp_path, config, port, http,
                               ["--fleet", "--etcd", f"127.0.0.1:{etcd}",
                                "--etcd-peer", f"127.0.0.1:{peer}", "--cdnctl", f"127.0.0.1:{ctl}",
-                               "--acme", f"127.0.0.1:{acme}",
-                               "--acme-admin", f"127.0.0.1:{acme_admin}",
                                *options], log, env)
     try:
         text = "\n".join(banner)
