@@ -65,7 +65,7 @@ def edge_config(plan: Plan, work: Path, name: str, lat: float, lon: float,
 
 def _edge(plan: Plan, work: Path, name: str, role: str, binds: list[str],
           lat: float, lon: float, tls: bool = False) -> Child:
-    https = f"{tls_host(binds)}:{plan.https_port}" if tls and tls_host(binds) else ""
+    https = https_bind(binds, plan.https_port) if tls else ""
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
                "-c", str(edge_config(plan, work, name, lat, lon, https))]
     for bind in binds:
@@ -74,9 +74,11 @@ def _edge(plan: Plan, work: Path, name: str, role: str, binds: list[str],
                  check=edge_answers_as, tls=[https] if https else [])
 
 
-def tls_host(binds: list[str]) -> str:
-    """The address a site edge serves HTTPS on: its first IPv4 listener's."""
-    return next((b.rsplit(":", 1)[0] for b in binds if not b.startswith("[")), "")
+def https_bind(binds: list[str], port: int) -> str:
+    """Where a site edge serves HTTPS: its first IPv4 listener's address on `port`
+    ("" when it has none)."""
+    host = next((b.rsplit(":", 1)[0] for b in binds if not b.startswith("[")), "")
+    return f"{host}:{port}" if host else ""
 
 
 def children(plan: Plan, work: Path) -> list[Child]:

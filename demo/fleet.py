@@ -36,7 +36,7 @@ from cdnkit.keys import Keys
 from cdnkit.listen import Listener
 from cdnkit.seal import new_key
 
-from .cdn import Plan, gslb_child, tls_host
+from .cdn import Plan, gslb_child, https_bind
 from .certs import customer_names, demo_tls, self_signed, tls_block
 from .procs import ROOT, Child, edge_answers_as
 
@@ -164,8 +164,8 @@ def _local_config(work: Path, name: str, lat: float, lon: float, tls_bind: str =
 
 
 def _edge(work: Path, fleet: FleetPlan, name: str, role: str, binds: list[str], lat: float,
-          lon: float, kind: str, site: str, addresses: list[str], https_port: int = 0) -> Child:
-    https = f"{tls_host(binds)}:{https_port}" if kind == "edge" and tls_host(binds) else ""
+          lon: float, kind: str, site: str, addresses: list[str], https_port: int) -> Child:
+    https = https_bind(binds, https_port) if kind == "edge" else ""
     command = [sys.executable, "-m", "edge.cli", "serve", "--workers", "1",
                "-c", str(_local_config(work, name, lat, lon, https)), "--store", fleet.store,
                "--node-id", name, "--kind", kind, "--site", site,
@@ -194,7 +194,7 @@ def children(plan: Plan, work: Path, fleet: FleetPlan) -> list[Child]:
                  [sys.executable, "-m", "demo.origin", plan.origin], [plan.origin],
                  work / "origin.log")]
     out.append(_edge(work, fleet, plan.shield_name, f"the shield {plan.shield_name}", [plan.shield],
-                     *plan.shield_at, "shield", "", []))
+                     *plan.shield_at, "shield", "", [], plan.https_port))
     by_site: dict[str, list[str]] = {}
     for target in targets(plan.config):
         bind = f"[{target.host}]:{target.port}" if ":" in target.host else \

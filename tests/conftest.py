@@ -277,4 +277,3 @@ def pytest_configure(config) -> None:
     if shutil.which("dig") is None:
         raise pytest.UsageError("dig is missing: run the tests with ./dev test "
                                 "(it installs bind9-dnsutils)")
-

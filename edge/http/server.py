@@ -24,7 +24,7 @@ import httptools
 from multidict import CIMultiDict
 
 from edge.http.filesend import send_file
-from edge.http.wire import DATE, call_handler, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, chunk, head, multidict, reason
+from edge.http.wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, call_handler, chunk, head, multidict, reason
 
 log = logging.getLogger("edge.http.server")
 
