@@ -17,6 +17,14 @@
  * logic lives. An exception raised by answer() is handed to
  * on_error(data, exc) and that query is dropped, as the Python loop does.
  *
+ * Batch() holds the same buffers for one socket served by a thread of its own:
+ * Batch.recv(fd) waits in recvmmsg(2) with the GIL released (the socket is
+ * blocking, with SO_RCVTIMEO so the thread can notice a stop), and
+ * Batch.reply(fd, answer, on_error[, cache, counters, by_client]) answers what
+ * it read, as serve() does. Two system calls per batch, as gdnsd's threads
+ * make, instead of epoll_wait, recvmmsg, sendmmsg and the recvmmsg that finds
+ * the socket empty.
+ *
  * Optional: when it cannot be built, server.py uses recvfrom/sendto.
  */
 #define PY_SSIZE_T_CLEAN
@@ -31,12 +39,18 @@
 #define BATCH 64
 #define BUFSIZE 4096
 
-/* One set of buffers per process: serve() runs with the GIL held, from one thread. */
-static char bufs[BATCH][BUFSIZE];
-static char outbufs[BATCH][BUFSIZE];
-static struct sockaddr_storage addrs[BATCH];
-static struct mmsghdr in_msgs[BATCH], out_msgs[BATCH];
-static struct iovec in_iov[BATCH], out_iov[BATCH];
+/* The buffers of one batch: serve() shares one set (it runs with the GIL held, from
+ * the event loop's thread); each Batch object has its own. */
+struct buffers {
+    char bufs[BATCH][BUFSIZE];
+    char outbufs[BATCH][BUFSIZE];
+    struct sockaddr_storage addrs[BATCH];
+    struct mmsghdr in_msgs[BATCH], out_msgs[BATCH];
+    struct iovec in_iov[BATCH], out_iov[BATCH];
+    int received;                   /* datagrams in bufs not answered yet */
+};
+
+static struct buffers shared;
 static PyObject *udp_limit, *one;
 
 /* The last client's address text, reused while the same address keeps asking. */
@@ -93,11 +107,11 @@ static void report(PyObject *on_error, PyObject *data)
     PyErr_Clear();
 }
 
-static void send_all(int fd, int count)
+static void send_all(struct buffers *b, int fd, int count)
 {
     int sent = 0;
     while (sent < count) {
-        int r = sendmmsg(fd, out_msgs + sent, (unsigned int)(count - sent), MSG_DONTWAIT);
+        int r = sendmmsg(fd, b->out_msgs + sent, (unsigned int)(count - sent), MSG_DONTWAIT);
         if (r > 0) {
             sent += r;
         } else if (r < 0 && errno == EINTR) {
@@ -129,7 +143,8 @@ static PyObject *client_entry(PyObject *by_client, PyObject *key,
 }
 
 /* A cache hit: the reply goes into outbufs[slot_out]; 1 if answered, 0 if not cached. */
-static int from_cache(PyObject *cache, PyObject *by_client, PyObject *counters,
+static int from_cache(struct buffers *b, PyObject *cache, PyObject *by_client,
+                      PyObject *counters,
                       const char *data, size_t len, const struct sockaddr_storage *sa,
                       socklen_t salen, int slot_out)
 {
@@ -158,69 +173,99 @@ static int from_cache(PyObject *cache, PyObject *by_client, PyObject *counters,
         if (new == NULL || PyList_SetItem(counters, slot, new) < 0)
             PyErr_Clear();
     }
-    memcpy(outbufs[slot_out], data, 2);
-    memcpy(outbufs[slot_out] + 2, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
-    out_iov[slot_out].iov_base = outbufs[slot_out];
-    out_iov[slot_out].iov_len = (size_t)PyBytes_GET_SIZE(body) + 2;
+    memcpy(b->outbufs[slot_out], data, 2);
+    memcpy(b->outbufs[slot_out] + 2, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
+    b->out_iov[slot_out].iov_base = b->outbufs[slot_out];
+    b->out_iov[slot_out].iov_len = (size_t)PyBytes_GET_SIZE(body) + 2;
     return 1;
 }
 
-static PyObject *serve(PyObject *self, PyObject *args)
+static void prepare(struct buffers *b)
 {
-    int fd;
-    PyObject *answer, *on_error, *cache = Py_None, *counters = Py_None, *by_client = Py_None;
-    PyObject *replies[BATCH];
-    int n, i, count = 0;
+    for (int i = 0; i < BATCH; i++) {
+        b->in_iov[i].iov_base = b->bufs[i];
+        b->in_iov[i].iov_len = BUFSIZE;
+        memset(&b->in_msgs[i].msg_hdr, 0, sizeof b->in_msgs[i].msg_hdr);
+        b->in_msgs[i].msg_hdr.msg_name = &b->addrs[i];
+        b->in_msgs[i].msg_hdr.msg_namelen = sizeof b->addrs[i];
+        b->in_msgs[i].msg_hdr.msg_iov = &b->in_iov[i];
+        b->in_msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+}
 
-    if (!PyArg_ParseTuple(args, "iOO|OOO", &fd, &answer, &on_error, &cache, &counters,
-                          &by_client))
-        return NULL;
+/* recvmmsg into b: the count, 0 if nothing came (EAGAIN: empty, or SO_RCVTIMEO), -1 with
+ * errno set. `wait`: block for the first datagram with the GIL released. */
+static int receive(struct buffers *b, int fd, int wait)
+{
+    int n;
+    prepare(b);
+    do {
+        if (wait) {
+            Py_BEGIN_ALLOW_THREADS
+            n = recvmmsg(fd, b->in_msgs, BATCH, MSG_WAITFORONE, NULL);
+            Py_END_ALLOW_THREADS
+        } else {
+            n = recvmmsg(fd, b->in_msgs, BATCH, MSG_DONTWAIT, NULL);
+        }
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        n = 0;
+    b->received = n > 0 ? n : 0;
+    return n;
+}
+
+static void address_reply(struct buffers *b, int count, int i)
+{
+    memset(&b->out_msgs[count].msg_hdr, 0, sizeof b->out_msgs[count].msg_hdr);
+    b->out_msgs[count].msg_hdr.msg_name = &b->addrs[i];
+    b->out_msgs[count].msg_hdr.msg_namelen = b->in_msgs[i].msg_hdr.msg_namelen;
+    b->out_msgs[count].msg_hdr.msg_iov = &b->out_iov[count];
+    b->out_msgs[count].msg_hdr.msg_iovlen = 1;
+}
+
+static int check_maps(PyObject *cache, PyObject *counters, PyObject *by_client)
+{
     if (by_client != Py_None && !PyDict_Check(by_client)) {
         PyErr_SetString(PyExc_TypeError, "by_client must be a dict or None");
-        return NULL;
+        return -1;
     }
     if (cache != Py_None && !PyDict_Check(cache)) {
         PyErr_SetString(PyExc_TypeError, "cache must be a dict or None");
-        return NULL;
+        return -1;
     }
     if (counters != Py_None && !PyList_Check(counters)) {
         PyErr_SetString(PyExc_TypeError, "counters must be a list or None");
-        return NULL;
+        return -1;
     }
-    for (i = 0; i < BATCH; i++) {
-        in_iov[i].iov_base = bufs[i];
-        in_iov[i].iov_len = BUFSIZE;
-        memset(&in_msgs[i].msg_hdr, 0, sizeof in_msgs[i].msg_hdr);
-        in_msgs[i].msg_hdr.msg_name = &addrs[i];
-        in_msgs[i].msg_hdr.msg_namelen = sizeof addrs[i];
-        in_msgs[i].msg_hdr.msg_iov = &in_iov[i];
-        in_msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-    do {
-        n = recvmmsg(fd, in_msgs, BATCH, MSG_DONTWAIT, NULL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return PyLong_FromLong(0);
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    return 0;
+}
+
+/* Answer the datagrams in b (cache hits here, the rest through answer) and send the
+ * replies with sendmmsg. 0, or -1 with an exception set. */
+static int answer_all(struct buffers *b, int fd, PyObject *answer, PyObject *on_error,
+                      PyObject *cache, PyObject *counters, PyObject *by_client)
+{
+    PyObject *replies[BATCH];
+    int i, count = 0, n = b->received;
+
+    b->received = 0;
     for (i = 0; i < n; i++) {
-        if (cache != Py_None && from_cache(cache, by_client, counters, bufs[i], in_msgs[i].msg_len,
-                                           &addrs[i], in_msgs[i].msg_hdr.msg_namelen, count)) {
+        if (cache != Py_None && from_cache(b, cache, by_client, counters, b->bufs[i],
+                                           b->in_msgs[i].msg_len, &b->addrs[i],
+                                           b->in_msgs[i].msg_hdr.msg_namelen, count)) {
             replies[count] = NULL;                  /* the bytes are in outbufs[count] */
-            memset(&out_msgs[count].msg_hdr, 0, sizeof out_msgs[count].msg_hdr);
-            out_msgs[count].msg_hdr.msg_name = &addrs[i];
-            out_msgs[count].msg_hdr.msg_namelen = in_msgs[i].msg_hdr.msg_namelen;
-            out_msgs[count].msg_hdr.msg_iov = &out_iov[count];
-            out_msgs[count].msg_hdr.msg_iovlen = 1;
-            count++;
+            address_reply(b, count++, i);
             continue;
         }
-        PyObject *data = PyBytes_FromStringAndSize(bufs[i], in_msgs[i].msg_len);
-        PyObject *client = data ? client_text(&addrs[i], in_msgs[i].msg_hdr.msg_namelen) : NULL;
+        PyObject *data = PyBytes_FromStringAndSize(b->bufs[i], b->in_msgs[i].msg_len);
+        PyObject *client = data ? client_text(&b->addrs[i], b->in_msgs[i].msg_hdr.msg_namelen)
+                                : NULL;
         if (client == NULL) {
             Py_XDECREF(data);
-            goto fail;
+            send_all(b, fd, count);
+            for (i = 0; i < count; i++)
+                Py_XDECREF(replies[i]);
+            return -1;
         }
         PyObject *argv[3] = {data, client, udp_limit};
         PyObject *out = PyObject_Vectorcall(answer, argv, 3, NULL);
@@ -236,26 +281,100 @@ static PyObject *serve(PyObject *self, PyObject *args)
             continue;
         }
         replies[count] = out;
-        out_iov[count].iov_base = PyBytes_AS_STRING(out);
-        out_iov[count].iov_len = (size_t)PyBytes_GET_SIZE(out);
-        memset(&out_msgs[count].msg_hdr, 0, sizeof out_msgs[count].msg_hdr);
-        out_msgs[count].msg_hdr.msg_name = &addrs[i];
-        out_msgs[count].msg_hdr.msg_namelen = in_msgs[i].msg_hdr.msg_namelen;
-        out_msgs[count].msg_hdr.msg_iov = &out_iov[count];
-        out_msgs[count].msg_hdr.msg_iovlen = 1;
-        count++;
+        b->out_iov[count].iov_base = PyBytes_AS_STRING(out);
+        b->out_iov[count].iov_len = (size_t)PyBytes_GET_SIZE(out);
+        address_reply(b, count++, i);
     }
-    send_all(fd, count);
+    send_all(b, fd, count);
     for (i = 0; i < count; i++)
         Py_XDECREF(replies[i]);
-    return PyLong_FromLong(n);
-
-fail:
-    send_all(fd, count);
-    for (i = 0; i < count; i++)
-        Py_XDECREF(replies[i]);
-    return NULL;
+    return 0;
 }
+
+static PyObject *serve(PyObject *self, PyObject *args)
+{
+    int fd, n;
+    PyObject *answer, *on_error, *cache = Py_None, *counters = Py_None, *by_client = Py_None;
+
+    if (!PyArg_ParseTuple(args, "iOO|OOO", &fd, &answer, &on_error, &cache, &counters,
+                          &by_client) || check_maps(cache, counters, by_client) < 0)
+        return NULL;
+    n = receive(&shared, fd, 0);
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (answer_all(&shared, fd, answer, on_error, cache, counters, by_client) < 0)
+        return NULL;
+    return PyLong_FromLong(n);
+}
+
+/* --- Batch: one socket's buffers, for a thread that waits in recvmmsg ------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    struct buffers *b;
+} Batch;
+
+static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Batch *self = (Batch *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->b = PyMem_Calloc(1, sizeof(struct buffers));
+    if (self->b == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void batch_dealloc(Batch *self)
+{
+    PyMem_Free(self->b);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *batch_recv(Batch *self, PyObject *args)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    int n = receive(self->b, fd, 1);
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(n);
+}
+
+static PyObject *batch_reply(Batch *self, PyObject *args)
+{
+    int fd;
+    PyObject *answer, *on_error, *cache = Py_None, *counters = Py_None, *by_client = Py_None;
+    if (!PyArg_ParseTuple(args, "iOO|OOO", &fd, &answer, &on_error, &cache, &counters,
+                          &by_client) || check_maps(cache, counters, by_client) < 0)
+        return NULL;
+    if (answer_all(self->b, fd, answer, on_error, cache, counters, by_client) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef batch_methods[] = {
+    {"recv", (PyCFunction)batch_recv, METH_VARARGS,
+     "recv(fd) -> datagrams read: waits in recvmmsg without the GIL; 0 on SO_RCVTIMEO."},
+    {"reply", (PyCFunction)batch_reply, METH_VARARGS,
+     "reply(fd, answer, on_error[, cache, counters, by_client]): answer what recv read "
+     "and send the replies with sendmmsg."},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyTypeObject BatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gslb._udpbatch.Batch",
+    .tp_doc = "One socket's recvmmsg/sendmmsg buffers, for a thread of its own.",
+    .tp_basicsize = sizeof(Batch),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = batch_new,
+    .tp_dealloc = (destructor)batch_dealloc,
+    .tp_methods = batch_methods,
+};
 
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS,
@@ -277,8 +396,17 @@ PyMODINIT_FUNC PyInit__udpbatch(void)
     one = PyLong_FromLong(1);
     if (udp_limit == NULL || one == NULL)
         return NULL;
+    if (PyType_Ready(&BatchType) < 0)
+        return NULL;
     PyObject *mod = PyModule_Create(&module);
-    if (mod != NULL)
-        PyModule_AddIntConstant(mod, "BATCH", BATCH);
+    if (mod == NULL)
+        return NULL;
+    PyModule_AddIntConstant(mod, "BATCH", BATCH);
+    Py_INCREF(&BatchType);
+    if (PyModule_AddObject(mod, "Batch", (PyObject *)&BatchType) < 0) {
+        Py_DECREF(&BatchType);
+        Py_DECREF(mod);
+        return NULL;
+    }
     return mod;
 }

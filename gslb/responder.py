@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -130,6 +131,10 @@ class Responder:
         self._stat_slots: dict[tuple[int, str, str], int] = {}
         self.counters: list[int] = []
         self.errors = 0
+        # Held while a UDP thread (server.py) answers a batch and while a change is
+        # installed, so no answer mixes an old table with a new cache; changes are built
+        # outside it, off the query path.
+        self.lock = threading.Lock()
 
     def _slot(self, rcode: int, service: str | None, site: str | None = None) -> int:
         key = (rcode, service or "", site or "")
@@ -142,7 +147,8 @@ class Responder:
     def query_counts(self) -> dict[tuple[int, str, str], int]:
         """Queries answered so far by (rcode, service name or "" for zone data, the site
         the answer came from or "")."""
-        return {key: self.counters[slot] for key, slot in self._stat_slots.items()}
+        with self.lock:              # a UDP thread may add a slot meanwhile
+            return {key: self.counters[slot] for key, slot in self._stat_slots.items()}
 
     # --- changes (off the query path) ------------------------------------------------
 
@@ -158,18 +164,20 @@ class Responder:
     @gc_paused()
     def set_health(self, view: HealthView) -> None:
         """A new health snapshot: rebuild the answers now, off the query path."""
-        self.health = view
-        self.table = AnswerTable(self.engine.config, self.engine.zones, view, self.table,
-                                 self.signers, gate=self.gate)
-        self._new_wire_caches()
+        table = AnswerTable(self.engine.config, self.engine.zones, view, self.table,
+                            self.signers, gate=self.gate)
+        with self.lock:
+            self.health, self.table = view, table
+            self._new_wire_caches()
 
     @gc_paused()
     def set_gate(self, gate: Gate) -> None:
         """Which edges may answer each customer name (gate.py): a fresh table, now."""
-        self.gate = gate
-        self.table = AnswerTable(self.engine.config, self.engine.zones, self.health,
-                                 signers=self.signers, gate=gate)
-        self._new_wire_caches()
+        table = AnswerTable(self.engine.config, self.engine.zones, self.health,
+                            signers=self.signers, gate=gate)
+        with self.lock:
+            self.gate, self.table = gate, table
+            self._new_wire_caches()
 
     def next_signing_event(self) -> float | None:
         """When signatures must be re-made (period end, key timing); None if nothing is signed."""
@@ -182,10 +190,11 @@ class Responder:
                                  self.signers)
         if signers == self.signers:
             return False
-        self.signers = signers
-        self.table = AnswerTable(self.engine.config, self.engine.zones, self.health, self.table,
-                                 signers, gate=self.gate)
-        self._new_wire_caches()
+        table = AnswerTable(self.engine.config, self.engine.zones, self.health, self.table,
+                            signers, gate=self.gate)
+        with self.lock:
+            self.signers, self.table = signers, table
+            self._new_wire_caches()
         return True
 
     @staticmethod
@@ -203,9 +212,10 @@ class Responder:
         signers = dnssec.signers(config.zones, time.time(), self.signers)
         table = AnswerTable(config, engine.zones, self.health, signers=signers,
                             presign=not self._adopt(signers, signatures), gate=self.gate)
-        self.engine, self.table, self.decisions, self.signers = engine, table, {}, signers
-        self._new_wire_caches()
-        self._server_settings(config)
+        with self.lock:
+            self.engine, self.table, self.decisions, self.signers = engine, table, {}, signers
+            self._new_wire_caches()
+            self._server_settings(config)
         old.locator.close()
 
     def _server_settings(self, config: Config) -> None:

@@ -2,12 +2,14 @@
 
 `DnsServer` serves the sockets the supervisor bound (`bind_sockets`, one
 SO_REUSEPORT socket per worker: cdnkit.ports keeps any other process off the
-port). UDP is read with `loop.add_reader` and a drain loop (asyncio's datagram
-transport allocates 256 KiB per packet; see anchors/performance.md); when the
-optional C helper `gslb._udpbatch` is built, each wake-up reads and answers
-up to 64 datagrams with one recvmmsg and one sendmmsg, else with recvfrom and
-sendto per datagram (set GSLB_UDP_BATCH=0 to force that). TCP goes through
-asyncio streams (RFC 7766).
+port). When the optional C helper `gslb._udpbatch` is built, each UDP socket
+has a thread of its own that waits in recvmmsg without the GIL and answers up
+to 64 datagrams with one sendmmsg: two system calls per batch, as gdnsd's
+threads make. GSLB_UDP_THREAD=0 reads the same batches from the event loop
+(`loop.add_reader`, then recvmmsg until the socket is empty); GSLB_UDP_BATCH=0
+uses recvfrom and sendto per datagram, as a server without the helper does
+(asyncio's datagram transport allocates 256 KiB per packet; see
+anchors/performance.md). TCP goes through asyncio streams (RFC 7766).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import logging
 import os
 import resource
 import socket
+import struct
+import threading
 import time
 
 from cdnkit.listen import Listener
@@ -38,11 +42,17 @@ log = logging.getLogger("gslb.server")
 RECV_SIZE = 4096
 DRAIN_BATCH = 64
 DRAIN_ROUNDS = 8          # batches per wake-up before epoll is asked again
+WAKE_EVERY = 0.25         # seconds: how soon a UDP thread sees that the server stops
 
 
 def batching() -> bool:
     """Whether UDP goes through the recvmmsg/sendmmsg helper."""
     return _udpbatch is not None and os.environ.get("GSLB_UDP_BATCH", "1") != "0"
+
+
+def threaded() -> bool:
+    """Whether each UDP socket is read by a thread waiting in recvmmsg."""
+    return batching() and os.environ.get("GSLB_UDP_THREAD", "1") != "0"
 
 
 # --- sockets -----------------------------------------------------------------------------
@@ -83,6 +93,9 @@ class DnsServer:
         self.responder = Responder(config, health, signatures, signers)
         self.sockets = sockets
         self._udp: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._readers: list[int] = []
+        self._stopping = False
         self._tcp: list[asyncio.base_events.Server] = []
         self._conns: dict[asyncio.Task, list] = {}       # task -> [client, last activity]
         self._per_client: dict[str, int] = {}
@@ -111,11 +124,15 @@ class DnsServer:
         _raise_fd_limit()
         loop = asyncio.get_running_loop()
         for udp, tcp in self.sockets:
-            udp.setblocking(False)
             tcp.setblocking(False)
             self._udp.append(udp)
-            drain = self._drain_batched if batching() else self._drain_udp
-            loop.add_reader(udp.fileno(), drain, udp)
+            if threaded():
+                self._start_thread(udp)
+            else:
+                udp.setblocking(False)
+                drain = self._drain_batched if batching() else self._drain_udp
+                loop.add_reader(udp.fileno(), drain, udp)
+                self._readers.append(udp.fileno())
             self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp,
                                                         backlog=1024))
         self._schedule_signing()
@@ -166,6 +183,45 @@ class DnsServer:
         except OSError:
             pass
 
+    def _start_thread(self, sock: socket.socket) -> None:
+        # Blocking, but never for longer than WAKE_EVERY (socket.settimeout would make
+        # the socket non-blocking and poll, which is the system call this saves).
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", 0, int(WAKE_EVERY * 1e6)))
+        thread = threading.Thread(target=self._serve_udp, args=(sock,), daemon=True,
+                                  name=f"dns-udp-{sock.fileno()}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _serve_udp(self, sock: socket.socket) -> None:
+        """A UDP socket's thread: wait for a batch without the GIL, answer it under the
+        responder's lock (a health or config change is never half seen), send it."""
+        responder, failed = self.responder, self._answer_failed
+        batch, fd, lock = _udpbatch.Batch(), sock.fileno(), responder.lock
+        while not self._stopping:
+            try:
+                if not batch.recv(fd):
+                    continue                    # SO_RCVTIMEO: look at _stopping again
+            except OSError:
+                if self._stopping:
+                    break
+                time.sleep(0.01)                # not seen here; never spin on it
+                continue
+            with lock:
+                # Read per batch: a change replaces the caches. With rate limiting on,
+                # every response goes through answer() so the limiter sees it.
+                rrl = responder.rrl
+                if rrl is not None:
+                    rrl.now = time.monotonic()
+                try:
+                    batch.reply(fd, responder.answer, failed,
+                                None if rrl is not None else responder._wire,
+                                responder.counters,
+                                None if rrl is not None else responder._wire_by_client)
+                except OSError:
+                    pass
+
     def _answer_failed(self, data: bytes, exc: BaseException) -> None:
         """Last line of defence: one bad packet never stops the server."""
         self.responder.errors += 1
@@ -200,7 +256,8 @@ class DnsServer:
                     data = await reader.readexactly(int.from_bytes(head, "big"))
                 self._conns[task][1] = time.monotonic()
                 try:
-                    out = self.responder.answer(data, client, TCP_LIMIT)
+                    with self.responder.lock:
+                        out = self.responder.answer(data, client, TCP_LIMIT)
                 except Exception:
                     self.responder.errors += 1
                     log.exception("unexpected error answering a TCP query")
@@ -234,8 +291,14 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         if self._resign_timer is not None:
             self._resign_timer.cancel()
+        self._stopping = True
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, WAKE_EVERY * 4)
+        self._threads.clear()
+        for fd in self._readers:
+            loop.remove_reader(fd)
+        self._readers.clear()
         for sock in self._udp:
-            loop.remove_reader(sock.fileno())
             sock.close()
         for server in self._tcp:
             server.close()

@@ -402,14 +402,29 @@ def test_failover_and_weighted_services_need_no_coordinates():
     assert any("nearest" in p and "lat" in p for p in err.value.problems)
 
 
-@pytest.mark.parametrize("batch", ["1", "0"])
-def test_udp_with_and_without_the_recvmmsg_helper(start_server, batch):
-    """The compiled helper (gslb._udpbatch) and the pure-Python loop answer alike,
-    also for a burst bigger than one batch from many sources at once."""
+def _worker_threads(supervisor: int) -> int:
+    """Threads of the supervisor's one worker process."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    assert len(children) == 1, children
+    return len(list(Path(f"/proc/{children[0]}/task").iterdir()))
+
+
+UDP_MODES = {"thread": {}, "event-loop": {"GSLB_UDP_THREAD": "0"},
+             "python": {"GSLB_UDP_BATCH": "0"}}
+
+
+@pytest.mark.parametrize("mode", list(UDP_MODES))
+def test_udp_with_and_without_the_recvmmsg_helper(start_server, mode):
+    """The compiled helper (gslb._udpbatch) read by a thread per socket (the default),
+    from the event loop, and the pure-Python loop answer alike, also for a burst bigger
+    than one batch from many sources at once."""
     from gslb import server
-    if batch == "1":
+    if mode != "python":
         assert server.batching(), "gslb._udpbatch is built by pip install -e ."
-    srv = start_server(load_default(checks=False), env={"GSLB_UDP_BATCH": batch})
+    srv = start_server(load_default(checks=False), env=UDP_MODES[mode])
+    # two listeners (127.0.0.1 and ::1): a thread each beside the event loop's, by default
+    threads = _worker_threads(srv.proc.pid)
+    assert threads >= 3 if mode == "thread" else threads < 3, threads
     socks = []
     try:
         for i in range(100):
@@ -440,3 +455,8 @@ def test_udp_with_and_without_the_recvmmsg_helper(start_server, batch):
                       if line.startswith("gslb_dns_queries_total") and 'service="zone"' in line
                       and 'rcode="NOERROR"' in line)
     assert counted >= 50
+    # a UDP thread waiting in recvmmsg does not hold the worker up when it stops
+    started = time.monotonic()
+    srv.proc.terminate()
+    srv.proc.wait(timeout=10)
+    assert time.monotonic() - started < 3
