@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.conftest import DEMO_NAME, ROOT, dig_short, free_port, load_default, stop
+from tests.conftest import (DEMO_NAME, ROOT, dig_short, free_port, load_default, make_query,
+                            parse, stop)
 
 INTERVAL, FALL, RISE = 0.5, 3, 2
 SITES = {"nyc": "127.0.0.11", "fra": "127.0.0.12", "sin": "127.0.0.13"}
@@ -149,6 +152,53 @@ def test_admin_overrides_need_the_token_and_survive_restart(start_server, edges)
     wait_for(again, "127.0.0.12", 3)
     assert post(f"{again.http}/api/admin/force-down", {"address": "127.0.0.12"}, "s3cret")[0] == 200
     wait_for(again, "127.0.0.11", 2)
+
+
+def _flood(port: int, source: str, stop_at: threading.Event, seen: list) -> None:
+    """Frankfurt's query as fast as it is answered: repeats are response-cache hits
+    answered in the UDP threads while the answers change under them."""
+    wire = make_query(DEMO_NAME, "A", "198.51.100.0/24")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(0.5)
+        while not stop_at.is_set():
+            sock.sendto(wire, ("127.0.0.1", port))
+            try:
+                reply = parse(sock.recv(4096))
+            except (TimeoutError, OSError):
+                continue
+            seen.append((time.monotonic(), tuple(str(r.rdata) for r in reply.rr)))
+
+
+def test_overrides_under_a_udp_flood_reach_every_worker_and_stay(start_server, edges):
+    # Every change rebuilds the answers while each worker's UDP thread is answering
+    # batches from the cache: once a drain or clear answered, no reply may carry the
+    # old answer (a cache filled from the old table would keep it).
+    srv = start_server(edges.config(token="s3cret"), workers=2)
+    wait_all_up(srv)
+    stop_at, seen = threading.Event(), []
+    floods = [threading.Thread(target=_flood, args=(srv.port, f"127.0.4.{i + 1}", stop_at, seen))
+              for i in range(6)]                  # sources spread over both workers
+    for t in floods:
+        t.start()
+    try:
+        for round_ in range(6):
+            action, want = ("drain", ("127.0.0.11",)) if round_ % 2 == 0 else \
+                ("clear", ("127.0.0.12",))
+            assert post(f"{srv.http}/api/admin/{action}", {"site": "fra"}, "s3cret")[0] == 200
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and (not seen or seen[-1][1] != want):
+                time.sleep(0.02)
+            settled = time.monotonic() + 0.3      # every worker has had its rebuild pushed
+            time.sleep(0.8)
+            late = [answer for at, answer in list(seen) if at > settled]
+            assert len(late) > 50, "the flood stopped being answered"
+            assert set(late) == {want}, (action, set(late))
+    finally:
+        stop_at.set()
+        for t in floods:
+            t.join(5)
+    print(f"{len(seen)} flood replies over 6 changes")
 
 
 def test_token_can_come_from_the_environment(start_server, edges):
