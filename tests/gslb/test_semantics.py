@@ -422,7 +422,12 @@ def test_udp_with_and_without_the_recvmmsg_helper(start_server, mode):
     if mode != "python":
         assert server.batching(), "gslb._udpbatch is built by pip install -e ."
     srv = start_server(load_default(checks=False), env=UDP_MODES[mode])
-    # two listeners (127.0.0.1 and ::1): a thread each beside the event loop's, by default
+    # two listeners (127.0.0.1 and ::1): a thread each beside the event loop's, by default.
+    # The server is ready once 127.0.0.1 answers; ::1's listener starts after it.
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s6:
+        s6.settimeout(3)
+        s6.sendto(make_query("cdn.example.net", "SOA"), ("::1", srv.port))
+        assert parse(s6.recv(4096)).header.rcode == 0
     threads = _worker_threads(srv.proc.pid)
     assert threads >= 3 if mode == "thread" else threads < 3, threads
     socks = []
