@@ -246,7 +246,7 @@ static int answer_all(struct buffers *b, int fd, PyObject *answer, PyObject *on_
                       PyObject *cache, PyObject *counters, PyObject *by_client)
 {
     PyObject *replies[BATCH];
-    int i, count = 0, n = b->received;
+    int i, count = 0, n = b->received, result = 0;
 
     b->received = 0;
     for (i = 0; i < n; i++) {
@@ -260,12 +260,10 @@ static int answer_all(struct buffers *b, int fd, PyObject *answer, PyObject *on_
         PyObject *data = PyBytes_FromStringAndSize(b->bufs[i], b->in_msgs[i].msg_len);
         PyObject *client = data ? client_text(&b->addrs[i], b->in_msgs[i].msg_hdr.msg_namelen)
                                 : NULL;
-        if (client == NULL) {
+        if (client == NULL) {           /* out of memory: send what is answered */
             Py_XDECREF(data);
-            send_all(b, fd, count);
-            for (i = 0; i < count; i++)
-                Py_XDECREF(replies[i]);
-            return -1;
+            result = -1;
+            break;
         }
         PyObject *argv[3] = {data, client, udp_limit};
         PyObject *out = PyObject_Vectorcall(answer, argv, 3, NULL);
@@ -288,7 +286,7 @@ static int answer_all(struct buffers *b, int fd, PyObject *answer, PyObject *on_
     send_all(b, fd, count);
     for (i = 0; i < count; i++)
         Py_XDECREF(replies[i]);
-    return 0;
+    return result;
 }
 
 static PyObject *serve(PyObject *self, PyObject *args)

@@ -161,24 +161,29 @@ class DnsServer:
                 except OSError:
                     pass
 
+    def _batch_args(self) -> tuple:
+        """What the helper answers a batch with: (answer, on_error, cache, counters,
+        by_client). Read per batch: a change replaces the caches."""
+        responder = self.responder
+        rrl = responder.rrl
+        if rrl is not None:
+            # Rate limiting must see every response: no hits answered in the helper.
+            rrl.now = time.monotonic()
+            return responder.answer, self._answer_failed, None, responder.counters, None
+        # Response-cache hits are answered inside the helper (ID + cached bytes, the
+        # counter bumped); so are hits of the per-client cache (answers that depend on
+        # the client address).
+        return (responder.answer, self._answer_failed, responder._wire, responder.counters,
+                responder._wire_by_client)
+
     def _drain_batched(self, sock: socket.socket) -> None:
         # recvmmsg, answer each, sendmmsg: two system calls per 64 datagrams.
-        responder = self.responder
-        if responder.rrl is not None:
-            responder.rrl.now = time.monotonic()
-        fd, answer, failed = sock.fileno(), responder.answer, self._answer_failed
-        # Response-cache hits are answered inside the helper (ID + cached bytes, the
-        # counter bumped), unless rate limiting must see every response; so are
-        # hits of the per-client cache (answers that depend on the client address).
-        limited = responder.rrl is not None
+        fd = sock.fileno()
         try:
             # Under load more queries arrive while a batch is answered: read again
             # before going back to epoll, until the socket is empty (bounded).
             for _ in range(DRAIN_ROUNDS):
-                # Read each round: an answer table swap replaces the caches.
-                if not _udpbatch.serve(fd, answer, failed, None if limited else responder._wire,
-                                       responder.counters,
-                                       None if limited else responder._wire_by_client):
+                if not _udpbatch.serve(fd, *self._batch_args()):
                     break
         except OSError:
             pass
@@ -197,8 +202,7 @@ class DnsServer:
     def _serve_udp(self, sock: socket.socket) -> None:
         """A UDP socket's thread: wait for a batch without the GIL, answer it under the
         responder's lock (a health or config change is never half seen), send it."""
-        responder, failed = self.responder, self._answer_failed
-        batch, fd, lock = _udpbatch.Batch(), sock.fileno(), responder.lock
+        batch, fd, lock = _udpbatch.Batch(), sock.fileno(), self.responder.lock
         while not self._stopping:
             try:
                 if not batch.recv(fd):
@@ -209,16 +213,8 @@ class DnsServer:
                 time.sleep(0.01)                # not seen here; never spin on it
                 continue
             with lock:
-                # Read per batch: a change replaces the caches. With rate limiting on,
-                # every response goes through answer() so the limiter sees it.
-                rrl = responder.rrl
-                if rrl is not None:
-                    rrl.now = time.monotonic()
                 try:
-                    batch.reply(fd, responder.answer, failed,
-                                None if rrl is not None else responder._wire,
-                                responder.counters,
-                                None if rrl is not None else responder._wire_by_client)
+                    batch.reply(fd, *self._batch_args())
                 except OSError:
                     pass
 
