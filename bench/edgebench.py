@@ -14,6 +14,11 @@ are sent to each caching proxy and the origin's access log is counted.
 only 100 MB hits are measured, alternating between the two for `--rounds`
 rounds (a busy box moves both alike), with the ratio of each round.
 `--only h3`: HTTP/3 10 KB hits against the edge's own HTTP/2 (bench/h3bench.py).
+`--only floor`: pass-through only, nginx proxy_pass, bench/floorproxy.py (the least
+a Python proxy on uvloop + httptools does per request), the edge and the edge with
+EDGE_PASS_SHORTCUT=0 (every pass-through the long way), alternating for
+`--rounds` rounds, CPU per request split into user and kernel time: how much of the
+gap to nginx is the edge's own work and how much any Python proxy pays.
 
 `--only h2`: only the HTTP/2 row (bench/h2bench.py): 10 KB hits with h2load
 against nginx `listen ... ssl http2` + proxy_cache, and a 100 MB hit over h2.
@@ -41,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from dnsbench import cpu_seconds, free_port, missing, rss_mb, stop, tree  # noqa: E402
+from dnsbench import CLK_TCK, cpu_seconds, free_port, missing, rss_mb, stop, tree  # noqa: E402
 from h2bench import run_h2  # noqa: E402
 from h3bench import run_h3  # noqa: E402
 
@@ -278,14 +283,19 @@ class Bench:
             template = NGINX_PROXY if kind == "proxy" else NGINX_CACHE
             text = template.format(work=work, port=port, origin=self.origin_port,
                                    workers=self.workers)
+        elif kind == "floor":
+            return ([sys.executable, str(ROOT / "bench" / "floorproxy.py"), str(port),
+                     str(self.origin_port), str(self.workers)], ())
         else:
             cache = kind == "edge-cache"
             (work / f"{kind}.yaml").write_text(EDGE.format(
                 port=port, origin=self.origin_port, cache=str(cache).lower(),
                 disk=work / "edge-disk" if cache else '""',
                 sendfile=str(self.sendfile).lower()))
-            return ([sys.executable, "-m", "edge.cli", "serve", "--workers", str(self.workers),
-                     "-c", str(work / f"{kind}.yaml")], ())
+            # edge-long: pass-through without its shortcut (edge/origin/direct.py)
+            env = ["env", "EDGE_PASS_SHORTCUT=0"] if kind == "edge-long" else []
+            return ([*env, sys.executable, "-m", "edge.cli", "serve", "--workers",
+                     str(self.workers), "-c", str(work / f"{kind}.yaml")], ())
         (work / f"{kind}.conf").write_text(text)
         return (["nginx", "-c", str(work / f"{kind}.conf"), "-g", "daemon off;"],
                 (work / f"{kind}-error.log",))
@@ -388,15 +398,68 @@ def run_stream(bench: Bench, seconds: int, rounds: int) -> None:
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 0.9)")
 
 
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of `pids` so far."""
+    user = kernel = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            user, kernel = user + int(fields[11]), kernel + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return user / CLK_TCK, kernel / CLK_TCK
+
+
+def run_floor(bench: Bench, seconds: int, rounds: int) -> None:
+    """Pass-through 10 KB: nginx proxy_pass, the Python floor and the edge, alternating."""
+    names = [("nginx proxy", "proxy"), ("python floor", "floor"), ("edge", "edge"),
+             ("edge long way", "edge-long")]
+    procs = [(name, *bench.launch(name, kind)) for name, kind in names]
+    time.sleep(0.5)
+    for _, _, port in procs:
+        wrk(port, "/10k.bin", 8, 2)
+    print(f"\npass-through 10 KB, wrk -t1 -c32, {seconds} s each, {bench.workers} worker(s) "
+          f"each; alternating; CPU us per request = user + kernel")
+    print(f"{'round':<6}" + "".join(f"{name + ' req/s':>20}{'us (user+kern)':>17}"
+                                    for name, _, _ in procs) + f"{'floor/nginx':>12}"
+          f"{'edge/nginx':>11}{'long/nginx':>11}")
+    ratios: dict[str, list[float]] = {"floor": [], "edge": [], "long": []}
+    for n in range(1, rounds + 1):
+        order = procs if n % 2 else procs[::-1]        # none always goes first
+        got = {}
+        for name, proc, port in order:
+            pids = tree(proc.pid)
+            (u0, k0), t0 = cpu_split(pids), time.monotonic()
+            rps, _ = wrk(port, "/10k.bin", 32, seconds)
+            (u1, k1), wall = cpu_split(pids), time.monotonic() - t0
+            per = 1e6 / max(rps * wall, 1)
+            got[name] = (rps, (u1 - u0) * per, (k1 - k0) * per)
+        base = got["nginx proxy"][0]
+        ratios["floor"].append(got["python floor"][0] / base)
+        ratios["edge"].append(got["edge"][0] / base)
+        ratios["long"].append(got["edge long way"][0] / base)
+        print(f"{n:<6}" + "".join(f"{got[name][0]:>20,.0f}"
+                                  f"{f'{got[name][1]:.1f}+{got[name][2]:.1f}':>17}"
+                                  for name, _, _ in procs)
+              + f"{ratios['floor'][-1]:>12.2f}{ratios['edge'][-1]:>11.2f}"
+              f"{ratios['long'][-1]:>11.2f}")
+    for key, label in (("floor", "python floor"), ("edge", "edge"),
+                       ("long", "edge without the pass-through shortcut")):
+        print(f"pass-through, {label} / nginx proxy: median "
+              f"{statistics.median(ratios[key]):.2f}x (min {min(ratios[key]):.2f}, "
+              f"max {max(ratios[key]):.2f}; target for the edge >= 0.8)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--only", choices=["stream", "h2", "h3"],
+    ap.add_argument("--only", choices=["stream", "h2", "h3", "floor"],
                     help="stream: only 100 MB hits, nginx cache vs edge; h2: only the "
                          "HTTP/2 row (bench/h2bench.py); h3: only HTTP/3 vs the edge's "
-                         "own HTTP/2 (bench/h3bench.py)")
-    ap.add_argument("--rounds", type=int, default=5, help="with --only stream")
+                         "own HTTP/2 (bench/h3bench.py); floor: pass-through against "
+                         "the least a Python proxy does (bench/floorproxy.py)")
+    ap.add_argument("--rounds", type=int, default=5, help="with --only stream or floor")
     ap.add_argument("--sendfile", action="store_true",
                     help="the edge sends disk-tier hits with sendfile(2)")
     args = ap.parse_args()
@@ -409,6 +472,8 @@ def main() -> int:
         _, bench.origin_port = bench.launch("origin", "origin")
         if args.only == "stream":
             run_stream(bench, args.seconds, args.rounds)
+        elif args.only == "floor":
+            run_floor(bench, args.seconds, args.rounds)
         elif args.only == "h2":
             run_h2(bench, args.seconds)
         elif args.only == "h3":

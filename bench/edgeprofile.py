@@ -1,12 +1,14 @@
 """Where a pass-through request's CPU goes: one edge worker under wrk, sampled by py-spy.
 
-    python bench/edgeprofile.py [--seconds 10]
+    python bench/edgeprofile.py [--seconds 10] [--top N]
 
 nginx serves a 10 KB file (the origin); `edge serve --workers 1` proxies it
 without cache; wrk -c32 drives it. The worker's CPU per request is measured
 from /proc, then py-spy samples it and every sample is put in the stage its
 innermost edge frame belongs to (client parse, route, upstream pool and send,
 origin parse, relay, the event loop's own C code), printed in us per request.
+`--top N` also prints the N frames with the most samples of their own (innermost),
+and the N with the most samples below them, for finding what to shorten next.
 py-spy comes from PyPI (`.venv/bin/pip install py-spy`); it is not a dependency.
 """
 from __future__ import annotations
@@ -60,9 +62,25 @@ def breakdown(raw: Path) -> Counter:
     return counts
 
 
+def top_frames(raw: Path, count: int) -> tuple[Counter, Counter]:
+    """(samples whose innermost frame is f, samples with f anywhere on the stack)."""
+    own: Counter = Counter()
+    below: Counter = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        own[frames[-1]] += int(n)
+        for frame in set(frames):
+            below[frame] += int(n)
+    return own, below
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--top", type=int, default=0)
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if missing(("wrk", "nginx"), "bench/edge.sh once") or not Path(spy).exists():
@@ -96,6 +114,12 @@ def main() -> int:
               f"{us:.1f} us CPU per request")
         for name, n in counts.most_common():
             print(f"{us * n / total:6.1f} us  {100 * n / total:5.1f} %  {name}")
+        if args.top:
+            own, below = top_frames(raw, args.top)
+            for title, counter in (("own samples", own), ("samples below", below)):
+                print(f"\ntop {args.top} frames by {title}:")
+                for frame, n in counter.most_common(args.top):
+                    print(f"{us * n / total:6.1f} us  {frame}")
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from edge.cache.store import Cache
-from edge.http.client import Pool
+from edge.http.pool import Pool
 from edge.cache.disk import DiskStore
 from edge.metrics import Metrics
 from edge.model import Balancing, Customer, EdgeConfig, Origin

@@ -13,11 +13,14 @@ a fresh parser per response. What a proxy needs that general clients get wrong:
   Content-Length says, the connection is closed, the rest discarded;
 - one idle/between-bytes timeout per exchange (`timeout`), paused while our
   own reader holds the origin back.
+
+An exchange either makes a `Response` that a task reads (`exchange`), or, for the
+pass-through shortcut (edge/origin/direct.py), hands the response to a sink's
+callbacks as the parser reads it (`send_direct`): no future, no queue, no task.
 """
 from __future__ import annotations
 
 import asyncio
-import ssl as ssl_module
 from typing import AsyncIterator, Callable
 
 import httptools
@@ -25,9 +28,6 @@ from multidict import CIMultiDict
 
 from edge.http.wire import NO_BODY_STATUSES, ChunkQueue, multidict, request_head
 
-POOL_IDLE = 30.0           # a pooled connection unused this long is closed
-TICK = 0.25                # how often timeouts and idle connections are looked at
-POOL_MAX_IDLE = 64         # idle connections kept per server
 READ_HIGH = 256 * 1024     # response bytes buffered above this: stop reading the origin
 REPLAY_MAX = 1024 * 1024   # request body bytes kept for a replay on a fresh connection
 
@@ -138,7 +138,7 @@ class Response(ChunkQueue):
 class Upstream(asyncio.Protocol):
     """One connection to one upstream server, one exchange at a time."""
 
-    def __init__(self, pool: "Pool", key: tuple):
+    def __init__(self, pool, key: tuple):      # pool: edge.http.pool.Pool, which imports this
         self.pool, self.key = pool, key
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -159,6 +159,10 @@ class Upstream(asyncio.Protocol):
         self.idle_since = 0.0           # in the pool since (loop time); 0 = in use
         self._timeout = 10.0
         self._last = 0.0
+        self.sink = None                # send_direct's receiver of this response
+        self._headed = False            # the sink has its response head
+        self._done: bool | None = None  # the sink's response ended (keep-alive?)
+        self._extra = False             # bytes after that end
 
     # --- transport ----------------------------------------------------------------------
 
@@ -181,6 +185,16 @@ class Upstream(asyncio.Protocol):
         return None
 
     def _lost(self, exc: Exception | None) -> None:
+        if self.sink is not None:
+            if self._done is not None:
+                return self._direct_end()
+            if self._headed and self._close_delimited and exc is None:
+                self._done = False                 # the close is the end of this body
+                return self._direct_end()
+            return self._direct_fail(Disconnected(
+                f"connection closed before the response{f': {exc}' if exc else ''}"
+                if not self._headed else "connection closed during the body",
+                nothing_received=not self.got_bytes))
         resp, head = self.response, self._head
         if head is not None and not head.done():
             head.set_exception(Disconnected(f"connection closed before the response"
@@ -235,6 +249,7 @@ class Upstream(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response, self._headers = None, []
         self._method, self._interim, self.got_bytes = method, interim, False
+        self.sink, self._done = None, None
         self._head = head = loop.create_future()
         if self.transport is None or self.transport.is_closing():
             raise Disconnected("the pooled connection was closed", nothing_received=True)
@@ -256,6 +271,41 @@ class Upstream(asyncio.Protocol):
             raise
         response.upload = upload
         return response
+
+    def send_direct(self, sink, method: str, data: bytes, timeout: float,
+                    interim: Interim | None) -> None:
+        """Send a request without a body whose response goes to `sink` as it is parsed:
+        head(status, reason, raw_headers, length), body(data), end(keep_alive) with
+        the connection free again, or fail(exc) with it closed."""
+        loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpResponseParser(self)
+        self.response, self._head, self._headers = None, None, []
+        self._method, self._interim, self.got_bytes = method, interim, False
+        self.sink, self._headed, self._done, self._extra = sink, False, None, False
+        self._timeout, self._last = timeout, loop.time()
+        self.pool.watch(self)
+        self.transport.write(data)
+
+    def detach(self) -> None:
+        """The sink wants no more of this response: the connection is closed."""
+        self.sink, self._done = None, None
+        self.exchange_over()
+        self.close()
+
+    def _direct_end(self) -> None:
+        sink, self.sink = self.sink, None
+        self.exchange_over()
+        keep_alive = bool(self._done) and not self._extra
+        self._done = None               # the next exchange may be a Response's
+        if not keep_alive:
+            self.close()
+        sink.end(keep_alive)
+
+    def _direct_fail(self, exc: Exception) -> None:
+        sink, self.sink, self._done = self.sink, None, None
+        self.exchange_over()
+        self.close()
+        sink.fail(exc)
 
     async def _upload(self, body) -> None:
         """Stream a request body (chunked when its length is unknown) as it comes."""
@@ -284,6 +334,8 @@ class Upstream(asyncio.Protocol):
             return
         self.exchange_over()
         exc = OriginTimeout(f"no byte from the origin for {self._timeout:g} s")
+        if self.sink is not None:
+            return self._direct_fail(exc)
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)
         elif self.response is not None:
@@ -310,6 +362,11 @@ class Upstream(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._held_bytes = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserError as exc:
+            if self.sink is not None:
+                if self._done is not None:      # more than Content-Length: drop the rest
+                    self._extra = True
+                    return self._direct_end()
+                return self._direct_fail(BadResponse(f"unparsable response: {exc}"))
             resp = self.response
             if resp is not None and resp.done:
                 self.close()                # more than Content-Length: take CL, drop the rest
@@ -320,8 +377,13 @@ class Upstream(asyncio.Protocol):
             elif resp is not None:
                 resp._fail(error)
             self.close()
+            return
+        if self.sink is not None and self._done is not None:
+            self._direct_end()
 
     def on_message_begin(self) -> None:
+        if self._done is not None:
+            self._extra = True              # a second response nobody asked for
         self._headers = []
 
     def on_status(self, status: bytes) -> None:
@@ -335,12 +397,13 @@ class Upstream(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         headers = self._headers
+        if self._done is not None:
+            return                          # after the sink's response: dropped
         if 100 <= status < 200 and status != 101:
             if self._interim is not None:
                 self._interim(status, [(n.decode("latin-1"), v.decode("latin-1"))
                                        for n, v in headers])
             return
-        resp = Response(self, status, self._reason, headers)
         length, chunked = None, False
         for name, value in headers:
             lower = name.lower()
@@ -351,10 +414,17 @@ class Upstream(asyncio.Protocol):
                     length = None
             elif lower == b"transfer-encoding":
                 chunked = True
-        resp.content_length = length if not chunked else None
         self._body_allowed = (self._method != "HEAD" and status not in NO_BODY_STATUSES
                               and status != 101)
         self._close_delimited = self._body_allowed and length is None and not chunked
+        if self.sink is not None:
+            self._headed = True
+            self.sink.head(status, self._reason, headers, length if not chunked else None)
+            if not self._body_allowed and self.sink is not None:
+                self._done = parser.should_keep_alive()
+            return
+        resp = Response(self, status, self._reason, headers)
+        resp.content_length = length if not chunked else None
         self.response = resp
         if not self._body_allowed:
             resp._finish(parser.should_keep_alive() and status != 101)
@@ -362,10 +432,17 @@ class Upstream(asyncio.Protocol):
             self._head.set_result(resp)
 
     def on_body(self, data: bytes) -> None:
-        if self.response is not None and self._body_allowed:
+        if self.sink is not None:
+            if self._body_allowed and self._done is None:
+                self.sink.body(data)
+        elif self.response is not None and self._body_allowed:
             self.response.feed(data)
 
     def on_message_complete(self) -> None:
+        if self.sink is not None:
+            if self._headed and self._done is None:
+                self._done = self.parser.should_keep_alive()
+            return
         resp = self.response
         if resp is not None and not resp.done and self.parser is not None:
             resp._finish(self.parser.should_keep_alive())
@@ -409,131 +486,3 @@ class Upload:
                 if self.kept_bytes > REPLAY_MAX:
                     self.overflow, self.kept = True, []
             yield data
-
-
-class Pool:
-    """Keep-alive connections per (address, port, TLS name)."""
-
-    def __init__(self, ca_file: str = ""):
-        self.tls = _context(ca_file, True)
-        self.tls_unnamed = _context(ca_file, False)
-        self._idle: dict[tuple, list[Upstream]] = {}
-        self._busy: set[Upstream] = set()     # exchanges whose timeout the ticker watches
-        self._ticker: asyncio.TimerHandle | None = None
-        self.retried = 0              # requests replayed after the keep-alive race
-
-    # One ticker for every timeout and idle connection: a timer per request costs more
-    # than the request (heap work on every call_later and cancel).
-    def watch(self, conn: Upstream) -> None:
-        self._busy.add(conn)
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
-
-    def unwatch(self, conn: Upstream) -> None:
-        self._busy.discard(conn)
-
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for conn in list(self._busy):
-            conn.check(now)
-        for idle in self._idle.values():
-            for conn in [c for c in idle if now - c.idle_since > POOL_IDLE]:
-                idle.remove(conn)
-                conn.close()
-        self._ticker = (loop.call_later(TICK, self._tick)
-                        if self._busy or any(self._idle.values()) else None)
-
-    def put(self, conn: Upstream) -> None:
-        if conn.transport is None or conn.transport.is_closing():
-            return
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= POOL_MAX_IDLE:
-            conn.close()
-            return
-        conn.parser = None
-        conn.response = None
-        conn.idle_since = asyncio.get_running_loop().time()
-        idle.append(conn)
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
-
-    def forget(self, conn: Upstream) -> None:
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def _take(self, key: tuple) -> Upstream | None:
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
-
-    async def _connect(self, key: tuple, timeout: float) -> Upstream:
-        address, port, tls_name = key
-        loop = asyncio.get_running_loop()
-        extra = {}
-        if tls_name is not None:
-            # Without a name (an IPv6 literal Host) the chain is still verified.
-            extra = {"ssl": self.tls if tls_name else self.tls_unnamed,
-                     "server_hostname": tls_name or address}
-        try:
-            async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: Upstream(self, key), address,
-                                                       port, **extra)
-        except TimeoutError:
-            raise ConnectFailed(f"connect to {address}:{port} timed out") from None
-        except (OSError, ssl_module.SSLError) as exc:
-            raise ConnectFailed(f"connect to {address}:{port}: {exc}") from None
-        return conn
-
-    async def request(self, address: str, port: int, tls_name: str | None, method: str,
-                      target: str, headers: list[tuple[str, str]], body: Upload | None,
-                      timeout: float, interim: Interim | None = None) -> Response:
-        """One request to one server; `tls_name`: None for plain HTTP, else the TLS server
-        name ("" = none). Raises OriginError (or its OriginTimeout)."""
-        key = (address, port, tls_name)
-        conn = self._take(key)
-        for fresh in (conn is None, True):
-            if fresh:
-                conn = await self._connect(key, timeout)
-            assert conn is not None
-            try:
-                return await conn.exchange(method, target, headers, _payload(body), timeout,
-                                           interim)
-            except Disconnected as exc:
-                conn.close()
-                # The keep-alive race: the server closed the idle connection as we sent.
-                if fresh or not exc.nothing_received or (body is not None
-                                                         and not body.replayable):
-                    raise
-                self.retried += 1
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
-
-
-def _payload(body: Upload | None):
-    if body is None:
-        return None
-    if body.source is None and not body.chunked:
-        return b"".join(body.kept)
-    return body
-
-
-def _context(ca_file: str, check_name: bool) -> ssl_module.SSLContext:
-    """Origin certificates are verified against the system CAs and `ca_file`."""
-    ctx = ssl_module.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(ca_file)
-    ctx.check_hostname = check_name
-    return ctx

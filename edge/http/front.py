@@ -13,6 +13,7 @@ server costs tens of microseconds, not the aiohttp price.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from email.utils import formatdate
@@ -28,6 +29,7 @@ from edge.http.h2 import H2Connection
 from edge.http.h2stream import response_head
 from edge.http.hpackblock import block as hpack_block, encoded, field
 from edge.http.server import Connection, Handler, Request
+from edge.origin.direct import Passes
 from edge.state import EdgeState
 
 FAST_MAX_BODY = 1024 * 1024   # larger hits are streamed with flow control, the long way
@@ -223,6 +225,8 @@ class Listeners:
 
     def __init__(self, state: EdgeState, handler: Handler):
         self.hits = Hits(state)
+        # EDGE_PASS_SHORTCUT=0: every pass-through the long way (to compare the two).
+        self.passes = Passes(state) if os.environ.get("EDGE_PASS_SHORTCUT", "1") != "0" else None
         self.handler = handler
         self.state = state
         self.servers: list[asyncio.Server] = []
@@ -248,6 +252,7 @@ class Listeners:
 
         def http1() -> Connection:
             conn = Connection(self.handler, self.hits, scheme, self.conns, bad)
+            conn.passes = self.passes
             if alt_svc:
                 conn.alt_svc, conn.alt_svc_line = alt_svc, line
             return conn

@@ -238,6 +238,8 @@ class Connection(asyncio.Protocol):
     # the value, and the header line the hit shortcut adds.
     alt_svc = ""
     alt_svc_line = b""
+    # The pass-through shortcut (edge/origin/direct.py Passes), set by front.Listeners.
+    passes = None
 
     def __init__(self, handler: Handler, hits, scheme: str, conns: set, bad_requests):
         self.handler, self.hits, self.scheme, self.conns = handler, hits, scheme, conns
@@ -257,6 +259,7 @@ class Connection(asyncio.Protocol):
         self._answered = False                 # that request was a hit, already written
         self._busy: Request | None = None
         self._task: asyncio.Task | None = None     # the handler of that request
+        self._relay = None                     # or the shortcut relaying it (direct.Direct)
         self.busy_since = 0.0                 # when the request in progress began
         self._queue: collections.deque = collections.deque()
         self._pipe: Callable[[bytes], None] | None = None
@@ -287,6 +290,8 @@ class Connection(asyncio.Protocol):
             if body is not None and not body.done:
                 body.fail(gone)
         self._wake_drain(gone)
+        if self._relay is not None:
+            self._relay.client_gone()
         if self._pipe is not None:
             self._pipe(b"")                 # the other side of a pipe sees the end
 
@@ -301,9 +306,13 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        if self._relay is not None:
+            self._relay.pause()             # hold the origin back, as Reply.write's drain
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self._relay is not None:
+            self._relay.resume()
         self._wake_drain(None)
 
     def _wake_drain(self, exc: Exception | None) -> None:
@@ -472,6 +481,25 @@ class Connection(asyncio.Protocol):
         self._busy = request
         self.busy_since = time.monotonic()
         reply = Reply(self, request)
+        if self.passes is not None and request.body is None:
+            # A pass-through the shortcut relays by callbacks, without a task.
+            try:
+                self._relay = self.passes.take(self, request, reply)
+            except Exception:
+                log.exception("the pass-through shortcut failed on %s %s; the long way "
+                              "answers", request.method, request.target)
+            if self._relay is not None:
+                return
+        self.relay_long_way(request, reply)
+
+    def relay_done(self, request: Request, reply: Reply) -> None:
+        """The shortcut has answered `request`."""
+        self._relay = None
+        self._finished(request, reply)
+
+    def relay_long_way(self, request: Request, reply: Reply) -> None:
+        """Hand `request` (its reply not started) to the handler, in a task."""
+        self._relay = None
         # The loop holds tasks weakly: held by the connection (which its open transport
         # holds), a handler waiting on a future nothing else refers to is not destroyed
         # mid-request ("Task was destroyed but it is pending").

@@ -93,10 +93,17 @@ def to_origin(headers, *, peer: str, scheme: str, host: str, keyed: tuple[str, .
                 chain.setdefault(lower, []).append(value)
         elif lower in keyed:
             kept.append((name, value))            # an override the customer keys on
+    return kept + forwarding(peer, scheme, host, chain)
+
+
+def forwarding(peer: str, scheme: str, host: str,
+               chain: "dict[str, list[str]] | None" = None) -> list[tuple[str, str]]:
+    """The edge's Forwarded and X-Forwarded-* headers, extending a trusted tier's `chain`
+    (lower-case name -> values it sent)."""
+    chain = chain or {}
     mine = f"for={_node(peer)};host={_quoted(host)};proto={scheme}"
     xff = ", ".join(chain.get("x-forwarded-for", []) + [peer])
-    kept += [("Forwarded", ", ".join(chain.get("forwarded", []) + [mine])),
-             ("X-Forwarded-For", xff),
-             ("X-Forwarded-Proto", chain.get("x-forwarded-proto", [scheme])[0]),
-             ("X-Forwarded-Host", chain.get("x-forwarded-host", [host])[0])]
-    return kept
+    return [("Forwarded", ", ".join(chain.get("forwarded", []) + [mine])),
+            ("X-Forwarded-For", xff),
+            ("X-Forwarded-Proto", chain.get("x-forwarded-proto", [scheme])[0]),
+            ("X-Forwarded-Host", chain.get("x-forwarded-host", [host])[0])]

@@ -1,0 +1,250 @@
+"""Pass-through requests relayed by callbacks: no task, no future, no Response object.
+
+A GET or HEAD for a customer that does not cache, carrying nothing the long way
+(proxy.proxy) treats specially, is written to a pooled origin connection from the
+client connection's parser callback (server.Connection._start), and the origin's
+answer is relayed from the origin connection's parser callbacks
+(client.Upstream.send_direct). It is the pass-through twin of the hit shortcut
+(front.Hits): the request the origin sees and the response the client sees are
+the ones the long way makes, built by the same functions (forward.to_origin's
+headers, headers.to_client, Reply), with the same metrics and back-off.
+
+What it leaves to the long way, which retries, fails over and answers errors:
+a request with a body or an upgrade; hop-by-hop, forwarding, override, Via or
+CDN-Loop request headers; customers with a cache, shields, a bucket or an origin
+name to resolve; no idle pooled connection; the pooled connection found closed
+(the keep-alive race); and a server that fails before its response head when the
+customer has another to try (that failure is recorded first, as `pull` would).
+With one server a failure is answered here as `pull` + `proxy` answer it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from edge.http.client import Disconnected, OriginTimeout, Upstream
+from edge.http.headers import cache_status, to_client, via
+from edge.http.server import Connection, Reply, Request
+from edge.http.wire import request_head
+from edge.metrics import Count
+from edge.model import Customer, Protocol
+from edge.origin.forward import FORWARDING, HOP_BY_HOP, OVERRIDES, forwarding
+from edge.origin.order import OriginPool
+from edge.origin.upstream import Unreachable, describe, own_error
+from edge.route import BadPath, origin_host, route
+from edge.state import EdgeState
+
+log = logging.getLogger("edge.origin.direct")
+
+# Request headers the long way reads or rewrites: their requests go that way.
+LONG_WAY = frozenset(name.encode() for name in HOP_BY_HOP | FORWARDING | OVERRIDES | {
+    "via", "cdn-loop", "content-length", "expect"})
+OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths too
+
+
+@dataclass
+class Plan:
+    """What a customer's pass-through requests over one edge scheme need, worked out
+    once per config."""
+
+    customer: Customer
+    pool: OriginPool
+    https: bool                     # to the origin
+    port: int                       # the origin's default port
+    requests: dict[int, Count] = field(default_factory=dict)   # by status
+    from_origin: Count | None = None
+    to_clients: Count | None = None
+
+
+class Passes:
+    """Takes the pass-through requests it can relay by callbacks (module docstring)."""
+
+    def __init__(self, state: EdgeState):
+        self.state = state
+        self._plans: dict[tuple[str, str], Plan | None] = {}
+        self._config = None
+        self.relayed = 0                 # requests taken (the tests see which way went)
+
+    def take(self, conn: Connection, request: Request, reply: Reply) -> "Direct | None":
+        """The relay now under way for `request`, or None: take the long way."""
+        if request.method not in ("GET", "HEAD") or request.body is not None or request.upgrade:
+            return None
+        target = request.target
+        if target[:1] != "/" or target[1:2] == "." or target.split("?", 1)[0] in OWN_PATHS:
+            return None
+        host = None
+        for name, value in request.raw_headers:
+            lower = name.lower()
+            if lower == b"host":
+                host = value
+            elif lower in LONG_WAY and (lower != b"connection"
+                                        or value.strip().lower() != b"keep-alive"):
+                return None
+        if host is None:
+            return None
+        state = self.state
+        config = state.config
+        if config is not self._config:
+            self._plans.clear()
+            self._config = config
+        client_host = host.decode("latin-1")
+        try:
+            customer, path = route(config, client_host, target)
+        except BadPath:
+            return None
+        if customer is None:
+            return None
+        plan = self._plan(customer, request.scheme)
+        if plan is None:
+            return None
+        server = plan.pool.order()[0]
+        origin_name = origin_host(customer, client_host)
+        tls_name = None
+        if plan.https:
+            tls_name = "" if origin_name.startswith("[") else origin_name.rsplit(":", 1)[0]
+        upstream = state.client.idle((server.host, server.port or plan.port, tls_name))
+        if upstream is None:
+            return None                      # the long way connects (and pools it)
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers
+                   if n.lower() != b"host"]
+        headers += forwarding(request.peer, request.scheme, client_host)
+        headers += [("Host", origin_name), ("Via", via(None, request.version, config.via)),
+                    ("CDN-Loop", config.name)]
+        relay = Direct(self, conn, request, reply, plan, server, upstream)
+        self.relayed += 1
+        upstream.send_direct(relay, request.method, request_head(request.method, path, headers),
+                             customer.origin.timeout, reply.interim)
+        return relay
+
+    def _plan(self, customer: Customer, scheme: str) -> Plan | None:
+        key = (customer.directory, scheme)
+        if key in self._plans:
+            return self._plans[key]
+        plan = None
+        origin = customer.origin
+        state = self.state
+        if (not customer.cache.enabled and origin.bucket is None and not customer.shields):
+            pool = state.pool_for(customer, scheme)
+            wanted = scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
+            if all(state.resolver.literal(s.host) for s in pool.servers):
+                metrics, label = state.metrics, customer.directory
+                plan = Plan(customer, pool, wanted == "https", 443 if wanted == "https" else 80,
+                            from_origin=metrics.from_origin.labels(label),
+                            to_clients=metrics.to_clients.labels(label))
+        self._plans[key] = plan
+        return plan
+
+
+class Direct:
+    """One pass-through request in flight: the origin connection's parser calls `head`,
+    `body`, then `end` or `fail`; the client connection calls `client_gone`,
+    `pause` and `resume`."""
+
+    __slots__ = ("passes", "conn", "request", "reply", "plan", "server", "upstream", "headed")
+
+    def __init__(self, passes: Passes, conn: Connection, request: Request, reply: Reply,
+                 plan: Plan, server, upstream: Upstream):
+        self.passes, self.conn, self.request, self.reply = passes, conn, request, reply
+        self.plan, self.server, self.upstream = plan, server, upstream
+        self.headed = False
+
+    # --- from the origin connection -----------------------------------------------------
+
+    def head(self, status: int, phrase: str, raw: list, length: int | None) -> None:
+        try:
+            plan = self.plan
+            customer, state = plan.customer, self.passes.state
+            if status >= 500 and customer.origin.retry_5xx:
+                plan.pool.failed(self.server, f"HTTP {status}")
+                state.metrics.origin_errors.labels(customer.directory, self.server.host,
+                                                   f"http_{status}").inc()
+                if len(plan.pool.servers) > 1:
+                    self.upstream.detach()          # the long way asks the next server
+                    return self._long_way()
+            else:
+                plan.pool.succeeded(self.server)
+            self.headed = True
+            counter = plan.requests.get(status)
+            if counter is None:
+                counter = plan.requests[status] = state.metrics.requests.labels(
+                    customer.directory, str(status))
+            counter.inc()
+            request = self.request
+            headers = to_client([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw],
+                                version=request.version, via_name=state.config.via,
+                                alt_svc=customer.alt_svc, drop=customer.cache.targeted,
+                                status_entry=cache_status(state.config.name, fwd="bypass",
+                                                          fwd_status=status))
+            self.reply.start(status, phrase, headers, length)
+        except Exception:
+            self._broken()
+
+    def body(self, data: bytes) -> None:
+        plan = self.plan
+        plan.from_origin.inc(len(data))
+        self.reply.write_now(data)
+        plan.to_clients.inc(len(data))
+
+    def end(self, keep_alive: bool) -> None:
+        """The response is all here; the origin connection goes back to the pool when it
+        can be used again."""
+        if keep_alive:
+            self.upstream.pool.put(self.upstream)
+        if not self.headed:
+            return
+        self.reply.end()
+        self.conn.relay_done(self.request, self.reply)
+
+    def fail(self, exc: Exception) -> None:
+        """The exchange failed (the origin connection is closed already)."""
+        state, plan = self.passes.state, self.plan
+        label = plan.customer.directory
+        if self.headed:
+            # The origin cut the body short: the client must see an aborted response.
+            state.metrics.origin_errors.labels(label, "?", "truncated").inc()
+            self.reply.abort()
+            self.conn.relay_done(self.request, self.reply)
+            return
+        if isinstance(exc, Disconnected) and exc.nothing_received:
+            state.client.retried += 1           # the keep-alive race: no origin failure
+            return self._long_way()
+        reason = describe(exc)
+        period = plan.pool.failed(self.server, f"{reason}: {exc}")
+        state.metrics.origin_errors.labels(label, self.server.host, reason).inc()
+        log.warning("origin %s for %s failed (%s); skipping it for %.1f s", self.server.host,
+                    label, reason, period)
+        if len(plan.pool.servers) > 1:
+            return self._long_way()
+        gone = Unreachable(504 if isinstance(exc, OriginTimeout) else 502)
+        own_error(self.reply, self.request, state, gone.status, gone.text, "uri-miss", label)
+        self.conn.relay_done(self.request, self.reply)
+
+    # --- from the client connection -----------------------------------------------------
+
+    def client_gone(self) -> None:
+        if self.upstream.sink is self:
+            self.upstream.detach()              # stop pulling from the origin
+        self.reply.abort()
+
+    def pause(self) -> None:
+        self.upstream.hold()
+
+    def resume(self) -> None:
+        self.upstream.unhold()
+
+    # --- the rest -----------------------------------------------------------------------
+
+    def _long_way(self) -> None:
+        self.conn.relay_long_way(self.request, self.reply)
+
+    def _broken(self) -> None:
+        """A bug of ours, not the origin's: logged once, 500 (or an abort), as
+        wire.call_handler does for the long way."""
+        log.exception("relaying %s %s failed", self.request.method, self.request.target)
+        if self.upstream.sink is self:
+            self.upstream.detach()
+        if not self.reply.started:
+            self.reply.simple(500, "internal error\n")
+        else:
+            self.reply.abort()
+        self.conn.relay_done(self.request, self.reply)
