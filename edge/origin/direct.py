@@ -182,7 +182,10 @@ class Direct:
     def body(self, data: bytes) -> None:
         plan = self.plan
         plan.from_origin.inc(len(data))
-        self.reply.write_now(data)
+        try:
+            self.reply.write_now(data)
+        except Exception:
+            return self._broken()
         plan.to_clients.inc(len(data))
 
     def end(self, keep_alive: bool) -> None:
@@ -192,7 +195,10 @@ class Direct:
             self.upstream.pool.put(self.upstream)
         if not self.headed:
             return
-        self.reply.end()
+        try:
+            self.reply.end()
+        except Exception:
+            return self._broken()
         self.conn.relay_done(self.request, self.reply)
 
     def fail(self, exc: Exception) -> None:
