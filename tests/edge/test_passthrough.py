@@ -194,3 +194,28 @@ async def test_a_client_that_goes_away_mid_body_leaves_the_edge_serving(two):
         async with asyncio.timeout(5):
             status, body, _ = await edge.get("/after", host="www.pass.test")
         assert status == 200 and body.startswith("p0 /after")
+
+
+async def test_pass_through_at_the_default_worker_count(two):
+    # `edge serve` as users start it: every worker relays by the shortcut and by the
+    # long way in turn on its pooled origin connections, nothing hangs and nothing
+    # unobserved reaches the log (ServedEdge checks it on exit).
+    from tests.edge.served import ServedEdge
+
+    origin = two[0]
+    async with ServedEdge(pass_cfg([origin])) as edge:
+        await edge.client.close()
+        edge.client = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=4))
+
+        async def one(i: int) -> tuple:
+            path = ("/chunked", "/big/300000", f"/n{i}", f"/v{i}")[i % 4]
+            extra = {"Via": "1.1 other"} if i % 4 == 3 else {}
+            status, _, size, headers = await fetch(edge, path, **extra)
+            return status, size, headers.get("Cache-Status")
+
+        async with asyncio.timeout(30):
+            got = await asyncio.gather(*(one(i) for i in range(80)))
+        assert [g[0] for g in got] == [200] * 80
+        assert [g[1] for g in got[:2]] == [15000, 300000]
+        assert {g[2] for g in got} == {"gslb-edge; fwd=bypass; fwd-status=200"}
