@@ -4,7 +4,7 @@ the origin, relay the response with hop-by-hop fields dropped. No routing table,
 no metrics, no timeouts, no failover: what nginx proxy_pass does, and nothing else.
     python floorproxy.py PORT ORIGIN_PORT [workers]
 """
-import asyncio, os, socket, sys
+import asyncio, os, signal, socket, sys
 import httptools, uvloop
 
 HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
@@ -142,5 +142,23 @@ if __name__ == "__main__":
             serve(s, origin)
             os._exit(0)
         kids.append(pid)
+
+    def stop(signum, frame):
+        # The bench stops this process only: its workers must go with it.
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     for pid in kids:
-        os.waitpid(pid, 0)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break

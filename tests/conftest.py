@@ -28,7 +28,22 @@ DEMO_NAME = "www.test.com.cdn.example.net"
 # connection (the tests' own clients, etcd's, the edges' to origins), and one of them taking
 # a port between free_port() and the server's bind made a server fail "already in use".
 _EPHEMERAL_LOW = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-_PORTS = range(10000, max(_EPHEMERAL_LOW, 10001))
+_ALL_PORTS = range(10000, max(_EPHEMERAL_LOW, 10001))
+
+
+def _my_ports() -> range:
+    """This test process's own slice of the ports: with pytest-xdist every worker counts
+    from a random start, and two counters that met handed out the same port before
+    either server had bound it (CI saw three "address in use" in one run)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = len(_ALL_PORTS) // max(count, 1)
+    start = _ALL_PORTS.start + size * min(index, count - 1)
+    return range(start, start + size)
+
+
+_PORTS = _my_ports()
 _next_port = random.randrange(len(_PORTS))
 
 
