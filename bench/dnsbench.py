@@ -293,15 +293,20 @@ def tree(pid: int) -> list[int]:
     return [pid] + [p for k in kids for p in tree(k)]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of `pids` so far."""
+    user = kernel = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, kernel = user + int(fields[11]), kernel + int(fields[12])
         except (OSError, IndexError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, kernel / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def rss_mb(pids: list[int]) -> float:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from dnsbench import CLK_TCK, cpu_seconds, free_port, missing, rss_mb, stop, tree  # noqa: E402
+from dnsbench import cpu_seconds, cpu_split, free_port, missing, rss_mb, stop, tree  # noqa: E402
 from h2bench import run_h2  # noqa: E402
 from h3bench import run_h3  # noqa: E402
 
@@ -396,18 +396,6 @@ def run_stream(bench: Bench, seconds: int, rounds: int) -> None:
               f"{a[1]:>13.1f}/{a[2]:<8.1f}{b[1]:>12.1f}/{b[2]:<8.1f}")
     print(f"100 MB streaming, edge / nginx proxy_cache: median {statistics.median(ratios):.2f}x "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 0.9)")
-
-
-def cpu_split(pids: list[int]) -> tuple[float, float]:
-    """(user, kernel) CPU seconds of `pids` so far."""
-    user = kernel = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            user, kernel = user + int(fields[11]), kernel + int(fields[12])
-        except (OSError, IndexError):
-            pass
-    return user / CLK_TCK, kernel / CLK_TCK
 
 
 def run_floor(bench: Bench, seconds: int, rounds: int) -> None:

@@ -69,9 +69,6 @@ class Pool:
 
     def idle(self, key: tuple) -> Upstream | None:
         """A pooled connection to (address, port, TLS name) ready for a request, or None."""
-        return self._take(key)
-
-    def _take(self, key: tuple) -> Upstream | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -103,7 +100,7 @@ class Pool:
         """One request to one server; `tls_name`: None for plain HTTP, else the TLS server
         name ("" = none). Raises OriginError (or its OriginTimeout)."""
         key = (address, port, tls_name)
-        conn = self._take(key)
+        conn = self.idle(key)
         for fresh in (conn is None, True):
             if fresh:
                 conn = await self._connect(key, timeout)

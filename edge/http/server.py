@@ -481,7 +481,7 @@ class Connection(asyncio.Protocol):
         self._busy = request
         self.busy_since = time.monotonic()
         reply = Reply(self, request)
-        if self.passes is not None and request.body is None:
+        if self.passes is not None:
             # A pass-through the shortcut relays by callbacks, without a task.
             try:
                 self._relay = self.passes.take(self, request, reply)

@@ -30,7 +30,8 @@ from edge.metrics import Count
 from edge.model import Customer, Protocol
 from edge.origin.forward import FORWARDING, HOP_BY_HOP, OVERRIDES, forwarding
 from edge.origin.order import OriginPool
-from edge.origin.upstream import Unreachable, describe, own_error
+from edge.origin.upstream import (Unreachable, own_error, server_answered_5xx, server_failed,
+                                  tls_name)
 from edge.route import BadPath, origin_host, route
 from edge.state import EdgeState
 
@@ -51,9 +52,9 @@ class Plan:
     pool: OriginPool
     https: bool                     # to the origin
     port: int                       # the origin's default port
+    from_origin: Count
+    to_clients: Count
     requests: dict[int, Count] = field(default_factory=dict)   # by status
-    from_origin: Count | None = None
-    to_clients: Count | None = None
 
 
 class Passes:
@@ -99,10 +100,8 @@ class Passes:
             return None
         server = plan.pool.order()[0]
         origin_name = origin_host(customer, client_host)
-        tls_name = None
-        if plan.https:
-            tls_name = "" if origin_name.startswith("[") else origin_name.rsplit(":", 1)[0]
-        upstream = state.client.idle((server.host, server.port or plan.port, tls_name))
+        upstream = state.client.idle((server.host, server.port or plan.port,
+                                      tls_name(origin_name) if plan.https else None))
         if upstream is None:
             return None                      # the long way connects (and pools it)
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers
@@ -129,8 +128,7 @@ class Passes:
             if all(state.resolver.literal(s.host) for s in pool.servers):
                 metrics, label = state.metrics, customer.directory
                 plan = Plan(customer, pool, wanted == "https", 443 if wanted == "https" else 80,
-                            from_origin=metrics.from_origin.labels(label),
-                            to_clients=metrics.to_clients.labels(label))
+                            metrics.from_origin.labels(label), metrics.to_clients.labels(label))
         self._plans[key] = plan
         return plan
 
@@ -155,9 +153,7 @@ class Direct:
             plan = self.plan
             customer, state = plan.customer, self.passes.state
             if status >= 500 and customer.origin.retry_5xx:
-                plan.pool.failed(self.server, f"HTTP {status}")
-                state.metrics.origin_errors.labels(customer.directory, self.server.host,
-                                                   f"http_{status}").inc()
+                server_answered_5xx(state, plan.pool, self.server, customer.directory, status)
                 if len(plan.pool.servers) > 1:
                     self.upstream.detach()          # the long way asks the next server
                     return self._long_way()
@@ -214,11 +210,7 @@ class Direct:
         if isinstance(exc, Disconnected) and exc.nothing_received:
             state.client.retried += 1           # the keep-alive race: no origin failure
             return self._long_way()
-        reason = describe(exc)
-        period = plan.pool.failed(self.server, f"{reason}: {exc}")
-        state.metrics.origin_errors.labels(label, self.server.host, reason).inc()
-        log.warning("origin %s for %s failed (%s); skipping it for %.1f s", self.server.host,
-                    label, reason, period)
+        server_failed(state, plan.pool, self.server, label, exc)
         if len(plan.pool.servers) > 1:
             return self._long_way()
         gone = Unreachable(504 if isinstance(exc, OriginTimeout) else 502)

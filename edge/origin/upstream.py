@@ -62,7 +62,7 @@ def describe(exc: BaseException) -> str:
     return "error"
 
 
-def _tls_name(host: str) -> str:
+def tls_name(host: str) -> str:
     """The TLS server name for a Host: its name, or "" for an IP literal in brackets."""
     return "" if host.startswith("[") else host.rsplit(":", 1)[0]
 
@@ -93,20 +93,15 @@ async def pull(state: EdgeState, customer: Customer, pool: OriginPool, scheme: s
         try:
             sent = bucket.sign(method, host, path, headers) if bucket is not None else headers
             resp = await _send(state, server, origin, scheme, method, path, sent, body,
-                               interim, _tls_name(host))
+                               interim, tls_name(host))
         except (OriginError, OSError) as exc:
-            reason = describe(exc)
             timed_out = isinstance(exc, OriginTimeout)
-            period = pool.failed(server, f"{reason}: {exc}")
-            state.metrics.origin_errors.labels(label, server.host, reason).inc()
-            log.warning("origin %s for %s failed (%s); skipping it for %.1f s", server.host,
-                        label, reason, period)
+            server_failed(state, pool, server, label, exc)
             if last:
                 break
             continue
         if resp.status >= 500 and origin.retry_5xx:
-            pool.failed(server, f"HTTP {resp.status}")
-            state.metrics.origin_errors.labels(label, server.host, f"http_{resp.status}").inc()
+            server_answered_5xx(state, pool, server, label, resp.status)
             if not last:
                 resp.close()
                 continue
@@ -114,6 +109,23 @@ async def pull(state: EdgeState, customer: Customer, pool: OriginPool, scheme: s
             pool.succeeded(server)
         return resp
     raise Unreachable(504 if timed_out else 502)
+
+
+def server_failed(state: EdgeState, pool: OriginPool, server: Server, label: str,
+                  exc: BaseException) -> None:
+    """An origin server failed an exchange: back-off, counted, one log line."""
+    reason = describe(exc)
+    period = pool.failed(server, f"{reason}: {exc}")
+    state.metrics.origin_errors.labels(label, server.host, reason).inc()
+    log.warning("origin %s for %s failed (%s); skipping it for %.1f s", server.host,
+                label, reason, period)
+
+
+def server_answered_5xx(state: EdgeState, pool: OriginPool, server: Server, label: str,
+                        status: int) -> None:
+    """A 5xx from a customer with retry_5xx: a failure of that server (back-off, counted)."""
+    pool.failed(server, f"HTTP {status}")
+    state.metrics.origin_errors.labels(label, server.host, f"http_{status}").inc()
 
 
 async def _send(state: EdgeState, server: Server, origin: Origin, scheme: str, method: str,
