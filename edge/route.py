@@ -54,6 +54,20 @@ def route(config: EdgeConfig, host: str, target: str) -> tuple[Customer | None, 
 
     BadPath when the target is malformed or climbs out of the customer's root.
     """
+    global _last
+    last = _last
+    if last[2] == target and last[1] == host and last[0] is config:
+        return last[3]
+    found = _route(config, host, target)
+    _last = (config, host, target, found)
+    return found
+
+
+# The hit shortcut, then the pass-through shortcut, route the same request in turn.
+_last: tuple = (None, None, None, None)
+
+
+def _route(config: EdgeConfig, host: str, target: str) -> tuple[Customer | None, str]:
     host, target = split_target(host, target)
     customer = config.by_cname.get(host_name(host))
     if customer is None and config.source == "--origin":

@@ -13,6 +13,8 @@ from edge.origin.forward import HOP_BY_HOP, connection_names
 
 # Written by the edge itself, never copied from upstream or from the stored headers.
 SPECIAL = HOP_BY_HOP | {"content-length", "age", "via", "x-cache", "cache-status"}
+SPECIAL_RAW = frozenset(name.encode() for name in SPECIAL)
+HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
 
 
 def via(incoming: str | None, version: str, name: str) -> str:
@@ -83,3 +85,49 @@ def to_client(headers, *, version: str, via_name: str, alt_svc: str = "",
     if upstream_status:
         out.append(("Cache-Status", ", ".join(upstream_status)))
     return out
+
+
+def to_client_raw(raw: "list[tuple[bytes, bytes]]", *, version: str, via_name: str,
+                  alt_svc: str = "", drop: "frozenset[bytes]" = frozenset(),
+                  status_entry: str = "") -> tuple[bytes, bool]:
+    """`to_client` for headers as llhttp parsed them (bytes pairs), as the header lines
+    `Reply.start_block` takes: (lines, whether they hold a Date). Byte for byte what
+    `to_client` then `Reply.start` write (tests/edge/test_headers_raw.py holds them
+    equal); the pass-through shortcut's, which must not decode and re-encode every
+    field. `drop`: lower-case names, as bytes."""
+    lines = []
+    dated = False
+    incoming_via: bytes | None = None
+    upstream_status: list[bytes] = []
+    listed = None                          # what Connection headers name
+    for name, value in raw:
+        lower = name.lower()
+        if lower not in SPECIAL_RAW:
+            if lower not in drop:
+                lines.append(b"%s: %s\r\n" % (name, value))
+                if lower == b"date":
+                    dated = True
+        elif lower == b"via":
+            incoming_via = incoming_via + b", " + value if incoming_via else value
+        elif lower == b"cache-status":
+            upstream_status.append(value)
+        elif lower == b"connection":
+            listed = (listed or set()) | {t.strip().lower() for t in value.split(b",")}
+    if listed and not listed <= HOP_BY_HOP_RAW and any(
+            n.lower() in listed for n, _ in raw):
+        # A field the origin named hop-by-hop: rare; the general way drops it.
+        pairs = to_client([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw],
+                          version=version, via_name=via_name, alt_svc=alt_svc,
+                          drop=tuple(d.decode("latin-1") for d in drop),
+                          status_entry=status_entry)
+        block = "".join([f"{k}: {v}\r\n" for k, v in pairs]).encode("latin-1", "replace")
+        return block, any(k.lower() == "date" for k, _ in pairs)
+    mine = via(incoming_via.decode("latin-1") if incoming_via else None, version, via_name)
+    lines.append(f"Via: {mine}\r\n".encode("latin-1", "replace"))
+    if alt_svc:
+        lines.append(f"Alt-Svc: {alt_svc}\r\n".encode("latin-1", "replace"))
+    if status_entry:
+        upstream_status.append(status_entry.encode("latin-1", "replace"))
+    if upstream_status:
+        lines.append(b"Cache-Status: " + b", ".join(upstream_status) + b"\r\n")
+    return b"".join(lines), dated

@@ -24,7 +24,8 @@ import httptools
 from multidict import CIMultiDict
 
 from edge.http.filesend import send_file
-from edge.http.wire import DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, call_handler, chunk, head, multidict, reason
+from edge.http.wire import (DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, call_handler, chunk,
+                            head, multidict, reason, status_line)
 
 log = logging.getLogger("edge.http.server")
 
@@ -135,32 +136,42 @@ class Reply:
     def start(self, status: int, phrase: str, headers: "list[tuple[str, str]]",
               length: int | None) -> None:
         """Send the status line and headers; `length` None: chunked (or to the close)."""
+        dated = False
+        for k, _ in headers:
+            if k == "Date" or k.lower() == "date":
+                dated = True
+                break
+        block = "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1", "replace")
+        self.start_block(status, phrase, block, dated, length)
+
+    def start_block(self, status: int, phrase: str, block: bytes, dated: bool,
+                    length: int | None) -> None:
+        """`start` with the header lines already encoded (CRLF after each); `dated`:
+        they hold a Date. The framing, Connection and Alt-Svc lines are added here."""
         request = self.request
         self.started, self.status = True, status
         self._no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
-        out = list(headers)
-        for k, _ in out:
-            if k == "Date" or k.lower() == "date":
-                break
-        else:
-            out.append(("Date", DATE.now()))
+        out = [status_line(status, phrase), block]
+        if not dated:
+            out.append(DATE.line())
         if length is not None:
             if status not in NO_BODY_STATUSES:
-                out.append(("Content-Length", str(length)))
+                out.append(b"Content-Length: %d\r\n" % length)
         elif not self._no_body:
             if request.version == "1.0":
                 self.close = True                # the end of the body is the close
             else:
                 self._chunked = True
-                out.append(("Transfer-Encoding", "chunked"))
+                out.append(b"Transfer-Encoding: chunked\r\n")
         if self.close or not request.keep_alive or self.conn.closing:
             self.close = True
-            out.append(("Connection", "close"))
+            out.append(b"Connection: close\r\n")
         elif request.version == "1.0":
-            out.append(("Connection", "keep-alive"))
+            out.append(b"Connection: keep-alive\r\n")
         if self.conn.alt_svc:
-            out.append(("Alt-Svc", self.conn.alt_svc))
-        self._head = head(status, reason(status, phrase), out)
+            out.append(self.conn.alt_svc_line)
+        out.append(b"\r\n")
+        self._head = b"".join(out)
 
     def _flush(self, data: bytes = b"") -> None:
         if self._head:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from email.utils import formatdate
@@ -41,6 +42,12 @@ def head(status: int, phrase: str, headers: "list[tuple[str, str]] | tuple") -> 
     return "\r\n".join(lines).encode("latin-1", "replace")
 
 
+@functools.lru_cache(maxsize=256)
+def status_line(status: int, phrase: str) -> bytes:
+    """`head`'s first line, CRLF included, for heads built as bytes (Reply.start_block)."""
+    return f"HTTP/1.1 {status} {reason(status, phrase)}\r\n".encode("latin-1", "replace")
+
+
 def request_head(method: str, target: str, headers: "list[tuple[str, str]]") -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
     lines += [f"{k}: {v}" for k, v in headers]
@@ -51,17 +58,24 @@ def request_head(method: str, target: str, headers: "list[tuple[str, str]]") -> 
 class _Clock:
     """The Date header value, formatted once per second."""
 
-    __slots__ = ("second", "text")
+    __slots__ = ("second", "text", "_line")
 
     def __init__(self) -> None:
         self.second = -1
         self.text = ""
+        self._line = b""
 
     def now(self) -> str:
         second = int(time.time())
         if second != self.second:
             self.second, self.text = second, formatdate(second, usegmt=True)
+            self._line = f"Date: {self.text}\r\n".encode("latin-1")
         return self.text
+
+    def line(self) -> bytes:
+        """The whole header line, CRLF included."""
+        self.now()
+        return self._line
 
 
 DATE = _Clock()

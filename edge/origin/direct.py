@@ -23,9 +23,8 @@ import logging
 from dataclasses import dataclass, field
 
 from edge.http.client import Disconnected, OriginTimeout, Upstream
-from edge.http.headers import cache_status, to_client, via
+from edge.http.headers import cache_status, to_client_raw, via
 from edge.http.server import Connection, Reply, Request
-from edge.http.wire import request_head
 from edge.metrics import Count
 from edge.model import Customer, Protocol
 from edge.origin.forward import FORWARDING, HOP_BY_HOP, OVERRIDES, forwarding
@@ -41,6 +40,7 @@ log = logging.getLogger("edge.origin.direct")
 LONG_WAY = frozenset(name.encode() for name in HOP_BY_HOP | FORWARDING | OVERRIDES | {
     "via", "cdn-loop", "content-length", "expect"})
 OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths too
+TAILS_MAX = 10_000                            # (client, host) pairs whose tail is kept
 
 
 @dataclass
@@ -54,7 +54,9 @@ class Plan:
     port: int                       # the origin's default port
     from_origin: Count
     to_clients: Count
-    requests: dict[int, Count] = field(default_factory=dict)   # by status
+    drop: frozenset[bytes]          # the targeted cache fields, kept from clients
+    # By status: its requests counter and this edge's Cache-Status entry.
+    statuses: dict[int, tuple[Count, str]] = field(default_factory=dict)
 
 
 class Passes:
@@ -63,6 +65,7 @@ class Passes:
     def __init__(self, state: EdgeState):
         self.state = state
         self._plans: dict[tuple[str, str], Plan | None] = {}
+        self._tails: dict[tuple[str, ...], bytes] = {}
         self._config = None
         self.relayed = 0                 # requests taken (the tests see which way went)
 
@@ -74,6 +77,7 @@ class Passes:
         if target[:1] != "/" or target[1:2] == "." or target.split("?", 1)[0] in OWN_PATHS:
             return None
         host = None
+        lines = [b""]                            # [0]: the request line, once routed
         for name, value in request.raw_headers:
             lower = name.lower()
             if lower == b"host":
@@ -81,12 +85,15 @@ class Passes:
             elif lower in LONG_WAY and (lower != b"connection"
                                         or value.strip().lower() != b"keep-alive"):
                 return None
+            else:
+                lines.append(b"%s: %s\r\n" % (name, value))
         if host is None:
             return None
         state = self.state
         config = state.config
         if config is not self._config:
             self._plans.clear()
+            self._tails.clear()
             self._config = config
         client_host = host.decode("latin-1")
         try:
@@ -98,22 +105,38 @@ class Passes:
         plan = self._plan(customer, request.scheme)
         if plan is None:
             return None
-        server = plan.pool.order()[0]
+        pool = plan.pool
+        server = pool.servers[0] if len(pool.servers) == 1 else pool.order()[0]
         origin_name = origin_host(customer, client_host)
         upstream = state.client.idle((server.host, server.port or plan.port,
                                       tls_name(origin_name) if plan.https else None))
         if upstream is None:
             return None                      # the long way connects (and pools it)
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers
-                   if n.lower() != b"host"]
-        headers += forwarding(request.peer, request.scheme, client_host)
-        headers += [("Host", origin_name), ("Via", via(None, request.version, config.via)),
-                    ("CDN-Loop", config.name)]
+        lines[0] = f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace")
+        lines.append(self._tail(request, client_host, origin_name))
         relay = Direct(self, conn, request, reply, plan, server, upstream)
         self.relayed += 1
-        upstream.send_direct(relay, request.method, request_head(request.method, path, headers),
-                             customer.origin.timeout, reply.interim)
+        upstream.send_direct(relay, request.method, b"".join(lines), customer.origin.timeout,
+                             reply.interim)
         return relay
+
+    def _tail(self, request: Request, client_host: str, origin_name: str) -> bytes:
+        """The header lines the edge adds (forwarding, Host, Via, CDN-Loop) and the blank
+        line: what forward.to_origin's caller adds, the same for every request of one
+        client to one host, so made once."""
+        key = (request.peer, request.scheme, client_host, origin_name, request.version)
+        tail = self._tails.get(key)
+        if tail is None:
+            config = self.state.config
+            headers = forwarding(request.peer, request.scheme, client_host) + [
+                ("Host", origin_name), ("Via", via(None, request.version, config.via)),
+                ("CDN-Loop", config.name)]
+            tail = "".join([f"{k}: {v}\r\n" for k, v in headers] + ["\r\n"]).encode(
+                "latin-1", "replace")
+            if len(self._tails) >= TAILS_MAX:
+                self._tails.clear()
+            self._tails[key] = tail
+        return tail
 
     def _plan(self, customer: Customer, scheme: str) -> Plan | None:
         key = (customer.directory, scheme)
@@ -128,7 +151,8 @@ class Passes:
             if all(state.resolver.literal(s.host) for s in pool.servers):
                 metrics, label = state.metrics, customer.directory
                 plan = Plan(customer, pool, wanted == "https", 443 if wanted == "https" else 80,
-                            metrics.from_origin.labels(label), metrics.to_clients.labels(label))
+                            metrics.from_origin.labels(label), metrics.to_clients.labels(label),
+                            frozenset(name.encode() for name in customer.cache.targeted))
         self._plans[key] = plan
         return plan
 
@@ -160,18 +184,16 @@ class Direct:
             else:
                 plan.pool.succeeded(self.server)
             self.headed = True
-            counter = plan.requests.get(status)
-            if counter is None:
-                counter = plan.requests[status] = state.metrics.requests.labels(
-                    customer.directory, str(status))
-            counter.inc()
-            request = self.request
-            headers = to_client([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw],
-                                version=request.version, via_name=state.config.via,
-                                alt_svc=customer.alt_svc, drop=customer.cache.targeted,
-                                status_entry=cache_status(state.config.name, fwd="bypass",
-                                                          fwd_status=status))
-            self.reply.start(status, phrase, headers, length)
+            known = plan.statuses.get(status)
+            if known is None:
+                known = plan.statuses[status] = (
+                    state.metrics.requests.labels(customer.directory, str(status)),
+                    cache_status(state.config.name, fwd="bypass", fwd_status=status))
+            known[0].inc()
+            block, dated = to_client_raw(raw, version=self.request.version,
+                                         via_name=state.config.via, alt_svc=customer.alt_svc,
+                                         drop=plan.drop, status_entry=known[1])
+            self.reply.start_block(status, phrase, block, dated, length)
         except Exception:
             self._broken()
 
