@@ -1,7 +1,8 @@
 """The edge's HTTP/1.1 client for origins and shields: pooled keep-alive connections.
 
-One `Upstream` protocol per connection, httptools (llhttp) reading responses,
-a fresh parser per response. What a proxy needs that general clients get wrong:
+One `Upstream` protocol per connection, httptools (llhttp) reading responses
+(a parser that read a whole response reads the next). What a proxy needs that
+general clients get wrong:
 
 - 1xx interim responses (103 Early Hints, 100 Continue) go to a callback, so
   the edge forwards them; the request body is sent as the client sends it,
@@ -142,6 +143,7 @@ class Upstream(asyncio.Protocol):
         self.pool, self.key = pool, key
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        self.spare: httptools.HttpResponseParser | None = None   # kept by Pool.put
         self.response: Response | None = None
         self._head: asyncio.Future | None = None
         self._headers: list[tuple[bytes, bytes]] = []
@@ -163,6 +165,8 @@ class Upstream(asyncio.Protocol):
         self._headed = False            # the sink has its response head
         self._done: bool | None = None  # the sink's response ended (keep-alive?)
         self._extra = False             # bytes after that end
+        self._complete = False          # the parser saw a whole response: reusable
+        self._loop = asyncio.get_running_loop()
 
     # --- transport ----------------------------------------------------------------------
 
@@ -245,8 +249,8 @@ class Upstream(asyncio.Protocol):
     async def exchange(self, method: str, target: str, headers: list[tuple[str, str]],
                        body, timeout: float, interim: Interim | None) -> Response:
         """Send a request, wait for its response head (interim ones go to `interim`)."""
-        loop = asyncio.get_running_loop()
-        self.parser = httptools.HttpResponseParser(self)
+        loop = self._loop
+        self.parser = self._parser()
         self.response, self._headers = None, []
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._done = None, None
@@ -277,14 +281,22 @@ class Upstream(asyncio.Protocol):
         """Send a request without a body whose response goes to `sink` as it is parsed:
         head(status, reason, raw_headers, length), body(data), end(keep_alive) with
         the connection free again, or fail(exc) with it closed."""
-        loop = asyncio.get_running_loop()
-        self.parser = httptools.HttpResponseParser(self)
+        loop = self._loop
+        self.parser = self._parser()
         self.response, self._head, self._headers = None, None, []
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False
         self._timeout, self._last = timeout, loop.time()
         self.pool.watch(self)
         self.transport.write(data)
+
+    def _parser(self) -> httptools.HttpResponseParser:
+        """The last exchange's parser when it read a whole response (it is then at the
+        start of the next), else a new one (after a HEAD it still waits for a body)."""
+        spare, self.spare = self.spare, None
+        if spare is not None and self._complete:
+            return spare
+        return httptools.HttpResponseParser(self)
 
     def detach(self) -> None:
         """The sink wants no more of this response: the connection is closed."""
@@ -356,7 +368,7 @@ class Upstream(asyncio.Protocol):
             self.close()                    # bytes nobody asked for (after Content-Length)
             return
         self.got_bytes = True
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -385,6 +397,7 @@ class Upstream(asyncio.Protocol):
         if self._done is not None:
             self._extra = True              # a second response nobody asked for
         self._headers = []
+        self._complete = False
 
     def on_status(self, status: bytes) -> None:
         self._reason = status.decode("latin-1", "replace")
@@ -439,6 +452,7 @@ class Upstream(asyncio.Protocol):
             self.response.feed(data)
 
     def on_message_complete(self) -> None:
+        self._complete = True
         if self.sink is not None:
             if self._headed and self._done is None:
                 self._done = self.parser.should_keep_alive()

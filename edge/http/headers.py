@@ -98,21 +98,22 @@ def to_client_raw(raw: "list[tuple[bytes, bytes]]", *, version: str, via_name: s
     lines = []
     dated = False
     incoming_via: bytes | None = None
-    upstream_status: list[bytes] = []
+    upstream_status: tuple[bytes, ...] = ()
     listed = None                          # what Connection headers name
     for name, value in raw:
         lower = name.lower()
         if lower not in SPECIAL_RAW:
             if lower not in drop:
-                lines.append(b"%s: %s\r\n" % (name, value))
+                lines.append(name + b": " + value + b"\r\n")
                 if lower == b"date":
                     dated = True
         elif lower == b"via":
             incoming_via = incoming_via + b", " + value if incoming_via else value
         elif lower == b"cache-status":
-            upstream_status.append(value)
+            upstream_status += (value,)
         elif lower == b"connection":
-            listed = (listed or set()) | {t.strip().lower() for t in value.split(b",")}
+            if value.lower() != b"keep-alive":      # keep-alive names a hop-by-hop field
+                listed = (listed or set()) | {t.strip().lower() for t in value.split(b",")}
     if listed and not listed <= HOP_BY_HOP_RAW and any(
             n.lower() in listed for n, _ in raw):
         # A field the origin named hop-by-hop: rare; the general way drops it.
@@ -122,12 +123,22 @@ def to_client_raw(raw: "list[tuple[bytes, bytes]]", *, version: str, via_name: s
                           status_entry=status_entry)
         block = "".join([f"{k}: {v}\r\n" for k, v in pairs]).encode("latin-1", "replace")
         return block, any(k.lower() == "date" for k, _ in pairs)
+    lines.append(_own_lines(incoming_via, upstream_status, version, via_name, alt_svc,
+                            status_entry))
+    return b"".join(lines), dated
+
+
+@functools.lru_cache(maxsize=1024)
+def _own_lines(incoming_via: bytes | None, upstream_status: tuple[bytes, ...], version: str,
+               via_name: str, alt_svc: str, status_entry: str) -> bytes:
+    """to_client_raw's Via, Alt-Svc and Cache-Status lines: the same few per customer."""
     mine = via(incoming_via.decode("latin-1") if incoming_via else None, version, via_name)
-    lines.append(f"Via: {mine}\r\n".encode("latin-1", "replace"))
+    lines = [f"Via: {mine}\r\n".encode("latin-1", "replace")]
     if alt_svc:
         lines.append(f"Alt-Svc: {alt_svc}\r\n".encode("latin-1", "replace"))
+    statuses = list(upstream_status)
     if status_entry:
-        upstream_status.append(status_entry.encode("latin-1", "replace"))
-    if upstream_status:
-        lines.append(b"Cache-Status: " + b", ".join(upstream_status) + b"\r\n")
-    return b"".join(lines), dated
+        statuses.append(status_entry.encode("latin-1", "replace"))
+    if statuses:
+        lines.append(b"Cache-Status: " + b", ".join(statuses) + b"\r\n")
+    return b"".join(lines)

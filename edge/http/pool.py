@@ -55,12 +55,13 @@ class Pool:
         if len(idle) >= POOL_MAX_IDLE:
             conn.close()
             return
-        conn.parser = None
+        conn.spare, conn.parser = conn.parser, None     # None: bytes now are unasked for
         conn.response = None
-        conn.idle_since = asyncio.get_running_loop().time()
+        loop = conn._loop
+        conn.idle_since = loop.time()
         idle.append(conn)
         if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+            self._ticker = loop.call_later(TICK, self._tick)
 
     def forget(self, conn: Upstream) -> None:
         idle = self._idle.get(conn.key)

@@ -40,7 +40,7 @@ log = logging.getLogger("edge.origin.direct")
 LONG_WAY = frozenset(name.encode() for name in HOP_BY_HOP | FORWARDING | OVERRIDES | {
     "via", "cdn-loop", "content-length", "expect"})
 OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths too
-TAILS_MAX = 10_000                            # (client, host) pairs whose tail is kept
+TAILS_MAX = 10_000                            # (client, host) pairs per plan whose tail is kept
 
 
 @dataclass
@@ -57,6 +57,8 @@ class Plan:
     drop: frozenset[bytes]          # the targeted cache fields, kept from clients
     # By status: its requests counter and this edge's Cache-Status entry.
     statuses: dict[int, tuple[Count, str]] = field(default_factory=dict)
+    # By (client address, Host, HTTP version): Passes._tail's.
+    tails: dict[tuple[str, str, str], tuple[str | None, bytes]] = field(default_factory=dict)
 
 
 class Passes:
@@ -65,7 +67,6 @@ class Passes:
     def __init__(self, state: EdgeState):
         self.state = state
         self._plans: dict[tuple[str, str], Plan | None] = {}
-        self._tails: dict[tuple[str, ...], bytes] = {}
         self._config = None
         self.relayed = 0                 # requests taken (the tests see which way went)
 
@@ -74,7 +75,7 @@ class Passes:
         if request.method not in ("GET", "HEAD") or request.body is not None or request.upgrade:
             return None
         target = request.target
-        if target[:1] != "/" or target[1:2] == "." or target.split("?", 1)[0] in OWN_PATHS:
+        if target[:1] != "/" or target[1:2] == "." or target.startswith(OWN_PATHS):
             return None
         host = None
         lines = [b""]                            # [0]: the request line, once routed
@@ -93,7 +94,6 @@ class Passes:
         config = state.config
         if config is not self._config:
             self._plans.clear()
-            self._tails.clear()
             self._config = config
         client_host = host.decode("latin-1")
         try:
@@ -107,36 +107,37 @@ class Passes:
             return None
         pool = plan.pool
         server = pool.servers[0] if len(pool.servers) == 1 else pool.order()[0]
-        origin_name = origin_host(customer, client_host)
-        upstream = state.client.idle((server.host, server.port or plan.port,
-                                      tls_name(origin_name) if plan.https else None))
+        name, tail = self._tail(plan, request, client_host)
+        upstream = state.client.idle((server.host, server.port or plan.port, name))
         if upstream is None:
             return None                      # the long way connects (and pools it)
         lines[0] = f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace")
-        lines.append(self._tail(request, client_host, origin_name))
+        lines.append(tail)
         relay = Direct(self, conn, request, reply, plan, server, upstream)
         self.relayed += 1
         upstream.send_direct(relay, request.method, b"".join(lines), customer.origin.timeout,
                              reply.interim)
         return relay
 
-    def _tail(self, request: Request, client_host: str, origin_name: str) -> bytes:
-        """The header lines the edge adds (forwarding, Host, Via, CDN-Loop) and the blank
-        line: what forward.to_origin's caller adds, the same for every request of one
-        client to one host, so made once."""
-        key = (request.peer, request.scheme, client_host, origin_name, request.version)
-        tail = self._tails.get(key)
-        if tail is None:
+    def _tail(self, plan: Plan, request: Request, client_host: str) -> tuple[str | None, bytes]:
+        """(TLS name, header lines): the origin connection's TLS name (None: plain) and
+        the lines the edge adds (forwarding, Host, Via, CDN-Loop) with the blank line,
+        what forward.to_origin's caller adds: the same for every request of one client
+        to one host, so made once."""
+        key = (request.peer, client_host, request.version)
+        known = plan.tails.get(key)
+        if known is None:
             config = self.state.config
+            origin_name = origin_host(plan.customer, client_host)
             headers = forwarding(request.peer, request.scheme, client_host) + [
                 ("Host", origin_name), ("Via", via(None, request.version, config.via)),
                 ("CDN-Loop", config.name)]
             tail = "".join([f"{k}: {v}\r\n" for k, v in headers] + ["\r\n"]).encode(
                 "latin-1", "replace")
-            if len(self._tails) >= TAILS_MAX:
-                self._tails.clear()
-            self._tails[key] = tail
-        return tail
+            if len(plan.tails) >= TAILS_MAX:
+                plan.tails.clear()
+            known = plan.tails[key] = (tls_name(origin_name) if plan.https else None, tail)
+        return known
 
     def _plan(self, customer: Customer, scheme: str) -> Plan | None:
         key = (customer.directory, scheme)
@@ -189,7 +190,7 @@ class Direct:
                 known = plan.statuses[status] = (
                     state.metrics.requests.labels(customer.directory, str(status)),
                     cache_status(state.config.name, fwd="bypass", fwd_status=status))
-            known[0].inc()
+            known[0].value += 1
             block, dated = to_client_raw(raw, version=self.request.version,
                                          via_name=state.config.via, alt_svc=customer.alt_svc,
                                          drop=plan.drop, status_entry=known[1])
@@ -199,12 +200,13 @@ class Direct:
 
     def body(self, data: bytes) -> None:
         plan = self.plan
-        plan.from_origin.inc(len(data))
+        size = len(data)
+        plan.from_origin.value += size          # Count.inc, without a call per chunk
         try:
             self.reply.write_now(data)
         except Exception:
             return self._broken()
-        plan.to_clients.inc(len(data))
+        plan.to_clients.value += size
 
     def end(self, keep_alive: bool) -> None:
         """The response is all here; the origin connection goes back to the pool when it
