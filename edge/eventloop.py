@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Coroutine
 
+from edge.malloc import keep_freed_memory
+
 
 def run(main: Coroutine[Any, Any, int]) -> int:
+    keep_freed_memory()              # edge/malloc.py: no brk(2) pair per streamed read
     try:
         import uvloop
     except ImportError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from edge.http.client import Disconnected, OriginTimeout, Upstream
+from edge.http.client import READ_HIGH, Disconnected, OriginTimeout, Upstream
 from edge.http.headers import cache_status, to_client_raw, via
 from edge.http.server import Connection, Reply, Request
 from edge.metrics import Count
@@ -163,13 +163,15 @@ class Direct:
     `body`, then `end` or `fail`; the client connection calls `client_gone`,
     `pause` and `resume`."""
 
-    __slots__ = ("passes", "conn", "request", "reply", "plan", "server", "upstream", "headed")
+    __slots__ = ("passes", "conn", "request", "reply", "plan", "server", "upstream", "headed",
+                 "widened")
 
     def __init__(self, passes: Passes, conn: Connection, request: Request, reply: Reply,
                  plan: Plan, server, upstream: Upstream):
         self.passes, self.conn, self.request, self.reply = passes, conn, request, reply
         self.plan, self.server, self.upstream = plan, server, upstream
         self.headed = False
+        self.widened = False            # the client's write buffer holds READ_HIGH
 
     # --- from the origin connection -----------------------------------------------------
 
@@ -195,6 +197,12 @@ class Direct:
                                          via_name=state.config.via, alt_svc=customer.alt_svc,
                                          drop=plan.drop, status_entry=known[1])
             self.reply.start_block(status, phrase, block, dated, length)
+            transport = self.conn.transport
+            if (length is None or length > READ_HIGH) and transport is not None:
+                # A long body: buffer for the client what the long way's queue would
+                # (client.READ_HIGH), or the origin is held and let go every 48 KB.
+                transport.set_write_buffer_limits(high=READ_HIGH, low=READ_HIGH // 2)
+                self.widened = True
         except Exception:
             self._broken()
 
@@ -219,7 +227,7 @@ class Direct:
             self.reply.end()
         except Exception:
             return self._broken()
-        self.conn.relay_done(self.request, self.reply)
+        self._relayed()
 
     def fail(self, exc: Exception) -> None:
         """The exchange failed (the origin connection is closed already)."""
@@ -229,7 +237,7 @@ class Direct:
             # The origin cut the body short: the client must see an aborted response.
             state.metrics.origin_errors.labels(label, "?", "truncated").inc()
             self.reply.abort()
-            self.conn.relay_done(self.request, self.reply)
+            self._relayed()
             return
         if isinstance(exc, Disconnected) and exc.nothing_received:
             state.client.retried += 1           # the keep-alive race: no origin failure
@@ -239,7 +247,7 @@ class Direct:
             return self._long_way()
         gone = Unreachable(504 if isinstance(exc, OriginTimeout) else 502)
         own_error(self.reply, self.request, state, gone.status, gone.text, "uri-miss", label)
-        self.conn.relay_done(self.request, self.reply)
+        self._relayed()
 
     # --- from the client connection -----------------------------------------------------
 
@@ -256,6 +264,11 @@ class Direct:
 
     # --- the rest -----------------------------------------------------------------------
 
+    def _relayed(self) -> None:
+        if self.widened and self.conn.transport is not None:
+            self.conn.transport.set_write_buffer_limits()       # the default again
+        self.conn.relay_done(self.request, self.reply)
+
     def _long_way(self) -> None:
         self.conn.relay_long_way(self.request, self.reply)
 
@@ -269,4 +282,4 @@ class Direct:
             self.reply.simple(500, "internal error\n")
         else:
             self.reply.abort()
-        self.conn.relay_done(self.request, self.reply)
+        self._relayed()
