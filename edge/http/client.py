@@ -166,7 +166,7 @@ class Upstream(asyncio.Protocol):
         self._done: bool | None = None  # the sink's response ended (keep-alive?)
         self._extra = False             # bytes after that end
         self._complete = False          # the parser saw a whole response: reusable
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()   # the one it runs on (Pool uses it too)
 
     # --- transport ----------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ class Upstream(asyncio.Protocol):
             raise Disconnected("connection closed while sending the request")
         if self.paused:
             if self._drain is None:
-                self._drain = asyncio.get_running_loop().create_future()
+                self._drain = self.loop.create_future()
             await asyncio.shield(self._drain)
 
     def hold(self) -> None:
@@ -237,7 +237,7 @@ class Upstream(asyncio.Protocol):
     def unhold(self) -> None:
         if self.held and self.transport is not None:
             self.held = False
-            self._last = asyncio.get_running_loop().time()
+            self._last = self.loop.time()
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -249,7 +249,7 @@ class Upstream(asyncio.Protocol):
     async def exchange(self, method: str, target: str, headers: list[tuple[str, str]],
                        body, timeout: float, interim: Interim | None) -> Response:
         """Send a request, wait for its response head (interim ones go to `interim`)."""
-        loop = self._loop
+        loop = self.loop
         self.parser = self._parser()
         self.response, self._headers = None, []
         self._method, self._interim, self.got_bytes = method, interim, False
@@ -281,7 +281,7 @@ class Upstream(asyncio.Protocol):
         """Send a request without a body whose response goes to `sink` as it is parsed:
         head(status, reason, raw_headers, length), body(data), end(keep_alive) with
         the connection free again, or fail(exc) with it closed."""
-        loop = self._loop
+        loop = self.loop
         self.parser = self._parser()
         self.response, self._head, self._headers = None, None, []
         self._method, self._interim, self.got_bytes = method, interim, False
@@ -327,7 +327,7 @@ class Upstream(asyncio.Protocol):
                 if self.transport is None:
                     return
                 self.transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-                self._last = asyncio.get_running_loop().time()
+                self._last = self.loop.time()
                 await self.drain()
             if chunked and self.transport is not None:
                 self.transport.write(b"0\r\n\r\n")
@@ -368,7 +368,7 @@ class Upstream(asyncio.Protocol):
             self.close()                    # bytes nobody asked for (after Content-Length)
             return
         self.got_bytes = True
-        self._last = self._loop.time()
+        self._last = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -467,7 +467,7 @@ class Upstream(asyncio.Protocol):
         self._pipe = sink
         held, self._held_bytes = self._held_bytes, b""
         if held:       # after the caller has joined both ends
-            asyncio.get_running_loop().call_soon(sink, held)
+            self.loop.call_soon(sink, held)
         return self.transport
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+from edge.http.wire import field_lines, has_date
 from edge.origin.forward import HOP_BY_HOP, connection_names
 
 # Written by the edge itself, never copied from upstream or from the stored headers.
@@ -121,8 +122,7 @@ def to_client_raw(raw: "list[tuple[bytes, bytes]]", *, version: str, via_name: s
                           version=version, via_name=via_name, alt_svc=alt_svc,
                           drop=tuple(d.decode("latin-1") for d in drop),
                           status_entry=status_entry)
-        block = "".join([f"{k}: {v}\r\n" for k, v in pairs]).encode("latin-1", "replace")
-        return block, any(k.lower() == "date" for k, _ in pairs)
+        return field_lines(pairs), has_date(pairs)
     lines.append(_own_lines(incoming_via, upstream_status, version, via_name, alt_svc,
                             status_entry))
     return b"".join(lines), dated

@@ -57,7 +57,7 @@ class Pool:
             return
         conn.spare, conn.parser = conn.parser, None     # None: bytes now are unasked for
         conn.response = None
-        loop = conn._loop
+        loop = conn.loop
         conn.idle_since = loop.time()
         idle.append(conn)
         if self._ticker is None:

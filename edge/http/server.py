@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 
 from edge.http.filesend import send_file
 from edge.http.wire import (DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, call_handler, chunk,
-                            head, multidict, reason, status_line)
+                            field_lines, has_date, head, multidict, reason, status_line)
 
 log = logging.getLogger("edge.http.server")
 
@@ -136,13 +136,7 @@ class Reply:
     def start(self, status: int, phrase: str, headers: "list[tuple[str, str]]",
               length: int | None) -> None:
         """Send the status line and headers; `length` None: chunked (or to the close)."""
-        dated = False
-        for k, _ in headers:
-            if k == "Date" or k.lower() == "date":
-                dated = True
-                break
-        block = "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1", "replace")
-        self.start_block(status, phrase, block, dated, length)
+        self.start_block(status, phrase, field_lines(headers), has_date(headers), length)
 
     def start_block(self, status: int, phrase: str, block: bytes, dated: bool,
                     length: int | None) -> None:

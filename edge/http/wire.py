@@ -42,6 +42,15 @@ def head(status: int, phrase: str, headers: "list[tuple[str, str]] | tuple") -> 
     return "\r\n".join(lines).encode("latin-1", "replace")
 
 
+def field_lines(headers: "list[tuple[str, str]] | tuple") -> bytes:
+    """Header fields as `head` writes them, CRLF after each, for heads built as bytes."""
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1", "replace")
+
+
+def has_date(headers: "list[tuple[str, str]] | tuple") -> bool:
+    return any(k == "Date" or k.lower() == "date" for k, _ in headers)
+
+
 @functools.lru_cache(maxsize=256)
 def status_line(status: int, phrase: str) -> bytes:
     """`head`'s first line, CRLF included, for heads built as bytes (Reply.start_block)."""

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from edge.http.client import READ_HIGH, Disconnected, OriginTimeout, Upstream
+from edge.http.client import Disconnected, OriginTimeout, Upstream
 from edge.http.headers import cache_status, to_client_raw, via
 from edge.http.server import Connection, Reply, Request
+from edge.http.wire import field_lines
 from edge.metrics import Count
 from edge.model import Customer, Protocol
 from edge.origin.forward import FORWARDING, HOP_BY_HOP, OVERRIDES, forwarding
@@ -132,8 +133,7 @@ class Passes:
             headers = forwarding(request.peer, request.scheme, client_host) + [
                 ("Host", origin_name), ("Via", via(None, request.version, config.via)),
                 ("CDN-Loop", config.name)]
-            tail = "".join([f"{k}: {v}\r\n" for k, v in headers] + ["\r\n"]).encode(
-                "latin-1", "replace")
+            tail = field_lines(headers) + b"\r\n"
             if len(plan.tails) >= TAILS_MAX:
                 plan.tails.clear()
             known = plan.tails[key] = (tls_name(origin_name) if plan.https else None, tail)
@@ -163,15 +163,13 @@ class Direct:
     `body`, then `end` or `fail`; the client connection calls `client_gone`,
     `pause` and `resume`."""
 
-    __slots__ = ("passes", "conn", "request", "reply", "plan", "server", "upstream", "headed",
-                 "widened")
+    __slots__ = ("passes", "conn", "request", "reply", "plan", "server", "upstream", "headed")
 
     def __init__(self, passes: Passes, conn: Connection, request: Request, reply: Reply,
                  plan: Plan, server, upstream: Upstream):
         self.passes, self.conn, self.request, self.reply = passes, conn, request, reply
         self.plan, self.server, self.upstream = plan, server, upstream
         self.headed = False
-        self.widened = False            # the client's write buffer holds READ_HIGH
 
     # --- from the origin connection -----------------------------------------------------
 
@@ -197,12 +195,6 @@ class Direct:
                                          via_name=state.config.via, alt_svc=customer.alt_svc,
                                          drop=plan.drop, status_entry=known[1])
             self.reply.start_block(status, phrase, block, dated, length)
-            transport = self.conn.transport
-            if (length is None or length > READ_HIGH) and transport is not None:
-                # A long body: buffer for the client what the long way's queue would
-                # (client.READ_HIGH), or the origin is held and let go every 48 KB.
-                transport.set_write_buffer_limits(high=READ_HIGH, low=READ_HIGH // 2)
-                self.widened = True
         except Exception:
             self._broken()
 
@@ -227,7 +219,7 @@ class Direct:
             self.reply.end()
         except Exception:
             return self._broken()
-        self._relayed()
+        self.conn.relay_done(self.request, self.reply)
 
     def fail(self, exc: Exception) -> None:
         """The exchange failed (the origin connection is closed already)."""
@@ -237,7 +229,7 @@ class Direct:
             # The origin cut the body short: the client must see an aborted response.
             state.metrics.origin_errors.labels(label, "?", "truncated").inc()
             self.reply.abort()
-            self._relayed()
+            self.conn.relay_done(self.request, self.reply)
             return
         if isinstance(exc, Disconnected) and exc.nothing_received:
             state.client.retried += 1           # the keep-alive race: no origin failure
@@ -247,7 +239,7 @@ class Direct:
             return self._long_way()
         gone = Unreachable(504 if isinstance(exc, OriginTimeout) else 502)
         own_error(self.reply, self.request, state, gone.status, gone.text, "uri-miss", label)
-        self._relayed()
+        self.conn.relay_done(self.request, self.reply)
 
     # --- from the client connection -----------------------------------------------------
 
@@ -264,11 +256,6 @@ class Direct:
 
     # --- the rest -----------------------------------------------------------------------
 
-    def _relayed(self) -> None:
-        if self.widened and self.conn.transport is not None:
-            self.conn.transport.set_write_buffer_limits()       # the default again
-        self.conn.relay_done(self.request, self.reply)
-
     def _long_way(self) -> None:
         self.conn.relay_long_way(self.request, self.reply)
 
@@ -282,4 +269,4 @@ class Direct:
             self.reply.simple(500, "internal error\n")
         else:
             self.reply.abort()
-        self._relayed()
+        self.conn.relay_done(self.request, self.reply)
