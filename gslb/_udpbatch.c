@@ -23,7 +23,8 @@
  * Batch.reply(fd, answer, on_error[, cache, counters, by_client]) answers what
  * it read, as serve() does. Two system calls per batch, as gdnsd's threads
  * make, instead of epoll_wait, recvmmsg, sendmmsg and the recvmmsg that finds
- * the socket empty.
+ * the socket empty. Batch(yield_cpu=True) gives the CPU away once before it
+ * sleeps after a loaded batch (see yield_first).
  *
  * Optional: when it cannot be built, server.py uses recvfrom/sendto.
  */
@@ -34,10 +35,15 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define BATCH 64
 #define BUFSIZE 4096
+#define YIELD_AFTER 8                 /* a batch this big: the socket is under load */
+#define YIELD_SLOW_US 1000            /* yields averaging longer than this ... */
+#define YIELD_PAUSE_NS 100000000LL    /* ... stop for 100 ms, then one looks again */
 
 /* The buffers of one batch: serve() shares one set (it runs with the GIL held, from
  * the event loop's thread); each Batch object has its own. */
@@ -48,6 +54,12 @@ struct buffers {
     struct mmsghdr in_msgs[BATCH], out_msgs[BATCH];
     struct iovec in_iov[BATCH], out_iov[BATCH];
     int received;                   /* datagrams in bufs not answered yet */
+    int last;                       /* datagrams the last recvmmsg returned */
+    int yield_cpu;                  /* Batch(yield_cpu=True): see yield_first */
+    long long yield_avg_ns;         /* moving average of how long a yield lasted */
+    long long yield_slow_ns;        /* Batch(slow_us=YIELD_SLOW_US) */
+    long long yield_resume_ns;      /* CLOCK_MONOTONIC: no yield before this */
+    unsigned long yields, pauses;   /* for Batch.stats() */
 };
 
 static struct buffers shared;
@@ -193,6 +205,40 @@ static void prepare(struct buffers *b)
     }
 }
 
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Under load a thread that sleeps as soon as its socket is empty is woken again for
+ * the next few datagrams: a wake-up and two context switches per small batch, most
+ * of a query's kernel time. After a batch of YIELD_AFTER or more, an empty socket
+ * first gives the CPU once to whatever else is runnable on it (the other worker, the
+ * processes sending the queries), so the queue fills meanwhile and the next recvmmsg
+ * takes a bigger batch; with nothing else runnable sched_yield returns at once. A
+ * CPU-bound neighbour would keep each such batch waiting for its whole time slice
+ * (a millisecond or more): when the yields average more than YIELD_SLOW_US there are
+ * none for YIELD_PAUSE_NS. A light load (smaller batches) never yields, so its
+ * latency is that of a plain blocking read. Called without the GIL. */
+static void yield_first(struct buffers *b)
+{
+    if (!b->yield_cpu || b->last < YIELD_AFTER)
+        return;
+    long long start = now_ns();
+    if (start < b->yield_resume_ns)
+        return;
+    sched_yield();
+    long long took = now_ns() - start;
+    b->yields++;
+    b->yield_avg_ns += (took - b->yield_avg_ns) / 8;
+    if (b->yield_avg_ns > b->yield_slow_ns) {
+        b->yield_resume_ns = start + took + YIELD_PAUSE_NS;
+        b->pauses++;
+    }
+}
+
 /* recvmmsg into b: the count, 0 if nothing came (EAGAIN: empty, or SO_RCVTIMEO), -1 with
  * errno set. `wait`: block for the first datagram with the GIL released. */
 static int receive(struct buffers *b, int fd, int wait)
@@ -202,7 +248,16 @@ static int receive(struct buffers *b, int fd, int wait)
     do {
         if (wait) {
             Py_BEGIN_ALLOW_THREADS
-            n = recvmmsg(fd, b->in_msgs, BATCH, MSG_WAITFORONE, NULL);
+            n = -1;
+            if (b->yield_cpu && b->last >= YIELD_AFTER) {
+                n = recvmmsg(fd, b->in_msgs, BATCH, MSG_DONTWAIT, NULL);
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                    yield_first(b);
+                else
+                    wait = 0;           /* a batch, or an error to report */
+            }
+            if (wait)
+                n = recvmmsg(fd, b->in_msgs, BATCH, MSG_WAITFORONE, NULL);
             Py_END_ALLOW_THREADS
         } else {
             n = recvmmsg(fd, b->in_msgs, BATCH, MSG_DONTWAIT, NULL);
@@ -210,7 +265,7 @@ static int receive(struct buffers *b, int fd, int wait)
     } while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         n = 0;
-    b->received = n > 0 ? n : 0;
+    b->received = b->last = n > 0 ? n : 0;
     return n;
 }
 
@@ -314,6 +369,10 @@ typedef struct {
 
 static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *keywords[] = {"yield_cpu", "slow_us", NULL};
+    int yield_cpu = 0, slow_us = YIELD_SLOW_US;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pi", keywords, &yield_cpu, &slow_us))
+        return NULL;
     Batch *self = (Batch *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -322,6 +381,8 @@ static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
+    self->b->yield_cpu = yield_cpu;
+    self->b->yield_slow_ns = slow_us * 1000LL;
     return (PyObject *)self;
 }
 
@@ -354,19 +415,30 @@ static PyObject *batch_reply(Batch *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *batch_stats(Batch *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:k,s:k,s:d}", "yields", self->b->yields, "pauses",
+                         self->b->pauses, "yield_avg_us", self->b->yield_avg_ns / 1000.0);
+}
+
 static PyMethodDef batch_methods[] = {
     {"recv", (PyCFunction)batch_recv, METH_VARARGS,
      "recv(fd) -> datagrams read: waits in recvmmsg without the GIL; 0 on SO_RCVTIMEO."},
     {"reply", (PyCFunction)batch_reply, METH_VARARGS,
      "reply(fd, answer, on_error[, cache, counters, by_client]): answer what recv read "
      "and send the replies with sendmmsg."},
+    {"stats", (PyCFunction)batch_stats, METH_NOARGS,
+     "stats() -> {'yields', 'pauses', 'yield_avg_us'}: the CPU given away before sleeping."},
     {NULL, NULL, 0, NULL}
 };
 
 static PyTypeObject BatchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "gslb._udpbatch.Batch",
-    .tp_doc = "One socket's recvmmsg/sendmmsg buffers, for a thread of its own.",
+    .tp_doc = "Batch(yield_cpu=False, slow_us=1000): one socket's recvmmsg/sendmmsg buffers, "
+              "for a thread of its own; yield_cpu: give the CPU away once before sleeping "
+              "after a loaded batch, pausing that for 100 ms when yields average more than "
+              "slow_us.",
     .tp_basicsize = sizeof(Batch),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = batch_new,

@@ -5,7 +5,8 @@ SO_REUSEPORT socket per worker: cdnkit.ports keeps any other process off the
 port). When the optional C helper `gslb._udpbatch` is built, each UDP socket
 has a thread of its own that waits in recvmmsg without the GIL and answers up
 to 64 datagrams with one sendmmsg: two system calls per batch, as gdnsd's
-threads make. GSLB_UDP_THREAD=0 reads the same batches from the event loop
+threads make; after a loaded batch the thread gives the CPU away once before it
+sleeps, so the next batch is bigger (GSLB_UDP_YIELD=0: never). GSLB_UDP_THREAD=0 reads the same batches from the event loop
 (`loop.add_reader`, then recvmmsg until the socket is empty); GSLB_UDP_BATCH=0
 uses recvfrom and sendto per datagram, as a server without the helper does
 (asyncio's datagram transport allocates 256 KiB per packet; see
@@ -53,6 +54,12 @@ def batching() -> bool:
 def threaded() -> bool:
     """Whether each UDP socket is read by a thread waiting in recvmmsg."""
     return batching() and os.environ.get("GSLB_UDP_THREAD", "1") != "0"
+
+
+def yielding() -> bool:
+    """Whether a UDP thread gives the CPU away once before sleeping after a loaded
+    batch (gslb/_udpbatch.c, yield_first)."""
+    return os.environ.get("GSLB_UDP_YIELD", "1") != "0"
 
 
 # --- sockets -----------------------------------------------------------------------------
@@ -202,7 +209,8 @@ class DnsServer:
     def _serve_udp(self, sock: socket.socket) -> None:
         """A UDP socket's thread: wait for a batch without the GIL, answer it under the
         responder's lock (a health or config change is never half seen), send it."""
-        batch, fd, lock = _udpbatch.Batch(), sock.fileno(), self.responder.lock
+        batch = _udpbatch.Batch(yield_cpu=yielding())
+        fd, lock = sock.fileno(), self.responder.lock
         while not self._stopping:
             try:
                 if not batch.recv(fd):
