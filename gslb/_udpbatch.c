@@ -221,11 +221,10 @@ static long long now_ns(void)
  * CPU-bound neighbour would keep each such batch waiting for its whole time slice
  * (a millisecond or more): when the yields average more than YIELD_SLOW_US there are
  * none for YIELD_PAUSE_NS. A light load (smaller batches) never yields, so its
- * latency is that of a plain blocking read. Called without the GIL. */
+ * latency is that of a plain blocking read. Called without the GIL, by receive()
+ * once it found the socket empty after such a batch. */
 static void yield_first(struct buffers *b)
 {
-    if (!b->yield_cpu || b->last < YIELD_AFTER)
-        return;
     long long start = now_ns();
     if (start < b->yield_resume_ns)
         return;
