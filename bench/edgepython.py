@@ -118,7 +118,7 @@ async def edge_pair(work: Path):
     client_side, origin_side = Kept(), Kept()
     conn = Connection(app.handle, listeners.hits, "http", listeners.conns,
                       state.metrics.bad_requests)
-    conn.passes = listeners.passes
+    conn.passes, conn.flagged = listeners.passes, listeners.flagged
     conn.connection_made(client_side)
     upstream = Upstream(state.client, ("127.0.0.1", 9, None))
     upstream.connection_made(origin_side)

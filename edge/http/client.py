@@ -29,6 +29,11 @@ from multidict import CIMultiDict
 
 from edge.http.wire import NO_BODY_STATUSES, ChunkQueue, multidict, request_head
 
+try:
+    from edge import _heads                  # optional C helper (setup.py)
+except ImportError:                          # pragma: no cover - llhttp reads every head
+    _heads = None
+
 READ_HIGH = 256 * 1024     # response bytes buffered above this: stop reading the origin
 REPLAY_MAX = 1024 * 1024   # request body bytes kept for a replay on a fresh connection
 
@@ -166,6 +171,9 @@ class Upstream(asyncio.Protocol):
         self._done: bool | None = None  # the sink's response ended (keep-alive?)
         self._extra = False             # bytes after that end
         self._complete = False          # the parser saw a whole response: reusable
+        self._scan = None               # send_direct's: edge._heads reads the head
+        self._left = 0                  # body bytes still due when it did
+        self._keep = False              # and whether the connection stays open after
         self.loop = asyncio.get_running_loop()   # the one it runs on (Pool uses it too)
 
     # --- transport ----------------------------------------------------------------------
@@ -277,15 +285,19 @@ class Upstream(asyncio.Protocol):
         return response
 
     def send_direct(self, sink, method: str, data: bytes, timeout: float,
-                    interim: Interim | None) -> None:
+                    interim: Interim | None, scan: tuple | None = None) -> None:
         """Send a request without a body whose response goes to `sink` as it is parsed:
         head(status, reason, raw_headers, length), body(data), end(keep_alive) with
-        the connection free again, or fail(exc) with it closed."""
+        the connection free again, or fail(exc) with it closed. `scan`: (special, drop)
+        name tuples; a final head that arrives whole in the first read is then read by
+        edge._heads and given to sink.head_lines(status, reason, lines, dated, via,
+        statuses, length) instead (see _scanned)."""
         loop = self.loop
         self.parser = self._parser()
         self.response, self._head, self._headers = None, None, []
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False
+        self._scan, self._left = scan if _heads is not None else None, 0
         self._timeout, self._last = timeout, loop.time()
         self.pool.watch(self)
         self.transport.write(data)
@@ -300,12 +312,13 @@ class Upstream(asyncio.Protocol):
 
     def detach(self) -> None:
         """The sink wants no more of this response: the connection is closed."""
-        self.sink, self._done = None, None
+        self.sink, self._done, self._left = None, None, 0
         self.exchange_over()
         self.close()
 
     def _direct_end(self) -> None:
         sink, self.sink = self.sink, None
+        self._left = 0
         self.exchange_over()
         keep_alive = bool(self._done) and not self._extra
         self._done = None               # the next exchange may be a Response's
@@ -314,7 +327,7 @@ class Upstream(asyncio.Protocol):
         sink.end(keep_alive)
 
     def _direct_fail(self, exc: Exception) -> None:
-        sink, self.sink, self._done = self.sink, None, None
+        sink, self.sink, self._done, self._left = self.sink, None, None, 0
         self.exchange_over()
         self.close()
         sink.fail(exc)
@@ -361,6 +374,8 @@ class Upstream(asyncio.Protocol):
     # --- parser callbacks ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._left:
+            return self._more(data)
         if self._pipe is not None:
             self._pipe(data)
             return
@@ -369,6 +384,12 @@ class Upstream(asyncio.Protocol):
             return
         self.got_bytes = True
         self._last = self.loop.time()
+        if self._scan is not None:
+            special, drop = self._scan
+            self._scan = None               # the first read only: later ones are llhttp's
+            got = _heads.response(data, special, drop, self._method == "HEAD")
+            if got is not None and self.sink is not None and self._done is None:
+                return self._scanned(got, data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -391,6 +412,53 @@ class Upstream(asyncio.Protocol):
             self.close()
             return
         if self.sink is not None and self._done is not None:
+            self._direct_end()
+
+    def _scanned(self, got: tuple, data: bytes) -> None:
+        """A final head edge._heads read from the first bytes of the response: the sink
+        has it; the body (Content-Length bytes) is counted here, not parsed, and llhttp
+        never sees this response (its parser is still at the start, so reusable)."""
+        size, status, phrase, length, keep_alive, lines, dated, via, statuses = got
+        sink = self.sink
+        self._headed = True
+        self._complete = True
+        self._close_delimited = False       # framed by Content-Length: a close cuts it short
+        sink.head_lines(status, phrase, lines, dated, via, statuses, length)
+        if self.sink is not sink:
+            return                          # detached (a 5xx retried elsewhere, a fault)
+        due = length if (self._method != "HEAD" and status not in NO_BODY_STATUSES) else 0
+        rest = len(data) - size
+        if rest > due:
+            self._extra = True              # more than Content-Length: dropped, and closed
+        if due and rest:
+            body = data[size:size + due]
+            self._left = due - len(body)
+            sink.body(body)
+            if self.sink is not sink:
+                return                      # the client went, or a fault of ours
+        else:
+            self._left = due
+        if self._left:
+            self._keep = keep_alive
+        else:
+            self._done = keep_alive
+            self._direct_end()
+
+    def _more(self, data: bytes) -> None:
+        """Body bytes after a head edge._heads read (self._left of them still due)."""
+        self._last = self.loop.time()
+        left = self._left
+        if len(data) > left:
+            self._extra = True
+            data = data[:left]
+        self._left = left - len(data)
+        sink = self.sink
+        if sink is None:                    # detached: nobody wants the rest
+            self._left = 0
+            return self.close()
+        sink.body(data)
+        if not self._left and self.sink is sink:
+            self._done = self._keep
             self._direct_end()
 
     def on_message_begin(self) -> None:

@@ -28,8 +28,8 @@ from edge.route import BadPath, origin_host, route
 from edge.http.h2 import H2Connection
 from edge.http.h2stream import response_head
 from edge.http.hpackblock import block as hpack_block, encoded, field
-from edge.http.server import Connection, Handler, Request
-from edge.origin.direct import Passes
+from edge.http.server import Connection, Handler, Request, reads_heads
+from edge.origin.direct import FLAGGED, Passes
 from edge.state import EdgeState
 
 FAST_MAX_BODY = 1024 * 1024   # larger hits are streamed with flow control, the long way
@@ -227,6 +227,7 @@ class Listeners:
         self.hits = Hits(state)
         # EDGE_PASS_SHORTCUT=0: every pass-through the long way (to compare the two).
         self.passes = Passes(state) if os.environ.get("EDGE_PASS_SHORTCUT", "1") != "0" else None
+        self.flagged = FLAGGED if reads_heads() else None      # Connection's
         self.handler = handler
         self.state = state
         self.servers: list[asyncio.Server] = []
@@ -252,7 +253,7 @@ class Listeners:
 
         def http1() -> Connection:
             conn = Connection(self.handler, self.hits, scheme, self.conns, bad)
-            conn.passes = self.passes
+            conn.passes, conn.flagged = self.passes, self.flagged
             if alt_svc:
                 conn.alt_svc, conn.alt_svc_line = alt_svc, line
             return conn

@@ -123,15 +123,16 @@ def to_client_raw(raw: "list[tuple[bytes, bytes]]", *, version: str, via_name: s
                           drop=tuple(d.decode("latin-1") for d in drop),
                           status_entry=status_entry)
         return field_lines(pairs), has_date(pairs)
-    lines.append(_own_lines(incoming_via, upstream_status, version, via_name, alt_svc,
-                            status_entry))
+    lines.append(own_lines(incoming_via, upstream_status, version, via_name, alt_svc,
+                           status_entry))
     return b"".join(lines), dated
 
 
 @functools.lru_cache(maxsize=1024)
-def _own_lines(incoming_via: bytes | None, upstream_status: tuple[bytes, ...], version: str,
-               via_name: str, alt_svc: str, status_entry: str) -> bytes:
-    """to_client_raw's Via, Alt-Svc and Cache-Status lines: the same few per customer."""
+def own_lines(incoming_via: bytes | None, upstream_status: tuple[bytes, ...], version: str,
+              via_name: str, alt_svc: str, status_entry: str) -> bytes:
+    """to_client_raw's Via, Alt-Svc and Cache-Status lines (the pass-through shortcut's
+    after edge._heads): the same few per customer."""
     mine = via(incoming_via.decode("latin-1") if incoming_via else None, version, via_name)
     lines = [f"Via: {mine}\r\n".encode("latin-1", "replace")]
     if alt_svc:

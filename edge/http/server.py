@@ -17,11 +17,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from typing import Awaitable, Callable
 
 import httptools
 from multidict import CIMultiDict
+
+try:
+    from edge import _heads                  # optional C helper (setup.py)
+except ImportError:                          # pragma: no cover - llhttp reads every head
+    _heads = None
 
 from edge.http.filesend import send_file
 from edge.http.wire import (DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, call_handler, chunk,
@@ -89,7 +95,7 @@ class Request:
     """One parsed request. `headers` is built on first use (hits never need it)."""
 
     __slots__ = ("method", "target", "version", "raw_headers", "scheme", "peer", "body",
-                 "keep_alive", "upgrade", "conn", "_headers")
+                 "keep_alive", "upgrade", "conn", "_headers", "scanned")
 
     def __init__(self, conn: "Connection", method: str, target: str, version: str,
                  raw_headers: list, keep_alive: bool, upgrade: bool, body: Body | None):
@@ -98,6 +104,9 @@ class Request:
                                                                       upgrade, body)
         self.scheme, self.peer = conn.scheme, conn.peer
         self._headers: CIMultiDict | None = None
+        # A head read by edge._heads: (Host or None, a field the shortcut leaves to the
+        # long way, every field but Host as lines), so the shortcut need not walk them.
+        self.scanned: tuple[bytes | None, bool, bytes] | None = None
 
     @property
     def headers(self) -> CIMultiDict:
@@ -236,6 +245,12 @@ class Reply:
 
 Handler = Callable[[Request, Reply], Awaitable[None]]
 
+
+def reads_heads() -> bool:
+    """Whether plain heads are read by edge._heads (built, and not EDGE_HEADS=0, which
+    leaves every head to llhttp's callbacks, to compare the two)."""
+    return _heads is not None and os.environ.get("EDGE_HEADS", "1") != "0"
+
 class Connection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -245,6 +260,9 @@ class Connection(asyncio.Protocol):
     alt_svc_line = b""
     # The pass-through shortcut (edge/origin/direct.py Passes), set by front.Listeners.
     passes = None
+    # Lower-case names edge._heads flags for the long way (direct.LONG_WAY), or None:
+    # every head goes through llhttp. Set with `passes`.
+    flagged: tuple[bytes, ...] | None = None
 
     def __init__(self, handler: Handler, hits, scheme: str, conns: set, bad_requests):
         self.handler, self.hits, self.scheme, self.conns = handler, hits, scheme, conns
@@ -390,6 +408,13 @@ class Connection(asyncio.Protocol):
         self._active = time.monotonic()
         if self._in_head:
             self._head_size += len(data)
+        elif (self.flagged is not None and self._body is None and self._busy is None
+              and not self._queue):
+            # Between requests, with nothing queued: a plain GET/HEAD head that is all of
+            # `data` is read in one call; anything else is llhttp's (edge/_heads.c).
+            got = _heads.request(data, self.flagged)
+            if got is not None:
+                return self._scanned(got)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -455,6 +480,23 @@ class Connection(asyncio.Protocol):
             self._queue.append(request)
             if len(self._queue) >= PIPELINE_MAX:
                 self.pause_reading()
+
+    def _scanned(self, got: tuple) -> None:
+        """on_headers_complete for a head edge._heads read: no body, no upgrade, nothing
+        queued, and its own Host count (llhttp never saw it, and is still between
+        messages)."""
+        method, target, version, fields, keep_alive, host, hosts, flagged, lines = got
+        if self.hits is not None and version == "1.1":
+            answer = self.hits.answer(method, target, fields, self.scheme, self.alt_svc_line)
+            if answer is not None:
+                self.write(answer)
+                return
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return self._refuse("syntax", f"{hosts} Host headers")
+        request = Request(self, method.decode("latin-1"), target.decode("latin-1"), version,
+                          fields, keep_alive, False, None)
+        request.scanned = (host, flagged, lines)
+        self._start(request)
 
     def on_body(self, data: bytes) -> None:
         if self._body is not None:

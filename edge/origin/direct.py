@@ -7,7 +7,10 @@ answer is relayed from the origin connection's parser callbacks
 (client.Upstream.send_direct). It is the pass-through twin of the hit shortcut
 (front.Hits): the request the origin sees and the response the client sees are
 the ones the long way makes, built by the same functions (forward.to_origin's
-headers, headers.to_client, Reply), with the same metrics and back-off.
+headers, headers.to_client, Reply), with the same metrics and back-off. Both heads
+are read in one call each by edge._heads when it is built and they are plain (a
+whole GET/HEAD head; a whole final head framed by Content-Length), else by llhttp's
+callbacks; the bytes either way are the same (tests/edge/test_heads.py).
 
 What it leaves to the long way, which retries, fails over and answers errors:
 a request with a body or an upgrade; hop-by-hop, forwarding, override, Via or
@@ -23,8 +26,8 @@ import logging
 from dataclasses import dataclass, field
 
 from edge.http.client import Disconnected, OriginTimeout, Upstream
-from edge.http.headers import cache_status, to_client_raw, via
-from edge.http.server import Connection, Reply, Request
+from edge.http.headers import SPECIAL_RAW, cache_status, own_lines, to_client_raw, via
+from edge.http.server import Connection, Reply, Request, reads_heads
 from edge.http.wire import field_lines
 from edge.metrics import Count
 from edge.model import Customer, Protocol
@@ -40,6 +43,8 @@ log = logging.getLogger("edge.origin.direct")
 # Request headers the long way reads or rewrites: their requests go that way.
 LONG_WAY = frozenset(name.encode() for name in HOP_BY_HOP | FORWARDING | OVERRIDES | {
     "via", "cdn-loop", "content-length", "expect"})
+# The same, for edge._heads, which flags them in the heads it reads (server.Connection).
+FLAGGED = tuple(sorted(LONG_WAY))
 OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths too
 TAILS_MAX = 10_000                            # (client, host) pairs per plan whose tail is kept
 
@@ -56,6 +61,9 @@ class Plan:
     from_origin: Count
     to_clients: Count
     drop: frozenset[bytes]          # the targeted cache fields, kept from clients
+    # What edge._heads needs to build the client's head from the origin's: the names the
+    # edge writes itself and `drop`, as tuples; None: llhttp reads every response.
+    scan: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None
     # By status: its requests counter and this edge's Cache-Status entry.
     statuses: dict[int, tuple[Count, str]] = field(default_factory=dict)
     # By (client address, Host, HTTP version): Passes._tail's.
@@ -78,17 +86,24 @@ class Passes:
         target = request.target
         if target[:1] != "/" or target[1:2] == "." or target.startswith(OWN_PATHS):
             return None
-        host = None
-        lines = [b""]                            # [0]: the request line, once routed
-        for name, value in request.raw_headers:
-            lower = name.lower()
-            if lower == b"host":
-                host = value
-            elif lower in LONG_WAY and (lower != b"connection"
-                                        or value.strip().lower() != b"keep-alive"):
+        scanned = request.scanned
+        if scanned is not None:                  # edge._heads read the head
+            host, flagged, fields = scanned
+            if flagged:
                 return None
-            else:
-                lines.append(b"%s: %s\r\n" % (name, value))
+            lines = [b"", fields]
+        else:
+            host = None
+            lines = [b""]                        # [0]: the request line, once routed
+            for name, value in request.raw_headers:
+                lower = name.lower()
+                if lower == b"host":
+                    host = value
+                elif lower in LONG_WAY and (lower != b"connection"
+                                            or value.strip().lower() != b"keep-alive"):
+                    return None
+                else:
+                    lines.append(b"%s: %s\r\n" % (name, value))
         if host is None:
             return None
         state = self.state
@@ -117,7 +132,7 @@ class Passes:
         relay = Direct(self, conn, request, reply, plan, server, upstream)
         self.relayed += 1
         upstream.send_direct(relay, request.method, b"".join(lines), customer.origin.timeout,
-                             reply.interim)
+                             reply.interim, plan.scan)
         return relay
 
     def _tail(self, plan: Plan, request: Request, client_host: str) -> tuple[str | None, bytes]:
@@ -151,9 +166,12 @@ class Passes:
             wanted = scheme if origin.protocol is Protocol.FOLLOW else origin.protocol.value
             if all(state.resolver.literal(s.host) for s in pool.servers):
                 metrics, label = state.metrics, customer.directory
+                drop = frozenset(name.encode() for name in customer.cache.targeted)
+                scan = ((tuple(sorted(SPECIAL_RAW)), tuple(sorted(drop)))
+                        if reads_heads() else None)
                 plan = Plan(customer, pool, wanted == "https", 443 if wanted == "https" else 80,
                             metrics.from_origin.labels(label), metrics.to_clients.labels(label),
-                            frozenset(name.encode() for name in customer.cache.targeted))
+                            drop, scan)
         self._plans[key] = plan
         return plan
 
@@ -174,29 +192,56 @@ class Direct:
     # --- from the origin connection -----------------------------------------------------
 
     def head(self, status: int, phrase: str, raw: list, length: int | None) -> None:
+        """The origin's final head as llhttp read it: fields as (name, value) bytes."""
         try:
-            plan = self.plan
-            customer, state = plan.customer, self.passes.state
-            if status >= 500 and customer.origin.retry_5xx:
-                server_answered_5xx(state, plan.pool, self.server, customer.directory, status)
-                if len(plan.pool.servers) > 1:
-                    self.upstream.detach()          # the long way asks the next server
-                    return self._long_way()
-            else:
-                plan.pool.succeeded(self.server)
-            self.headed = True
-            known = plan.statuses.get(status)
+            known = self._status(status)
             if known is None:
-                known = plan.statuses[status] = (
-                    state.metrics.requests.labels(customer.directory, str(status)),
-                    cache_status(state.config.name, fwd="bypass", fwd_status=status))
-            known[0].value += 1
+                return
             block, dated = to_client_raw(raw, version=self.request.version,
-                                         via_name=state.config.via, alt_svc=customer.alt_svc,
-                                         drop=plan.drop, status_entry=known[1])
+                                         via_name=self.passes.state.config.via,
+                                         alt_svc=self.plan.customer.alt_svc, drop=self.plan.drop,
+                                         status_entry=known[1])
             self.reply.start_block(status, phrase, block, dated, length)
         except Exception:
             self._broken()
+
+    def head_lines(self, status: int, phrase: str, lines: bytes, dated: bool,
+                   incoming_via: bytes | None, statuses: tuple[bytes, ...],
+                   length: int | None) -> None:
+        """The origin's final head as edge._heads read it: its end-to-end fields as
+        lines already (what to_client_raw keeps), the Via and Cache-Status values."""
+        try:
+            known = self._status(status)
+            if known is None:
+                return
+            customer = self.plan.customer
+            lines += own_lines(incoming_via, statuses, self.request.version,
+                               self.passes.state.config.via, customer.alt_svc, known[1])
+            self.reply.start_block(status, phrase, lines, dated, length)
+        except Exception:
+            self._broken()
+
+    def _status(self, status: int) -> tuple[Count, str] | None:
+        """(requests counter, Cache-Status entry) for a response with `status`, counted;
+        None: a 5xx the long way retries on the next server."""
+        plan = self.plan
+        customer, state = plan.customer, self.passes.state
+        if status >= 500 and customer.origin.retry_5xx:
+            server_answered_5xx(state, plan.pool, self.server, customer.directory, status)
+            if len(plan.pool.servers) > 1:
+                self.upstream.detach()          # the long way asks the next server
+                self._long_way()
+                return None
+        else:
+            plan.pool.succeeded(self.server)
+        self.headed = True
+        known = plan.statuses.get(status)
+        if known is None:
+            known = plan.statuses[status] = (
+                state.metrics.requests.labels(customer.directory, str(status)),
+                cache_status(state.config.name, fwd="bypass", fwd_status=status))
+        known[0].value += 1
+        return known
 
     def body(self, data: bytes) -> None:
         plan = self.plan

@@ -1,18 +1,24 @@
 """The pass-through shortcut (edge/origin/direct.py) against real aiohttp origins.
 
-Every scenario runs twice: with the shortcut and with it off (every request the long
-way, proxy.proxy + upstream.relay), and what the origin saw and what the client got
-must be the same both ways; `Passes.relayed` shows the shortcut really took them.
+Every scenario runs three times: with the shortcut reading heads with edge._heads (the
+default), with the shortcut reading every head through llhttp (EDGE_HEADS=0), and
+with the shortcut off (every request the long way, proxy.proxy + upstream.relay).
+What the origin saw and what the client got must be the same every way;
+`Passes.relayed` shows the shortcut really took them, and counting edge._heads' calls
+that it really read them.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.http import client as upstream_client, server as client_server
 from tests.edge.test_proxy import Edge, Origin
 
 VOLATILE = {"Date", "Forwarded", "X-Forwarded-For"}   # the client's port is in neither
@@ -87,17 +93,60 @@ def origin_saw(origin: Origin, n: int) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in VOLATILE} for h in origin.headers[-n:]]
 
 
+class Counted:
+    """edge._heads with a count of the heads it took (request, response)."""
+
+    def __init__(self, module):
+        self.module, self.requests, self.responses = module, 0, 0
+
+    def request(self, *args):
+        got = self.module.request(*args)
+        self.requests += got is not None
+        return got
+
+    def response(self, *args):
+        got = self.module.response(*args)
+        self.responses += got is not None
+        return got
+
+
+@contextlib.contextmanager
+def heads(on: bool):
+    """edge._heads counted (on), or EDGE_HEADS=0: llhttp reads every head."""
+    counted = Counted(client_server._heads)
+    saved = os.environ.get("EDGE_HEADS")
+    os.environ["EDGE_HEADS"] = "1" if on else "0"
+    client_server._heads = upstream_client._heads = counted
+    try:
+        yield counted
+    finally:
+        client_server._heads = upstream_client._heads = counted.module
+        if saved is None:
+            del os.environ["EDGE_HEADS"]
+        else:
+            os.environ["EDGE_HEADS"] = saved
+
+
 async def both(origins, scenario, **origin_opts):
-    """(what the shortcut run saw, relayed) and the long way's; origins reset between."""
+    """(what the shortcut run saw, relayed) and the long way's; origins reset between.
+    The shortcut runs with and without edge._heads, and must see the same both times."""
     results = []
-    for shortcut in (True, False):
+    for shortcut, read_heads in ((True, True), (True, False), (False, True)):
         for o in origins:
             o.headers.clear()
             o.requests.clear()
             o.status = 200
-        results.append(await run(origins, shortcut, scenario, **origin_opts))
-    (fast, relayed), (slow, none) = results
+        with heads(read_heads) as counted:
+            results.append(await run(origins, shortcut, scenario, **origin_opts))
+        if read_heads and shortcut and results[-1][1]:
+            # It read the requests; these origins name a field in Connection, which
+            # leaves their responses to llhttp (test_heads_relay.py has plain ones).
+            assert counted.requests
+        elif not read_heads:
+            assert counted.requests == counted.responses == 0
+    (fast, relayed), (by_llhttp, relayed_by_llhttp), (slow, none) = results
     assert none == 0
+    assert (by_llhttp, relayed_by_llhttp) == (fast, relayed)
     return fast, slow, relayed
 
 

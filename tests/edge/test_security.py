@@ -182,6 +182,12 @@ MALFORMED = [
     b"\r\nhello!",
     b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nX-Big: " + b"a" * (10 * 1024 * 1024) + b"\r\n\r\n",
     b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nBad Header: 1\r\n\r\n",
+    # whole plain GET heads, the kind edge._heads reads in one call (not llhttp)
+    b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nHost: evil.example\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nUser-Agent: no-host\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nX: a\r\n folded\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: www.test.com\nX: bare-lf\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nX: ctl\x01\r\n\r\n",
 ]
 
 

@@ -1,0 +1,163 @@
+"""The pass-through shortcut reading origin heads with edge._heads, against an origin
+that writes its bytes exactly as told: the head and body in one write or spread over
+several, more than Content-Length, a close or a stall mid-body. Each scenario runs
+with edge._heads and with llhttp alone (EDGE_HEADS=0): the client must get the same
+answers and the origin see the same connections either way."""
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.edge.test_passthrough import heads, run
+
+BODY = bytes(range(256)) * 20                 # 5120 bytes
+
+
+def head(length: int, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 %s\r\nServer: raw\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\nVia: 1.1 shield\r\nCache-Status: shield; fwd=miss\r\n%s\r\n"
+            % (status.encode(), length, extra))
+
+
+class RawOrigin:
+    """Answers each request by a script of writes (bytes) and pauses (floats)."""
+
+    def __init__(self, host: str):
+        self.host, self.port = host, 0
+        self.connections = 0
+        self.paths: list[str] = []
+        self.open: set[asyncio.StreamWriter] = set()
+
+    def script(self, method: str, path: str) -> list:
+        if path.startswith("/whole") or path == "/warm":
+            return [head(len(BODY)) + (BODY if method == "GET" else b"")]
+        if path == "/split":
+            return [head(len(BODY)), 0.05, BODY[:1000], 0.05, BODY[1000:3000], 0.05,
+                    BODY[3000:]]
+        if path == "/headsplit":
+            whole = head(len(BODY)) + BODY
+            return [whole[:30], 0.05, whole[30:]]
+        if path == "/extra":
+            return [head(5) + b"hello" + b"NOT PART OF IT"]
+        if path == "/empty":
+            return [head(0)]
+        if path == "/nocontent":
+            return [b"HTTP/1.1 204 No Content\r\nServer: raw\r\n\r\n"]
+        if path == "/cut":
+            return [head(100_000) + BODY[:1000], 0.05, "close"]
+        if path == "/stall":
+            return [head(100_000) + BODY[:1000], 3.0]
+        if path == "/closing":
+            return [head(len(BODY), extra=b"Connection: close\r\n") + BODY, "close"]
+        return [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open.add(writer)
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                method, path = request.split(b" ", 2)[:2]
+                self.paths.append(path.decode())
+                for step in self.script(method.decode(), path.decode()):
+                    if step == "close":
+                        writer.close()
+                        return
+                    if isinstance(step, float):
+                        await writer.drain()
+                        await asyncio.sleep(step)
+                    else:
+                        writer.write(step)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open.discard(writer)
+            writer.close()
+
+    async def __aenter__(self) -> "RawOrigin":
+        self.server = await asyncio.start_server(self.serve, self.host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for writer in list(self.open):            # handlers waiting for the next request
+            writer.close()
+        await asyncio.sleep(0.05)
+
+
+async def ask(edge, path: str, method: str = "GET") -> tuple:
+    try:
+        async with edge.client.request(method, edge.base + path,
+                                       headers={"Host": "www.pass.test"}) as r:
+            body = await r.read()
+            kept = {k: v for k, v in r.headers.items() if k != "Date"}
+            return r.status, body, kept
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        return "cut", type(exc).__name__
+
+
+async def scripted(origin: RawOrigin, paths: list[tuple[str, str]]) -> tuple:
+    """Every answer, and the origin's connections, with and without edge._heads."""
+    results = []
+    for read_heads in (True, False):
+        origin.connections = 0
+        with heads(read_heads) as counted:
+            async def scenario(edge):
+                return [await ask(edge, path, method) for method, path in paths]
+            got, relayed = await run([origin], True, scenario)
+        results.append((got, relayed, origin.connections, counted.responses))
+    (got, relayed, conns, taken), (by_llhttp, relayed2, conns2, _) = results
+    assert (got, relayed, conns) == (by_llhttp, relayed2, conns2)
+    return got, relayed, conns, taken
+
+
+@pytest.fixture
+async def origin():
+    async with RawOrigin("127.0.0.45") as started:
+        yield started
+
+
+async def test_bodies_whole_or_in_pieces_and_the_connection_kept(origin):
+    paths = [("GET", "/warm"), ("GET", "/whole1"), ("GET", "/split"), ("HEAD", "/whole2"),
+             ("GET", "/headsplit"), ("GET", "/empty"), ("GET", "/nocontent"),
+             ("GET", "/whole3")]
+    got, relayed, conns, taken = await scripted(origin, paths)
+    assert [g[0] for g in got] == [200, 200, 200, 200, 200, 200, 204, 200]
+    assert [len(g[1]) for g in got] == [5120, 5120, 5120, 0, 5120, 0, 0, 5120]
+    assert got[2][1] == BODY and got[4][1] == BODY
+    assert got[3][2]["Content-Length"] == "5120"               # HEAD: the GET's length
+    assert got[1][2]["Via"] == "1.1 shield, 1.1 gslb-edge"
+    assert got[1][2]["Cache-Status"] == ("shield; fwd=miss, gslb-edge; fwd=bypass; "
+                                         "fwd-status=200")
+    assert relayed == 7 and conns == 1                       # one origin connection for all
+    assert taken == 6                                        # all but /headsplit
+
+
+async def test_more_than_content_length_is_dropped_and_the_connection_closed(origin):
+    got, relayed, conns, taken = await scripted(
+        origin, [("GET", "/warm"), ("GET", "/extra"), ("GET", "/whole")])
+    assert [g[:2] for g in got[1:]] == [(200, b"hello"), (200, BODY)]
+    assert relayed == 1 and taken == 1                       # /whole: no idle connection
+    assert conns == 2
+
+
+async def test_an_origin_that_closes_mid_body_cuts_the_client_off(origin):
+    got, relayed, conns, taken = await scripted(
+        origin, [("GET", "/warm"), ("GET", "/cut"), ("GET", "/whole"), ("GET", "/closing"),
+                 ("GET", "/whole")])
+    assert got[1] == ("cut", "ClientPayloadError")
+    assert got[2][:2] == got[3][:2] == got[4][:2] == (200, BODY)
+    assert relayed == 2 and taken == 2 and conns == 3       # /cut, /closing: not kept
+
+
+async def test_an_origin_that_stalls_mid_body_times_out(origin):
+    # pass_cfg's origin timeout is 1 s: the client is cut off, the edge serves on.
+    got, relayed, conns, taken = await scripted(
+        origin, [("GET", "/warm"), ("GET", "/stall"), ("GET", "/whole")])
+    assert got[1] == ("cut", "ClientPayloadError")
+    assert got[2][:2] == (200, BODY)
+    assert relayed == 1 and taken == 1 and conns == 2
