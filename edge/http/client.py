@@ -293,7 +293,8 @@ class Upstream(asyncio.Protocol):
         edge._heads and given to sink.head_lines(status, reason, lines, dated, via,
         statuses, length) instead (see _scanned)."""
         loop = self.loop
-        self.parser = self._parser()
+        spare, self.spare = self.spare, None            # _parser(), inline: per request
+        self.parser = spare if spare is not None and self._complete else self._parser()
         self.response, self._head, self._headers = None, None, []
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False

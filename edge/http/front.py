@@ -52,10 +52,11 @@ class Hits:
         self._config = None
 
     def answer(self, method: bytes, target: bytes, raw_headers: list,
-               scheme: str, extra: bytes = b"") -> bytes | None:
+               scheme: str, extra: bytes = b"", host: bytes | None = None) -> bytes | None:
         """The whole response to a parsed request, or None to take the long way.
-        `extra`: header lines the connection adds to every answer (Alt-Svc)."""
-        found = self._find(method, target, raw_headers, scheme)
+        `extra`: header lines the connection adds to every answer (Alt-Svc); `host`:
+        the one Host, when the caller knows it (edge._heads read the head)."""
+        found = self._find(method, target, raw_headers, scheme, host)
         if found is None:
             return None
         rendered, stored, now = found
@@ -117,20 +118,17 @@ class Hits:
         counters[2].inc(stored.size)
         return encoded(block), body
 
-    def _find(self, method: bytes, target: bytes, raw_headers: list, scheme: str):
-        """(rendered, stored, now) of a fresh hit the shortcut may answer, else None."""
+    def _find(self, method: bytes, target: bytes, raw_headers: list, scheme: str,
+              host: bytes | None = None):
+        """(rendered, stored, now) of a fresh hit the shortcut may answer, else None.
+        With `host` given, the fields are looked at only for a customer that caches."""
         if method not in (b"GET", b"HEAD") or target[:1] != b"/" or target in OWN_PATHS:
             return None
-        host = None
-        for name, value in raw_headers:
-            name = name.lower()
-            if name == b"host":
-                if host is not None:
-                    return None
-                host = value
-            elif name in LONG_WAY:
-                if name != b"connection" or value.strip().lower() != b"keep-alive":
-                    return None
+        looked = host is None
+        if looked:
+            host = _plain_host(raw_headers)
+            if host is False:
+                return None
         state = self.state
         config = state.config
         if config is not self._config:
@@ -146,7 +144,8 @@ class Hits:
         if customer is None:
             return None
         rules = customer.cache
-        if not rules.enabled or rules.key_headers:
+        if not rules.enabled or rules.key_headers or (
+                not looked and _plain_host(raw_headers) is False):
             return None
         cache = state.cache
         key = cache_key(scheme, customer, path, NO_HEADERS, origin_host(customer, host_text))
@@ -190,6 +189,22 @@ class Hits:
         rendered = (stored, prefix, body, counters, h2, h3)
         self._rendered[key] = rendered
         return rendered
+
+
+def _plain_host(raw_headers: list) -> "bytes | None | bool":
+    """The Host (None: none) of fields the hit shortcut may answer; False when they hold
+    two Hosts or a field in LONG_WAY (but Connection: keep-alive)."""
+    host = None
+    for name, value in raw_headers:
+        name = name.lower()
+        if name == b"host":
+            if host is not None:
+                return False
+            host = value
+        elif name in LONG_WAY:
+            if name != b"connection" or value.strip().lower() != b"keep-alive":
+                return False
+    return host
 
 
 def hit_headers(stored: Stored, customer, via_name: str,

@@ -213,7 +213,8 @@ class Reply:
     def end(self) -> None:
         if self.finished:
             return
-        self._flush(LAST_CHUNK if self._chunked and not self._no_body else b"")
+        if self._chunked or self._head:
+            self._flush(LAST_CHUNK if self._chunked and not self._no_body else b"")
         self.finished = True
 
     def abort(self) -> None:
@@ -487,7 +488,8 @@ class Connection(asyncio.Protocol):
         messages)."""
         method, target, version, fields, keep_alive, host, hosts, flagged, lines = got
         if self.hits is not None and version == "1.1":
-            answer = self.hits.answer(method, target, fields, self.scheme, self.alt_svc_line)
+            answer = self.hits.answer(method, target, fields, self.scheme, self.alt_svc_line,
+                                      host)
             if answer is not None:
                 self.write(answer)
                 return

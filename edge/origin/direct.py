@@ -46,7 +46,9 @@ LONG_WAY = frozenset(name.encode() for name in HOP_BY_HOP | FORWARDING | OVERRID
 # The same, for edge._heads, which flags them in the heads it reads (server.Connection).
 FLAGGED = tuple(sorted(LONG_WAY))
 OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths too
+_FIRST_LETTERS = frozenset(path[1] for path in OWN_PATHS)   # the only ones to look at
 TAILS_MAX = 10_000                            # (client, host) pairs per plan whose tail is kept
+_UNKNOWN = object()                           # no plan made yet (None: no plan possible)
 
 
 @dataclass
@@ -84,7 +86,9 @@ class Passes:
         if request.method not in ("GET", "HEAD") or request.body is not None or request.upgrade:
             return None
         target = request.target
-        if target[:1] != "/" or target[1:2] == "." or target.startswith(OWN_PATHS):
+        second = target[1:2]
+        if target[:1] != "/" or second == "." or (second in _FIRST_LETTERS
+                                                  and target.startswith(OWN_PATHS)):
             return None
         scanned = request.scanned
         if scanned is not None:                  # edge._heads read the head
@@ -118,12 +122,16 @@ class Passes:
             return None
         if customer is None:
             return None
-        plan = self._plan(customer, request.scheme)
+        # Both lookups inline, then made once each (_plan, _tail): this runs per request.
+        plan = self._plans.get((customer.directory, request.scheme), _UNKNOWN)
+        if plan is _UNKNOWN:
+            plan = self._plan(customer, request.scheme)
         if plan is None:
             return None
         pool = plan.pool
         server = pool.servers[0] if len(pool.servers) == 1 else pool.order()[0]
-        name, tail = self._tail(plan, request, client_host)
+        known = plan.tails.get((request.peer, client_host, request.version))
+        name, tail = known if known is not None else self._tail(plan, request, client_host)
         upstream = state.client.idle((server.host, server.port or plan.port, name))
         if upstream is None:
             return None                      # the long way connects (and pools it)
@@ -156,8 +164,6 @@ class Passes:
 
     def _plan(self, customer: Customer, scheme: str) -> Plan | None:
         key = (customer.directory, scheme)
-        if key in self._plans:
-            return self._plans[key]
         plan = None
         origin = customer.origin
         state = self.state
