@@ -15,8 +15,9 @@ only 100 MB hits are measured, alternating between the two for `--rounds`
 rounds (a busy box moves both alike), with the ratio of each round.
 `--only h3`: HTTP/3 10 KB hits against the edge's own HTTP/2 (bench/h3bench.py).
 `--only floor`: pass-through only, nginx proxy_pass, bench/floorproxy.py (the least
-a Python proxy on uvloop + httptools does per request), the edge and the edge with
-EDGE_PASS_SHORTCUT=0 (every pass-through the long way), alternating for
+a Python proxy on uvloop + httptools does per request), the edge, the edge with
+EDGE_HEADS=0 (its shortcut reading every head through llhttp's callbacks, not
+edge/_heads.c) and with EDGE_PASS_SHORTCUT=0 (every pass-through the long way), alternating for
 `--rounds` rounds, CPU per request split into user and kernel time: how much of the
 gap to nginx is the edge's own work and how much any Python proxy pays.
 
@@ -292,8 +293,10 @@ class Bench:
                 port=port, origin=self.origin_port, cache=str(cache).lower(),
                 disk=work / "edge-disk" if cache else '""',
                 sendfile=str(self.sendfile).lower()))
-            # edge-long: pass-through without its shortcut (edge/origin/direct.py)
-            env = ["env", "EDGE_PASS_SHORTCUT=0"] if kind == "edge-long" else []
+            # edge-long: pass-through without its shortcut (edge/origin/direct.py);
+            # edge-llhttp: with it, every head read by llhttp's callbacks (edge/_heads.c off)
+            env = {"edge-long": ["env", "EDGE_PASS_SHORTCUT=0"],
+                   "edge-llhttp": ["env", "EDGE_HEADS=0"]}.get(kind, [])
             return ([*env, sys.executable, "-m", "edge.cli", "serve", "--workers",
                      str(self.workers), "-c", str(work / f"{kind}.yaml")], ())
         (work / f"{kind}.conf").write_text(text)
@@ -401,7 +404,7 @@ def run_stream(bench: Bench, seconds: int, rounds: int) -> None:
 def run_floor(bench: Bench, seconds: int, rounds: int) -> None:
     """Pass-through 10 KB: nginx proxy_pass, the Python floor and the edge, alternating."""
     names = [("nginx proxy", "proxy"), ("python floor", "floor"), ("edge", "edge"),
-             ("edge long way", "edge-long")]
+             ("edge llhttp heads", "edge-llhttp"), ("edge long way", "edge-long")]
     procs = [(name, *bench.launch(name, kind)) for name, kind in names]
     time.sleep(0.5)
     for _, _, port in procs:
@@ -410,8 +413,8 @@ def run_floor(bench: Bench, seconds: int, rounds: int) -> None:
           f"each; alternating; CPU us per request = user + kernel")
     print(f"{'round':<6}" + "".join(f"{name + ' req/s':>20}{'us (user+kern)':>17}"
                                     for name, _, _ in procs) + f"{'floor/nginx':>12}"
-          f"{'edge/nginx':>11}{'long/nginx':>11}")
-    ratios: dict[str, list[float]] = {"floor": [], "edge": [], "long": []}
+          f"{'edge/nginx':>11}{'llhttp/nginx':>13}{'long/nginx':>11}")
+    ratios: dict[str, list[float]] = {"floor": [], "edge": [], "llhttp": [], "long": []}
     for n in range(1, rounds + 1):
         order = procs if n % 2 else procs[::-1]        # none always goes first
         got = {}
@@ -425,13 +428,15 @@ def run_floor(bench: Bench, seconds: int, rounds: int) -> None:
         base = got["nginx proxy"][0]
         ratios["floor"].append(got["python floor"][0] / base)
         ratios["edge"].append(got["edge"][0] / base)
+        ratios["llhttp"].append(got["edge llhttp heads"][0] / base)
         ratios["long"].append(got["edge long way"][0] / base)
         print(f"{n:<6}" + "".join(f"{got[name][0]:>20,.0f}"
                                   f"{f'{got[name][1]:.1f}+{got[name][2]:.1f}':>17}"
                                   for name, _, _ in procs)
               + f"{ratios['floor'][-1]:>12.2f}{ratios['edge'][-1]:>11.2f}"
-              f"{ratios['long'][-1]:>11.2f}")
+              f"{ratios['llhttp'][-1]:>13.2f}{ratios['long'][-1]:>11.2f}")
     for key, label in (("floor", "python floor"), ("edge", "edge"),
+                       ("llhttp", "edge with every head read by llhttp (EDGE_HEADS=0)"),
                        ("long", "edge without the pass-through shortcut")):
         print(f"pass-through, {label} / nginx proxy: median "
               f"{statistics.median(ratios[key]):.2f}x (min {min(ratios[key]):.2f}, "
