@@ -252,6 +252,7 @@ def reads_heads() -> bool:
     leaves every head to llhttp's callbacks, to compare the two)."""
     return _heads is not None and os.environ.get("EDGE_HEADS", "1") != "0"
 
+
 class Connection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.edge.test_passthrough import heads, run
+from tests.edge.wire import RawOrigin, read_request
 
 BODY = bytes(range(256)) * 20                 # 5120 bytes
 
@@ -21,72 +22,45 @@ def head(length: int, status: str = "200 OK", extra: bytes = b"") -> bytes:
             % (status.encode(), length, extra))
 
 
-class RawOrigin:
-    """Answers each request by a script of writes (bytes) and pauses (floats)."""
+def script(method: str, path: str) -> list:
+    """What the origin writes for a request: bytes, pauses (floats) and "close"."""
+    if path.startswith("/whole") or path == "/warm":
+        return [head(len(BODY)) + (BODY if method == "GET" else b"")]
+    if path == "/split":
+        return [head(len(BODY)), 0.05, BODY[:1000], 0.05, BODY[1000:3000], 0.05, BODY[3000:]]
+    if path == "/headsplit":
+        whole = head(len(BODY)) + BODY
+        return [whole[:30], 0.05, whole[30:]]
+    if path == "/extra":
+        return [head(5) + b"hello" + b"NOT PART OF IT"]
+    if path == "/empty":
+        return [head(0)]
+    if path == "/nocontent":
+        return [b"HTTP/1.1 204 No Content\r\nServer: raw\r\n\r\n"]
+    if path == "/cut":
+        return [head(100_000) + BODY[:1000], 0.05, "close"]
+    if path == "/stall":
+        return [head(100_000) + BODY[:1000], 3.0]
+    if path == "/closing":
+        return [head(len(BODY), extra=b"Connection: close\r\n") + BODY, "close"]
+    return [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"]
 
-    def __init__(self, host: str):
-        self.host, self.port = host, 0
-        self.connections = 0
-        self.paths: list[str] = []
-        self.open: set[asyncio.StreamWriter] = set()
 
-    def script(self, method: str, path: str) -> list:
-        if path.startswith("/whole") or path == "/warm":
-            return [head(len(BODY)) + (BODY if method == "GET" else b"")]
-        if path == "/split":
-            return [head(len(BODY)), 0.05, BODY[:1000], 0.05, BODY[1000:3000], 0.05,
-                    BODY[3000:]]
-        if path == "/headsplit":
-            whole = head(len(BODY)) + BODY
-            return [whole[:30], 0.05, whole[30:]]
-        if path == "/extra":
-            return [head(5) + b"hello" + b"NOT PART OF IT"]
-        if path == "/empty":
-            return [head(0)]
-        if path == "/nocontent":
-            return [b"HTTP/1.1 204 No Content\r\nServer: raw\r\n\r\n"]
-        if path == "/cut":
-            return [head(100_000) + BODY[:1000], 0.05, "close"]
-        if path == "/stall":
-            return [head(100_000) + BODY[:1000], 3.0]
-        if path == "/closing":
-            return [head(len(BODY), extra=b"Connection: close\r\n") + BODY, "close"]
-        return [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"]
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.open.add(writer)
-        try:
-            while True:
-                request = await reader.readuntil(b"\r\n\r\n")
-                method, path = request.split(b" ", 2)[:2]
-                self.paths.append(path.decode())
-                for step in self.script(method.decode(), path.decode()):
-                    if step == "close":
-                        writer.close()
-                        return
-                    if isinstance(step, float):
-                        await writer.drain()
-                        await asyncio.sleep(step)
-                    else:
-                        writer.write(step)
+async def scripted_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          n: int) -> None:
+    """wire.RawOrigin's handler: every request on the connection answered by `script`."""
+    while True:
+        line, _, _ = await read_request(reader)
+        method, path = line.decode().split(" ")[:2]
+        for step in script(method, path):
+            if step == "close":
+                return
+            if isinstance(step, float):
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.open.discard(writer)
-            writer.close()
-
-    async def __aenter__(self) -> "RawOrigin":
-        self.server = await asyncio.start_server(self.serve, self.host, 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.server.close()
-        for writer in list(self.open):            # handlers waiting for the next request
-            writer.close()
-        await asyncio.sleep(0.05)
+                await asyncio.sleep(step)
+            else:
+                writer.write(step)
+        await writer.drain()
 
 
 async def ask(edge, path: str, method: str = "GET") -> tuple:
@@ -117,7 +91,7 @@ async def scripted(origin: RawOrigin, paths: list[tuple[str, str]]) -> tuple:
 
 @pytest.fixture
 async def origin():
-    async with RawOrigin("127.0.0.45") as started:
+    async with RawOrigin(scripted_origin, "127.0.0.45") as started:
         yield started
 
 
