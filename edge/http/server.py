@@ -10,7 +10,7 @@ control, and an upgraded connection (WebSocket) becomes a byte pipe.
 Malformed requests (smuggling attempts such as Content-Length with
 Transfer-Encoding, duplicate Content-Length, oversized heads, bad syntax) get a
 plain `400 Bad Request` and the connection is closed: one counter per reason
-in /metrics and at most one log line every 10 s, so they cannot flood the log.
+in /metrics and at most one log line every 10 s (edge/http/refused.py).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ except ImportError:                          # pragma: no cover - llhttp reads e
     _heads = None
 
 from edge.http.filesend import send_file
+from edge.http.refused import BAD_LOG, BAD_REQUEST, classify
 from edge.http.wire import (DATE, LAST_CHUNK, NO_BODY_STATUSES, ChunkQueue, call_handler, chunk,
                             field_lines, has_date, head, multidict, reason, status_line)
 
@@ -39,39 +40,6 @@ MAX_HEAD = 64 * 1024          # request line + headers; more is refused (nginx: 
 IDLE_TIMEOUT = 75.0           # keep-alive connections idle this long are closed
 BODY_HIGH = 256 * 1024        # request body buffered above this: stop reading the socket
 PIPELINE_MAX = 16             # queued pipelined requests above this: stop reading
-BAD_LOG_EVERY = 10.0
-BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-               b"Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n")
-
-
-class _BadLog:
-    """One log line per period for malformed requests, with how many there were."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-        self.quiet = 0
-
-    def note(self, peer: str, why: str) -> None:
-        now = time.monotonic()
-        if now - self.last < BAD_LOG_EVERY:
-            self.quiet += 1
-            return
-        more = f" (and {self.quiet} more in the last {now - self.last:.0f} s)" if (
-            self.quiet and self.last) else ""
-        log.warning("bad request from %s refused: %s%s", peer, why, more)
-        self.last, self.quiet = now, 0
-
-
-BAD_LOG = _BadLog()
-
-
-def _classify(exc: Exception) -> tuple[str, str]:
-    """(metric reason, log text) for a parser error, never its raw internals to clients."""
-    text = str(exc) or type(exc).__name__
-    lower = text.lower()
-    if "content-length" in lower or "transfer-encoding" in lower or "chunk" in lower:
-        return "framing", text
-    return "syntax", text
 
 
 class Body(ChunkQueue):
@@ -424,7 +392,7 @@ class Connection(asyncio.Protocol):
             self._held = data[exc.args[0]:] if exc.args else b""
             return
         except httptools.HttpParserError as exc:
-            reason_, text = self._why or _classify(exc)
+            reason_, text = self._why or classify(exc)
             return self._refuse(reason_, text)
         if self._in_head and self._head_size > MAX_HEAD:
             self._refuse("too_large", f"request head over {MAX_HEAD} bytes")

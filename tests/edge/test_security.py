@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from edge.http import server
+from edge.http import refused
 from tests.conftest import serve_app
 from tests.edge.test_proxy import Edge
 from tests.edge.wire import exchange, get
@@ -196,7 +196,7 @@ async def test_malformed_requests_get_a_plain_400_and_one_quiet_log_line(caplog,
     caplog.set_level(logging.DEBUG)
     # A period of its own: an earlier test's bad request (test_front's) must not have
     # used up this one's log line.
-    monkeypatch.setattr(server.BAD_LOG, "last", 0.0)
+    monkeypatch.setattr(refused.BAD_LOG, "last", 0.0)
     async with Reflector() as origin:
         cfg = {"customers": [{"directory": "t", "cnames": ["www.test.com"],
                               "origin": origin.origin()}]}
