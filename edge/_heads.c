@@ -323,6 +323,8 @@ static PyObject *response(PyObject *self, PyObject *args)
 
     /* Sized by the head alone: the body may follow in the same bytes. */
     Py_ssize_t head_max = len < MAX_HEAD ? len : MAX_HEAD;
+    if (p > head_max)
+        Py_RETURN_NONE;               /* a status line longer than a head may be */
     const char *blank = memmem(buf + p - 2, head_max - (p - 2), "\r\n\r\n", 4);
     if (blank == NULL)
         Py_RETURN_NONE;               /* not all here yet (or too long): llhttp's */

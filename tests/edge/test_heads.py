@@ -247,6 +247,8 @@ def test_what_the_request_reader_leaves_to_llhttp(data):
     b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n",                       # not all here yet
     b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999\r\n\r\n",
+    b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",  # past MAX_HEAD
+    b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
 ])
 def test_what_the_response_reader_leaves_to_llhttp(data):
     assert _heads.response(data, SPECIAL, (), False) is None
