@@ -5,7 +5,7 @@ freed once written. With glibc's defaults such a block comes from the top of the
 heap and the heap is trimmed back when it is freed: two brk(2) calls per read
 (8,965 in 4 s of one worker relaying 100 MB bodies, more than its reads and
 writes together), and the relay ran at 0.93-1.02 GB/s where it runs at
-1.40-1.52 GB/s with the heap kept (bench/README.md). Blocks below 1 MB are taken
+1.46-1.54 GB/s with the heap kept (bench/README.md). Blocks below 1 MB are taken
 from the heap and up to 32 MB of freed heap is kept per arena: bounded, and small
 beside the cache.
 

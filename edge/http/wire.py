@@ -48,6 +48,7 @@ def field_lines(headers: "list[tuple[str, str]] | tuple") -> bytes:
 
 
 def has_date(headers: "list[tuple[str, str]] | tuple") -> bool:
+    """Whether `headers` (name, value pairs) hold a Date: Reply adds one when not."""
     return any(k == "Date" or k.lower() == "date" for k, _ in headers)
 
 
