@@ -155,11 +155,6 @@ static PyObject *lines_buffer(Py_ssize_t size)
     return PyBytes_FromStringAndSize(NULL, size + MAX_FIELDS + 2);
 }
 
-static int finish_lines(PyObject **lines, char *start, char *end)
-{
-    return _PyBytes_Resize(lines, end - start);
-}
-
 static PyObject *request(PyObject *self, PyObject *args)
 {
     PyObject *data, *flagged;
@@ -260,7 +255,7 @@ static PyObject *request(PyObject *self, PyObject *args)
     }
     if (got < 0 || p != len)
         goto not_ours;                /* not a whole head, or bytes after it */
-    if (finish_lines(&lines, out_start, out) < 0)
+    if (_PyBytes_Resize(&lines, out - out_start) < 0)
         goto error;
     int keep_alive = version == v11 ? connection != 2 : connection == 1;
     PyObject *target = PyBytes_FromStringAndSize(buf + target_at, target_len);
@@ -388,7 +383,7 @@ static PyObject *response(PyObject *self, PyObject *args)
     int bodiless = head_request || status == 204 || status == 304;
     if (length == -1 && !bodiless)
         goto not_ours;                /* delimited by the close: the general way */
-    if (finish_lines(&lines, out_start, out) < 0)
+    if (_PyBytes_Resize(&lines, out - out_start) < 0)
         goto error;
     if (nvia) {
         Py_ssize_t size = 2 * (nvia - 1);

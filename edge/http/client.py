@@ -293,12 +293,11 @@ class Upstream(asyncio.Protocol):
         edge._heads and given to sink.head_lines(status, reason, lines, dated, via,
         statuses, length) instead (see _scanned)."""
         loop = self.loop
-        spare, self.spare = self.spare, None            # _parser(), inline: per request
-        self.parser = spare if spare is not None and self._complete else self._parser()
+        self.parser = self._parser()
         self.response, self._head, self._headers = None, None, []
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False
-        self._scan, self._left = scan if _heads is not None else None, 0
+        self._scan, self._left = scan, 0
         self._timeout, self._last = timeout, loop.time()
         self.pool.watch(self)
         self.transport.write(data)

@@ -55,16 +55,7 @@ def has_date(headers: "list[tuple[str, str]] | tuple") -> bool:
 @functools.lru_cache(maxsize=256)
 def status_line(status: int, phrase: str) -> bytes:
     """`head`'s first line, CRLF included, for heads built as bytes (Reply.start_block)."""
-    line = _STATUS_LINES.get((status, phrase))
-    if line is None:
-        line = f"HTTP/1.1 {status} {reason(status, phrase)}\r\n".encode("latin-1", "replace")
-        if len(_STATUS_LINES) >= 1024:
-            _STATUS_LINES.clear()
-        _STATUS_LINES[(status, phrase)] = line
-    return line
-
-
-_STATUS_LINES: dict[tuple[int, str], bytes] = {}   # the few (status, phrase) origins send
+    return f"HTTP/1.1 {status} {reason(status, phrase)}\r\n".encode("latin-1", "replace")
 
 
 def request_head(method: str, target: str, headers: "list[tuple[str, str]]") -> bytes:

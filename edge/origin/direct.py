@@ -43,8 +43,10 @@ log = logging.getLogger("edge.origin.direct")
 # Request headers the long way reads or rewrites: their requests go that way.
 LONG_WAY = frozenset(name.encode() for name in HOP_BY_HOP | FORWARDING | OVERRIDES | {
     "via", "cdn-loop", "content-length", "expect"})
-# The same, for edge._heads, which flags them in the heads it reads (server.Connection).
+# The same, for edge._heads, which flags them in the heads it reads (server.Connection),
+# and the response fields the edge writes itself, which it leaves out of the client's.
 FLAGGED = tuple(sorted(LONG_WAY))
+SPECIAL = tuple(sorted(SPECIAL_RAW))
 OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths too
 _FIRST_LETTERS = frozenset(path[1] for path in OWN_PATHS)   # the only ones to look at
 TAILS_MAX = 10_000                            # (client, host) pairs per plan whose tail is kept
@@ -147,22 +149,22 @@ class Passes:
         """(TLS name, header lines): the origin connection's TLS name (None: plain) and
         the lines the edge adds (forwarding, Host, Via, CDN-Loop) with the blank line,
         what forward.to_origin's caller adds: the same for every request of one client
-        to one host, so made once."""
-        key = (request.peer, client_host, request.version)
-        known = plan.tails.get(key)
-        if known is None:
-            config = self.state.config
-            origin_name = origin_host(plan.customer, client_host)
-            headers = forwarding(request.peer, request.scheme, client_host) + [
-                ("Host", origin_name), ("Via", via(None, request.version, config.via)),
-                ("CDN-Loop", config.name)]
-            tail = field_lines(headers) + b"\r\n"
-            if len(plan.tails) >= TAILS_MAX:
-                plan.tails.clear()
-            known = plan.tails[key] = (tls_name(origin_name) if plan.https else None, tail)
+        to one host, so made once: take looks in plan.tails first, this makes and keeps it."""
+        config = self.state.config
+        origin_name = origin_host(plan.customer, client_host)
+        headers = forwarding(request.peer, request.scheme, client_host) + [
+            ("Host", origin_name), ("Via", via(None, request.version, config.via)),
+            ("CDN-Loop", config.name)]
+        tail = field_lines(headers) + b"\r\n"
+        if len(plan.tails) >= TAILS_MAX:
+            plan.tails.clear()
+        known = plan.tails[(request.peer, client_host, request.version)] = (
+            tls_name(origin_name) if plan.https else None, tail)
         return known
 
     def _plan(self, customer: Customer, scheme: str) -> Plan | None:
+        """The customer's Plan over `scheme` (None: the long way only), made and kept in
+        _plans; take looks there first."""
         key = (customer.directory, scheme)
         plan = None
         origin = customer.origin
@@ -173,8 +175,7 @@ class Passes:
             if all(state.resolver.literal(s.host) for s in pool.servers):
                 metrics, label = state.metrics, customer.directory
                 drop = frozenset(name.encode() for name in customer.cache.targeted)
-                scan = ((tuple(sorted(SPECIAL_RAW)), tuple(sorted(drop)))
-                        if reads_heads() else None)
+                scan = (SPECIAL, tuple(sorted(drop))) if reads_heads() else None
                 plan = Plan(customer, pool, wanted == "https", 443 if wanted == "https" else 80,
                             metrics.from_origin.labels(label), metrics.to_clients.labels(label),
                             drop, scan)

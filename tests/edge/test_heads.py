@@ -11,10 +11,8 @@ import httptools
 import pytest
 
 from edge import _heads
-from edge.http.headers import SPECIAL_RAW, own_lines, to_client_raw
-from edge.origin.direct import FLAGGED, LONG_WAY
-
-SPECIAL = tuple(sorted(SPECIAL_RAW))
+from edge.http.headers import own_lines, to_client_raw
+from edge.origin.direct import FLAGGED, LONG_WAY, SPECIAL
 
 REQUEST_FIELDS = [
     b"Host: www.pass.test", b"host: other.test", b"User-Agent: wrk", b"Accept: */*",
