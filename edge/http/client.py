@@ -291,7 +291,8 @@ class Upstream(asyncio.Protocol):
         the connection free again, or fail(exc) with it closed. `scan`: (special, drop)
         name tuples; a final head that arrives whole in the first read is then read by
         edge._heads and given to sink.head_lines(status, reason, lines, dated, via,
-        statuses, length) instead (see _scanned)."""
+        statuses, length) instead, or, with the whole body (not a 5xx) and the connection
+        already free again, to sink.whole(..., body) (see _scanned)."""
         loop = self.loop
         self.parser = self._parser()
         self.response, self._head, self._headers = None, None, []
@@ -423,11 +424,22 @@ class Upstream(asyncio.Protocol):
         self._headed = True
         self._complete = True
         self._close_delimited = False       # framed by Content-Length: a close cuts it short
+        due = length if (self._method != "HEAD" and status not in NO_BODY_STATUSES) else 0
+        rest = len(data) - size
+        if rest == due and status < 500:
+            # The usual pass-through: the whole response in this one read. The exchange
+            # is over before the client sees it, as _direct_end would end it.
+            self.sink, self._done = None, None
+            self.pool.unwatch(self)
+            if keep_alive:
+                self.pool.put(self)
+            else:
+                self.close()
+            return sink.whole(status, phrase, lines, dated, via, statuses, length,
+                              data[size:] if due else b"")
         sink.head_lines(status, phrase, lines, dated, via, statuses, length)
         if self.sink is not sink:
             return                          # detached (a 5xx retried elsewhere, a fault)
-        due = length if (self._method != "HEAD" and status not in NO_BODY_STATUSES) else 0
-        rest = len(data) - size
         if rest > due:
             self._extra = True              # more than Content-Length: dropped, and closed
         if due and rest:

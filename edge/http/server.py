@@ -144,6 +144,18 @@ class Reply:
         out.append(b"\r\n")
         self._head = b"".join(out)
 
+    def whole(self, status: int, phrase: str, block: bytes, dated: bool, length: int,
+              body: bytes) -> None:
+        """start_block, write_now(body) and end in one: a whole response framed by
+        Content-Length, in one write."""
+        self.start_block(status, phrase, block, dated, length)
+        data, self._head = self._head, b""
+        if body and not self._no_body:
+            self.sent += len(body)
+            data += body
+        self.finished = True
+        self.conn.write(data)
+
     def _flush(self, data: bytes = b"") -> None:
         if self._head:
             data, self._head = self._head + data, b""

@@ -70,6 +70,9 @@ class Plan:
     scan: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None
     # By status: its requests counter and this edge's Cache-Status entry.
     statuses: dict[int, tuple[Count, str]] = field(default_factory=dict)
+    # By (status, HTTP version): the edge's own lines when the origin sent no Via and
+    # no Cache-Status (Direct.whole's).
+    own: dict[tuple[int, str], bytes] = field(default_factory=dict)
     # By (client address, Host, HTTP version): Passes._tail's.
     tails: dict[tuple[str, str, str], tuple[str | None, bytes]] = field(default_factory=dict)
 
@@ -228,6 +231,37 @@ class Direct:
         except Exception:
             self._broken()
 
+    def whole(self, status: int, phrase: str, lines: bytes, dated: bool,
+              incoming_via: bytes | None, statuses: tuple[bytes, ...], length: int,
+              body: bytes) -> None:
+        """head_lines, body and end in one: a whole response edge._heads read, not a 5xx,
+        its origin connection already free again (client.Upstream._scanned). The edge's
+        own lines are made once per status and version when the origin sent no Via or
+        Cache-Status of its own."""
+        plan = self.plan
+        request, reply = self.request, self.reply
+        try:
+            plan.pool.succeeded(self.server)
+            self.headed = True
+            known = plan.statuses.get(status)
+            if known is None:
+                known = self._known(status)
+            known[0].value += 1
+            plain = incoming_via is None and not statuses
+            own = plan.own.get((status, request.version)) if plain else None
+            if own is None:
+                own = own_lines(incoming_via, statuses, request.version,
+                                self.passes.state.config.via, plan.customer.alt_svc, known[1])
+                if plain:
+                    plan.own[(status, request.version)] = own
+            reply.whole(status, phrase, lines + own, dated, length, body)
+        except Exception:
+            return self._broken()
+        size = len(body)
+        plan.from_origin.value += size
+        plan.to_clients.value += size
+        self.conn.relay_done(request, reply)
+
     def _status(self, status: int) -> tuple[Count, str] | None:
         """(requests counter, Cache-Status entry) for a response with `status`, counted;
         None: a 5xx the long way retries on the next server."""
@@ -244,10 +278,16 @@ class Direct:
         self.headed = True
         known = plan.statuses.get(status)
         if known is None:
-            known = plan.statuses[status] = (
-                state.metrics.requests.labels(customer.directory, str(status)),
-                cache_status(state.config.name, fwd="bypass", fwd_status=status))
+            known = self._known(status)
         known[0].value += 1
+        return known
+
+    def _known(self, status: int) -> tuple[Count, str]:
+        """plan.statuses' entry for `status`, made and kept (the lookup is inline)."""
+        plan, state = self.plan, self.passes.state
+        known = plan.statuses[status] = (
+            state.metrics.requests.labels(plan.customer.directory, str(status)),
+            cache_status(state.config.name, fwd="bypass", fwd_status=status))
         return known
 
     def body(self, data: bytes) -> None:

@@ -16,16 +16,22 @@ from tests.edge.wire import RawOrigin, read_request
 BODY = bytes(range(256)) * 20                 # 5120 bytes
 
 
-def head(length: int, status: str = "200 OK", extra: bytes = b"") -> bytes:
+def head(length: int, status: str = "200 OK", extra: bytes = b"",
+         shield: bool = True) -> bytes:
+    """`shield`: with the Via and Cache-Status a shield in front of the origin adds."""
+    mark = b"Via: 1.1 shield\r\nCache-Status: shield; fwd=miss\r\n" if shield else b""
     return (b"HTTP/1.1 %s\r\nServer: raw\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: %d\r\nVia: 1.1 shield\r\nCache-Status: shield; fwd=miss\r\n%s\r\n"
-            % (status.encode(), length, extra))
+            b"Content-Length: %d\r\n%s%s\r\n" % (status.encode(), length, mark, extra))
 
 
 def script(method: str, path: str) -> list:
     """What the origin writes for a request: bytes, pauses (floats) and "close"."""
     if path.startswith("/whole") or path == "/warm":
         return [head(len(BODY)) + (BODY if method == "GET" else b"")]
+    if path.startswith("/plain"):
+        return [head(len(BODY), shield=False) + (BODY if method == "GET" else b"")]
+    if path == "/gone":
+        return [head(len(BODY), "410 Gone", shield=False) + BODY]
     if path == "/split":
         return [head(len(BODY)), 0.05, BODY[:1000], 0.05, BODY[1000:3000], 0.05, BODY[3000:]]
     if path == "/headsplit":
@@ -109,6 +115,24 @@ async def test_bodies_whole_or_in_pieces_and_the_connection_kept(origin):
                                          "fwd-status=200")
     assert relayed == 7 and conns == 1                       # one origin connection for all
     assert taken == 6                                        # all but /headsplit
+
+
+async def test_the_edge_s_own_lines_with_and_without_the_origin_s(origin):
+    # Direct.whole keeps the edge's own lines per status and version when the origin
+    # sent no Via or Cache-Status: a later response that has them must still get them
+    # combined, and another status its own fwd-status.
+    paths = [("GET", "/warm"), ("GET", "/plain1"), ("HEAD", "/plain2"), ("GET", "/whole1"),
+             ("GET", "/plain3"), ("GET", "/gone"), ("GET", "/plain4")]
+    got, relayed, conns, taken = await scripted(origin, paths)
+    assert [g[0] for g in got] == [200, 200, 200, 200, 200, 410, 200]
+    assert [len(g[1]) for g in got] == [5120, 5120, 0, 5120, 5120, 5120, 5120]
+    edge_only = "gslb-edge; fwd=bypass; fwd-status=200"
+    for n in (1, 2, 4, 6):
+        assert (got[n][2]["Via"], got[n][2]["Cache-Status"]) == ("1.1 gslb-edge", edge_only)
+    assert got[3][2]["Via"] == "1.1 shield, 1.1 gslb-edge"
+    assert got[3][2]["Cache-Status"] == "shield; fwd=miss, " + edge_only
+    assert got[5][2]["Cache-Status"] == "gslb-edge; fwd=bypass; fwd-status=410"
+    assert relayed == 6 and conns == 1 and taken == 6
 
 
 async def test_more_than_content_length_is_dropped_and_the_connection_closed(origin):
