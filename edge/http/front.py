@@ -24,7 +24,7 @@ from cdnkit.ports import TCP, Owned, own
 from edge.cache.store import Stored
 from edge.cache.cached import cache_key
 from edge.http.headers import sf_name, to_client
-from edge.route import BadPath, origin_host, route
+from edge.route import BadPath, host_name, origin_host, route
 from edge.http.h2 import H2Connection
 from edge.http.h2stream import response_head
 from edge.http.hpackblock import block as hpack_block, encoded, field
@@ -41,6 +41,7 @@ LONG_WAY = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-sin
                       b"cdn-loop"})         # another tier: it gets the targeted cache fields
 OWN_PATHS = frozenset({b"/healthz", b"/metrics"})
 NO_HEADERS: dict[str, str] = {}   # customers with key headers never take the shortcut
+PASSING_MAX = 10_000      # Host values kept per config as never hits (Hits._passing)
 
 
 class Hits:
@@ -50,6 +51,9 @@ class Hits:
         self.state = state
         self._rendered: dict[str, tuple[Stored, bytes, bytes, tuple]] = {}
         self._config = None
+        # Host values routed by CNAME to a customer that does not cache, under _config:
+        # their requests are never hits, whatever the target (the pass-through's).
+        self._passing: set[bytes] = set()
 
     def answer(self, method: bytes, target: bytes, raw_headers: list,
                scheme: str, extra: bytes = b"", host: bytes | None = None) -> bytes | None:
@@ -133,8 +137,9 @@ class Hits:
         config = state.config
         if config is not self._config:
             self._rendered.clear()          # a reload may change Via or Alt-Svc
+            self._passing.clear()
             self._config = config
-        if host is None:
+        if host is None or host in self._passing:
             return None
         host_text = host.decode("latin-1")
         try:
@@ -144,8 +149,12 @@ class Hits:
         if customer is None:
             return None
         rules = customer.cache
-        if not rules.enabled or rules.key_headers or (
-                not looked and _plain_host(raw_headers) is False):
+        if not rules.enabled:
+            if (config.by_cname.get(host_name(host_text)) is customer
+                    and len(self._passing) < PASSING_MAX):
+                self._passing.add(host)
+            return None
+        if rules.key_headers or (not looked and _plain_host(raw_headers) is False):
             return None
         cache = state.cache
         key = cache_key(scheme, customer, path, NO_HEADERS, origin_host(customer, host_text))

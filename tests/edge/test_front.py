@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
+import yaml
+
+from cdnkit.yamlsrc import load_yaml_text
+from edge import config as edge_config
 from edge.http import front
 from edge.http import server
 from tests.edge.test_cache import CountingOrigin, cfg, fetch
@@ -39,21 +43,27 @@ def headers_of(response: bytes) -> dict[str, str]:
     return {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head)}
 
 
+def answered_by_hits(monkeypatch) -> list[bool]:
+    """From now on, whether each request was answered by the hit shortcut, in order."""
+    served: list[bool] = []
+    real = front.Hits.answer
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(front.Hits, "answer", spy)
+    return served
+
+
 async def test_shortcut_answers_like_the_long_way(monkeypatch):
     async with CountingOrigin() as origin:
         origin.routes["/a"] = {"headers": {"Cache-Control": "max-age=60", "ETag": '"1"',
                                            "Via": "1.1 upstream", "X-Origin": "o"}}
         async with Edge(cfg(origin)) as edge:
             await fetch(edge, "/a")                                  # MISS fills the cache
-            served = []
-            real = front.Hits.answer
-
-            def spy(self, *args, **kwargs):
-                out = real(self, *args, **kwargs)
-                served.append(out is not None)
-                return out
-
-            monkeypatch.setattr(front.Hits, "answer", spy)
+            served = answered_by_hits(monkeypatch)
             fast = (await raw(edge, request("/a")))[0]
             assert served == [True]
             slow = (await raw(edge, request("/a", Pragma="x")))[0]   # Pragma: the long way
@@ -125,3 +135,37 @@ async def test_idle_connections_are_closed(monkeypatch):
             writer.write(b"GET /x HTTP/1.1\r\nHost: www.te")       # never finished
             assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the edge
             writer.close()
+
+
+async def test_a_host_that_passes_through_is_a_hit_again_once_its_customer_caches(
+        monkeypatch):
+    # Hits keeps the Host values of customers that do not cache (they are never hits):
+    # under a new config that caches them, and for the CDN URLs of the edge's own
+    # name (routed by the path, not the Host), the hits must come back.
+    async with CountingOrigin() as origin:
+        origin.routes["/a"] = {"headers": {"Cache-Control": "max-age=60"}}
+        config = {"account": "800001", "customers": [
+            {"directory": "t", "cnames": ["www.test.com"], "cache": {"enabled": False},
+             "origin": {"http": [f"127.0.0.81:{origin.port}"]}},
+            {"directory": "c", "cnames": ["cached.test"],
+             "origin": {"http": [f"127.0.0.81:{origin.port}"]}}]}
+        async with Edge(config) as edge:
+            for _ in range(3):
+                assert b"X-Cache" not in (await raw(edge, request("/a")))[0]
+            assert origin.hits["/a"] == 3
+            assert edge.listeners.hits._passing == {b"www.test.com"}
+            for directory in ("t", "c") * 2:          # t: twice from the origin; c: once
+                await raw(edge, f"GET /800001/{directory}/a HTTP/1.1\r\n"
+                                f"Host: cdn.example.net\r\n\r\n".encode())
+            assert origin.hits["/a"] == 6
+            assert edge.listeners.hits._passing == {b"www.test.com"}
+
+            cached = {**config, "customers": [{**config["customers"][0], "cache": {}},
+                                              config["customers"][1]]}
+            edge.state.apply(edge_config.build(
+                load_yaml_text(yaml.safe_dump(cached), "edge.yaml"), "edge.yaml"))
+            served = answered_by_hits(monkeypatch)
+            answers = [(await raw(edge, request("/a")))[0] for _ in range(3)]
+            assert origin.hits["/a"] == 7              # one miss, then hits
+            assert [headers_of(a).get("x-cache") for a in answers] == ["MISS", "HIT", "HIT"]
+            assert served == [False, True, True]       # by the shortcut, not the long way
