@@ -241,12 +241,7 @@ class Direct:
         plan = self.plan
         request, reply = self.request, self.reply
         try:
-            plan.pool.succeeded(self.server)
-            self.headed = True
-            known = plan.statuses.get(status)
-            if known is None:
-                known = self._known(status)
-            known[0].value += 1
+            known = self._status(status)          # never None: not a 5xx
             plain = incoming_via is None and not statuses
             own = plan.own.get((status, request.version)) if plain else None
             if own is None:
@@ -278,16 +273,10 @@ class Direct:
         self.headed = True
         known = plan.statuses.get(status)
         if known is None:
-            known = self._known(status)
+            known = plan.statuses[status] = (
+                state.metrics.requests.labels(customer.directory, str(status)),
+                cache_status(state.config.name, fwd="bypass", fwd_status=status))
         known[0].value += 1
-        return known
-
-    def _known(self, status: int) -> tuple[Count, str]:
-        """plan.statuses' entry for `status`, made and kept (the lookup is inline)."""
-        plan, state = self.plan, self.passes.state
-        known = plan.statuses[status] = (
-            state.metrics.requests.labels(plan.customer.directory, str(status)),
-            cache_status(state.config.name, fwd="bypass", fwd_status=status))
         return known
 
     def body(self, data: bytes) -> None:
