@@ -295,7 +295,7 @@ class Upstream(asyncio.Protocol):
         already free again, to sink.whole(..., body) (see _scanned)."""
         loop = self.loop
         self.parser = self._parser()
-        self.response, self._head, self._headers = None, None, []
+        self.response = self._head = None   # (_headers: on_message_begin's, if llhttp reads)
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False
         self._scan, self._left = scan, 0
@@ -421,22 +421,24 @@ class Upstream(asyncio.Protocol):
         never sees this response (its parser is still at the start, so reusable)."""
         size, status, phrase, length, keep_alive, lines, dated, via, statuses = got
         sink = self.sink
-        self._headed = True
         self._complete = True
-        self._close_delimited = False       # framed by Content-Length: a close cuts it short
         due = length if (self._method != "HEAD" and status not in NO_BODY_STATUSES) else 0
         rest = len(data) - size
         if rest == due and status < 500:
             # The usual pass-through: the whole response in this one read. The exchange
-            # is over before the client sees it, as _direct_end would end it.
-            self.sink, self._done = None, None
-            self.pool.unwatch(self)
+            # is over before the client sees it, as _direct_end would end it (_done is
+            # None already: data_received looked).
+            self.sink = None
+            pool = self.pool
+            pool.unwatch(self)
             if keep_alive:
-                self.pool.put(self)
+                pool.put(self)
             else:
                 self.close()
             return sink.whole(status, phrase, lines, dated, via, statuses, length,
                               data[size:] if due else b"")
+        self._headed = True
+        self._close_delimited = False       # framed by Content-Length: a close cuts it short
         sink.head_lines(status, phrase, lines, dated, via, statuses, length)
         if self.sink is not sink:
             return                          # detached (a 5xx retried elsewhere, a fault)

@@ -468,6 +468,15 @@ class Connection(asyncio.Protocol):
         queued, and its own Host count (llhttp never saw it, and is still between
         messages)."""
         method, target, version, fields, keep_alive, host, hosts, flagged, lines = got
+        passes = self.passes
+        if passes is not None and hosts == 1 and not flagged:
+            lane = passes.lanes.get((host, self.scheme, self.peer, version))
+            if lane is not None and lane.config is passes.state.config:
+                # A pass-through Host (its customer never caches): no hit to look for.
+                request = Request(self, method.decode("latin-1"), target.decode("latin-1"),
+                                  version, fields, keep_alive, False, None)
+                request.scanned = (host, flagged, lines)
+                return self._start(request, lane)
         if self.hits is not None and version == "1.1":
             answer = self.hits.answer(method, target, fields, self.scheme, self.alt_svc_line,
                                       host)
@@ -507,14 +516,16 @@ class Connection(asyncio.Protocol):
 
     # --- answering ----------------------------------------------------------------------
 
-    def _start(self, request: Request) -> None:
+    def _start(self, request: Request, lane=None) -> None:
+        """Answer `request`: by the pass-through shortcut if it takes it (on `lane`, a
+        direct.Lane, when _scanned found one), else by the handler."""
         self._busy = request
         self.busy_since = time.monotonic()
         reply = Reply(self, request)
         if self.passes is not None:
             # A pass-through the shortcut relays by callbacks, without a task.
             try:
-                self._relay = self.passes.take(self, request, reply)
+                self._relay = self.passes.take(self, request, reply, lane)
             except Exception:
                 log.exception("the pass-through shortcut failed on %s %s; the long way "
                               "answers", request.method, request.target)

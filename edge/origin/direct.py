@@ -10,7 +10,10 @@ the ones the long way makes, built by the same functions (forward.to_origin's
 headers, headers.to_client, Reply), with the same metrics and back-off. Both heads
 are read in one call each by edge._heads when it is built and they are plain (a
 whole GET/HEAD head; a whole final head framed by Content-Length), else by llhttp's
-callbacks; the bytes either way are the same (tests/edge/test_heads.py).
+callbacks; the bytes either way are the same (tests/edge/test_heads.py). A Host
+that routes alone (a CNAME) to a customer with one server gets a `Lane` per client
+address and HTTP version: its next requests skip the hit shortcut and the routing,
+and only their target is looked at.
 
 What it leaves to the long way, which retries, fails over and answers errors:
 a request with a body or an upgrade; hop-by-hop, forwarding, override, Via or
@@ -35,7 +38,7 @@ from edge.origin.forward import FORWARDING, HOP_BY_HOP, OVERRIDES, forwarding
 from edge.origin.order import OriginPool
 from edge.origin.upstream import (Unreachable, own_error, server_answered_5xx, server_failed,
                                   tls_name)
-from edge.route import BadPath, origin_host, route
+from edge.route import BadPath, host_name, origin_host, route
 from edge.state import EdgeState
 
 log = logging.getLogger("edge.origin.direct")
@@ -77,6 +80,22 @@ class Plan:
     tails: dict[tuple[str, str, str], tuple[str | None, bytes]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Everything a pass-through request needs but its target, for one client address,
+    Host and HTTP version over one edge scheme, when the Host alone routes it (a CNAME)
+    to a customer with one server: Connection._scanned looks its lane up and skips the
+    hit shortcut (its customer never caches) and Passes.take's routing."""
+
+    config: object                  # the EdgeConfig it was made under
+    host: str                       # the client's Host
+    customer: Customer
+    plan: Plan
+    server: object                  # the plan's one server
+    key: tuple                      # its pooled connections' (address, port, TLS name)
+    tail: bytes                     # Passes._tail's lines
+
+
 class Passes:
     """Takes the pass-through requests it can relay by callbacks (module docstring)."""
 
@@ -84,10 +103,16 @@ class Passes:
         self.state = state
         self._plans: dict[tuple[str, str], Plan | None] = {}
         self._config = None
+        # By (Host, scheme, client address, HTTP version): for Connection._scanned.
+        self.lanes: dict[tuple[bytes, str, str, str], Lane] = {}
         self.relayed = 0                 # requests taken (the tests see which way went)
 
-    def take(self, conn: Connection, request: Request, reply: Reply) -> "Direct | None":
-        """The relay now under way for `request`, or None: take the long way."""
+    def take(self, conn: Connection, request: Request, reply: Reply,
+             lane: Lane | None = None) -> "Direct | None":
+        """The relay now under way for `request`, or None: take the long way. `lane`: the
+        request's (Connection._scanned found it; edge._heads read a plain GET/HEAD)."""
+        if lane is not None:
+            return self._take_lane(conn, request, reply, lane)
         if request.method not in ("GET", "HEAD") or request.body is not None or request.upgrade:
             return None
         target = request.target
@@ -119,6 +144,7 @@ class Passes:
         config = state.config
         if config is not self._config:
             self._plans.clear()
+            self.lanes.clear()
             self._config = config
         client_host = host.decode("latin-1")
         try:
@@ -137,14 +163,46 @@ class Passes:
         server = pool.servers[0] if len(pool.servers) == 1 else pool.order()[0]
         known = plan.tails.get((request.peer, client_host, request.version))
         name, tail = known if known is not None else self._tail(plan, request, client_host)
-        upstream = state.client.idle((server.host, server.port or plan.port, name))
+        key = (server.host, server.port or plan.port, name)
+        if (scanned is not None and len(pool.servers) == 1
+                and config.by_cname.get(host_name(client_host)) is customer):
+            if len(self.lanes) >= TAILS_MAX:
+                self.lanes.clear()
+            self.lanes[(host, request.scheme, request.peer, request.version)] = Lane(
+                config, client_host, customer, plan, server, key, tail)
+        upstream = state.client.idle(key)
         if upstream is None:
             return None                      # the long way connects (and pools it)
         lines[0] = f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace")
         lines.append(tail)
+        return self._send(conn, request, reply, plan, server, upstream, b"".join(lines))
+
+    def _take_lane(self, conn: Connection, request: Request, reply: Reply,
+                   lane: Lane) -> "Direct | None":
+        """take for a request on a known lane: only its target is looked at."""
+        target = request.target
+        second = target[1:2]
+        if second == "." or (second in _FIRST_LETTERS and target.startswith(OWN_PATHS)):
+            return None
+        try:
+            customer, path = route(lane.config, lane.host, target)
+        except BadPath:
+            return None
+        if customer is not lane.customer:
+            return None
+        upstream = self.state.client.idle(lane.key)
+        if upstream is None:
+            return None
+        head = b"".join((f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace"),
+                         request.scanned[2], lane.tail))
+        return self._send(conn, request, reply, lane.plan, lane.server, upstream, head)
+
+    def _send(self, conn: Connection, request: Request, reply: Reply, plan: Plan, server,
+              upstream: Upstream, head: bytes) -> "Direct":
+        """The request's `head` sent to the origin on `upstream`; its answer is relayed."""
         relay = Direct(self, conn, request, reply, plan, server, upstream)
         self.relayed += 1
-        upstream.send_direct(relay, request.method, b"".join(lines), customer.origin.timeout,
+        upstream.send_direct(relay, request.method, head, plan.customer.origin.timeout,
                              reply.interim, plan.scan)
         return relay
 

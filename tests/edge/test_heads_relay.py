@@ -10,7 +10,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.edge.test_passthrough import heads, run
+from tests.edge.test_passthrough import heads, pass_cfg, run
+from tests.edge.test_proxy import Edge
 from tests.edge.wire import RawOrigin, read_request
 
 BODY = bytes(range(256)) * 20                 # 5120 bytes
@@ -159,3 +160,56 @@ async def test_an_origin_that_stalls_mid_body_times_out(origin):
     assert got[1] == ("cut", "ClientPayloadError")
     assert got[2][:2] == (200, BODY)
     assert relayed == 1 and taken == 1 and conns == 2
+
+
+async def test_a_lane_is_one_client_s_one_host_s_one_version_s():
+    # Passes.lanes keeps, per (Host, scheme, client address, HTTP version), what the
+    # origin is sent besides the target: each client must still be named in its own
+    # X-Forwarded-For, each version in its own Via, each Host sent as its own, however
+    # the requests interleave; and a customer with two servers (whose order changes
+    # with their health) never gets a lane.
+    seen: list[tuple[str, str, str, str]] = []
+
+    async def recording(reader, writer, n: int) -> None:
+        while True:
+            line, fields, _ = await read_request(reader)
+            seen.append((line.decode().split(" ")[1], fields["host"],
+                         fields["x-forwarded-for"], fields["via"]))
+            writer.write(head(len(BODY), shield=False) + BODY)
+            await writer.drain()
+
+    async def ask_raw(edge, client: str, host: str, version: str, path: str) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port,
+                                                       local_addr=(client, 0))
+        try:
+            writer.write(f"GET {path} HTTP/{version}\r\nHost: {host}\r\n\r\n".encode())
+            status = await reader.readuntil(b"\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(len(BODY))
+            return int(status.split()[1])
+        finally:
+            writer.close()
+
+    async with RawOrigin(recording, "127.0.0.46") as one, \
+            RawOrigin(recording, "127.0.0.47") as other:
+        cfg = pass_cfg([one])
+        cfg["customers"][0]["cnames"].append("alt.pass.test")
+        cfg["customers"].append({"directory": "two", "cnames": ["www.two.test"],
+                                 "origin": {"http": [f"{one.host}:{one.port}",
+                                                     f"{other.host}:{other.port}"]},
+                                 "cache": {"enabled": False}})
+        async with Edge(cfg) as edge:
+            asked = []
+            for n in range(3):                  # the first pools, the second makes lanes
+                for client, host, version in (("127.0.0.1", "www.pass.test", "1.1"),
+                                              ("127.0.0.2", "www.pass.test", "1.1"),
+                                              ("127.0.0.1", "alt.pass.test", "1.1"),
+                                              ("127.0.0.1", "www.pass.test", "1.0"),
+                                              ("127.0.0.2", "www.two.test", "1.1")):
+                    path = f"/{n}/{client}/{host}/{version}"
+                    asked.append((path, host, client, f"{version} gslb-edge"))
+                    assert await ask_raw(edge, client, host, version, path) == 200
+            lanes = edge.listeners.passes.lanes
+            assert {key[0] for key in lanes} == {b"www.pass.test", b"alt.pass.test"}
+            assert edge.listeners.passes.relayed >= 8
+    assert seen == asked
