@@ -147,6 +147,52 @@ static char *put_line(char *out, const char *name, Py_ssize_t name_len,
     return out;
 }
 
+/* (name, value) as bytes: Py_BuildValue parses its format string per call, and this
+ * runs per field. */
+static PyObject *pair_of(const char *name, Py_ssize_t name_len,
+                         const char *value, Py_ssize_t value_len)
+{
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL)
+        return NULL;
+    PyObject *n = PyBytes_FromStringAndSize(name, name_len);
+    PyObject *v = n != NULL ? PyBytes_FromStringAndSize(value, value_len) : NULL;
+    if (v == NULL) {
+        Py_XDECREF(n);
+        Py_DECREF(pair);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, n);
+    PyTuple_SET_ITEM(pair, 1, v);
+    return pair;
+}
+
+/* A tuple of the `n` objects in `items`, whose references it takes (NULL if one is
+ * NULL: the others are released). */
+static PyObject *tuple_of(Py_ssize_t n, PyObject **items)
+{
+    PyObject *tuple = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto failed;
+    tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        goto failed;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(tuple, i, items[i]);
+    return tuple;
+failed:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+static PyObject *new_ref(PyObject *object)
+{
+    Py_INCREF(object);
+    return object;
+}
+
 /* A bytes object of `size` bytes to fill; every line written into it is at most one
  * byte longer than its source line (the space after the colon), so the head's size
  * plus one per field is always room enough. */
@@ -155,11 +201,13 @@ static PyObject *lines_buffer(Py_ssize_t size)
     return PyBytes_FromStringAndSize(NULL, size + MAX_FIELDS + 2);
 }
 
-static PyObject *request(PyObject *self, PyObject *args)
+static PyObject *request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *data, *flagged;
-    if (!PyArg_ParseTuple(args, "SO!", &data, &PyTuple_Type, &flagged))
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "request(data: bytes, flagged: tuple)");
         return NULL;
+    }
+    PyObject *data = args[0], *flagged = args[1];
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data);
     if (len > MAX_HEAD || len < 18)
@@ -236,7 +284,7 @@ static PyObject *request(PyObject *self, PyObject *args)
         }
         if (!seen && !is_connection && name_in(name, name_len, flagged))
             seen = 1;
-        PyObject *pair = Py_BuildValue("(y#y#)", name, name_len, value, value_len);
+        PyObject *pair = pair_of(name, name_len, value, value_len);
         if (pair == NULL)
             goto error;
         int failed = PyList_Append(fields, pair);
@@ -261,12 +309,11 @@ static PyObject *request(PyObject *self, PyObject *args)
     PyObject *target = PyBytes_FromStringAndSize(buf + target_at, target_len);
     if (target == NULL)
         goto error;
-    PyObject *result = Py_BuildValue("(ONONOOiON)", method, target, version, fields,
-                                     keep_alive ? Py_True : Py_False,
-                                     host != NULL ? host : Py_None, hosts,
-                                     seen ? Py_True : Py_False, lines);
-    Py_XDECREF(host);
-    return result;
+    PyObject *items[] = {new_ref(method), target, new_ref(version), fields,
+                         new_ref(keep_alive ? Py_True : Py_False),
+                         host != NULL ? host : new_ref(Py_None), PyLong_FromLong(hosts),
+                         new_ref(seen ? Py_True : Py_False), lines};
+    return tuple_of(9, items);
 
 not_ours:
     Py_XDECREF(fields);
@@ -280,12 +327,17 @@ error:
     return NULL;
 }
 
-static PyObject *response(PyObject *self, PyObject *args)
+static PyObject *response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *data, *special, *drop;
-    int head_request;
-    if (!PyArg_ParseTuple(args, "SO!O!p", &data, &PyTuple_Type, &special, &PyTuple_Type,
-                          &drop, &head_request))
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1])
+        || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "response(data: bytes, special: tuple, drop: tuple, head)");
+        return NULL;
+    }
+    PyObject *data = args[0], *special = args[1], *drop = args[2];
+    int head_request = PyObject_IsTrue(args[3]);
+    if (head_request < 0)
         return NULL;
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data);
@@ -435,9 +487,10 @@ static PyObject *response(PyObject *self, PyObject *args)
         via = Py_None;
         Py_INCREF(via);
     }
-    return Py_BuildValue("(niNNONONN)", p, status, reason, length_obj,
-                         keep_alive ? Py_True : Py_False, lines,
-                         dated ? Py_True : Py_False, via, statuses);
+    PyObject *items[] = {PyLong_FromSsize_t(p), PyLong_FromLong(status), reason, length_obj,
+                         new_ref(keep_alive ? Py_True : Py_False), lines,
+                         new_ref(dated ? Py_True : Py_False), via, statuses};
+    return tuple_of(9, items);
 
 not_ours:
     Py_XDECREF(lines);
@@ -452,10 +505,10 @@ error:
 }
 
 static PyMethodDef methods[] = {
-    {"request", request, METH_VARARGS,
+    {"request", (PyCFunction)(void (*)(void))request, METH_FASTCALL,
      "request(data, flagged) -> (method, target, version, fields, keep_alive, host, hosts, "
      "flagged_seen, lines) for one whole plain GET/HEAD head, else None."},
-    {"response", response, METH_VARARGS,
+    {"response", (PyCFunction)(void (*)(void))response, METH_FASTCALL,
      "response(data, special, drop, head) -> (head_size, status, reason, length, keep_alive, "
      "lines, dated, via, statuses) for a whole final head framed by Content-Length, "
      "else None."},

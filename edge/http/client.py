@@ -294,7 +294,9 @@ class Upstream(asyncio.Protocol):
         statuses, length) instead, or, with the whole body (not a 5xx) and the connection
         already free again, to sink.whole(..., body) (see _scanned)."""
         loop = self.loop
-        self.parser = self._parser()
+        spare, self.spare = self.spare, None           # _parser, inline: this is per request
+        self.parser = (spare if spare is not None and self._complete
+                       else httptools.HttpResponseParser(self))
         self.response = self._head = None   # (_headers: on_message_begin's, if llhttp reads)
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False
@@ -384,13 +386,13 @@ class Upstream(asyncio.Protocol):
             self.close()                    # bytes nobody asked for (after Content-Length)
             return
         self.got_bytes = True
-        self._last = self.loop.time()
         if self._scan is not None:
             special, drop = self._scan
             self._scan = None               # the first read only: later ones are llhttp's
             got = _heads.response(data, special, drop, self._method == "HEAD")
             if got is not None and self.sink is not None and self._done is None:
                 return self._scanned(got, data)
+        self._last = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -439,6 +441,7 @@ class Upstream(asyncio.Protocol):
                               data[size:] if due else b"")
         self._headed = True
         self._close_delimited = False       # framed by Content-Length: a close cuts it short
+        self._last = self.loop.time()
         sink.head_lines(status, phrase, lines, dated, via, statuses, length)
         if self.sink is not sink:
             return                          # detached (a 5xx retried elsewhere, a fault)

@@ -24,6 +24,7 @@ class Pool:
         self._idle: dict[tuple, list[Upstream]] = {}
         self._busy: set[Upstream] = set()     # exchanges whose timeout the ticker watches
         self._ticker: asyncio.TimerHandle | None = None
+        self.now = 0.0                # loop time at the last tick (or when one was started)
         self.retried = 0              # requests replayed after the keep-alive race
 
     # One ticker for every timeout and idle connection: a timer per request costs more
@@ -31,14 +32,15 @@ class Pool:
     def watch(self, conn: Upstream) -> None:
         self._busy.add(conn)
         if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+            self.now = conn.loop.time()
+            self._ticker = conn.loop.call_later(TICK, self._tick)
 
     def unwatch(self, conn: Upstream) -> None:
         self._busy.discard(conn)
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        self.now = now = loop.time()
         for conn in list(self._busy):
             conn.check(now)
         for idle in self._idle.values():
@@ -49,19 +51,24 @@ class Pool:
                         if self._busy or any(self._idle.values()) else None)
 
     def put(self, conn: Upstream) -> None:
-        if conn.transport is None or conn.transport.is_closing():
+        transport = conn.transport
+        if transport is None or transport.is_closing():
             return
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= POOL_MAX_IDLE:
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        elif len(idle) >= POOL_MAX_IDLE:
             conn.close()
             return
         conn.spare, conn.parser = conn.parser, None     # None: bytes now are unasked for
         conn.response = None
-        loop = conn.loop
-        conn.idle_since = loop.time()
         idle.append(conn)
         if self._ticker is None:
-            self._ticker = loop.call_later(TICK, self._tick)
+            self.now = conn.loop.time()
+            self._ticker = conn.loop.call_later(TICK, self._tick)
+        # The ticker's clock, not the loop's: POOL_IDLE is 30 s, a tick a quarter second,
+        # and this runs per pass-through request.
+        conn.idle_since = self.now
 
     def forget(self, conn: Upstream) -> None:
         idle = self._idle.get(conn.key)
