@@ -119,6 +119,11 @@ class Reply:
                     length: int | None) -> None:
         """`start` with the header lines already encoded (CRLF after each); `dated`:
         they hold a Date. The framing, Connection and Alt-Svc lines are added here."""
+        self._head = b"".join(self._head_parts(status, phrase, block, dated, length))
+
+    def _head_parts(self, status: int, phrase: str, block: bytes, dated: bool,
+                    length: int | None) -> list[bytes]:
+        """start_block's head, in pieces to join (whole joins its body with them)."""
         request = self.request
         self.started, self.status = True, status
         self._no_body = request.method == "HEAD" or status in NO_BODY_STATUSES
@@ -142,19 +147,18 @@ class Reply:
         if self.conn.alt_svc:
             out.append(self.conn.alt_svc_line)
         out.append(b"\r\n")
-        self._head = b"".join(out)
+        return out
 
     def whole(self, status: int, phrase: str, block: bytes, dated: bool, length: int,
               body: bytes) -> None:
         """start_block, write_now(body) and end in one: a whole response framed by
-        Content-Length, in one write."""
-        self.start_block(status, phrase, block, dated, length)
-        data, self._head = self._head, b""
+        Content-Length, in one write (head and body joined once)."""
+        out = self._head_parts(status, phrase, block, dated, length)
         if body and not self._no_body:
             self.sent += len(body)
-            data += body
+            out.append(body)
         self.finished = True
-        self.conn.write(data)
+        self.conn.write(b"".join(out))
 
     def _flush(self, data: bytes = b"") -> None:
         if self._head:
