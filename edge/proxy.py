@@ -26,7 +26,8 @@ from edge.origin.forward import to_origin, trusted
 from edge.http.headers import cache_status, via
 from edge.model import Protocol
 from edge.route import BadPath, origin_host, route, split_target
-from edge.http.server import Reply, Request
+from edge.http.reply import Reply
+from edge.http.server import Request
 from edge.state import EdgeState
 from edge.http.tunnel import wants_upgrade, websocket
 from edge.origin.upstream import MAX_TIERS, SAFE_METHODS, Unreachable, own_error, own_headers, pull, relay

@@ -35,7 +35,8 @@ from edge.cache.serve import (
     stale_on_error,
     wait_headers,
 )
-from edge.http.server import Reply, Request
+from edge.http.reply import Reply
+from edge.http.server import Request
 from edge.state import EdgeState
 from edge.origin.upstream import Unreachable, own_error, pull, relay, relay_range
 

@@ -15,7 +15,8 @@ from edge.http.headers import cache_status, targeted_drop, to_client
 from edge.model import Customer, EdgeConfig
 from edge.origin.order import OriginPool
 from edge.cache.parts import Partial
-from edge.http.server import Reply, Request
+from edge.http.reply import Reply
+from edge.http.server import Request
 from edge.state import EdgeState
 
 CHUNK = 64 * 1024

@@ -164,7 +164,7 @@ def response_head(status: int, headers, length: int | None) -> list[tuple[bytes,
 
 
 class StreamReply:
-    """How a handler answers a stream, duck-typing server.Reply."""
+    """How a handler answers a stream, duck-typing reply.Reply."""
 
     __slots__ = ("conn", "request", "stream_id", "started", "finished", "status", "close",
                  "sent", "_no_body", "_head", "_pending", "_ended", "_waiter", "reset", "out_done")

@@ -10,7 +10,8 @@ import asyncio
 from edge.http.headers import to_client
 from edge.model import Customer
 from edge.origin.order import OriginPool
-from edge.http.server import Reply, Request
+from edge.http.reply import Reply
+from edge.http.server import Request
 from edge.state import EdgeState
 from edge.origin.upstream import Unreachable, pull, relay
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from edge.http.client import Disconnected, OriginTimeout, Upstream
 from edge.http.headers import SPECIAL_RAW, cache_status, own_lines, to_client_raw, via
-from edge.http.server import Connection, Reply, Request, reads_heads
+from edge.http.reply import Reply
+from edge.http.server import Connection, Request, reads_heads
 from edge.http.wire import field_lines
 from edge.metrics import Count
 from edge.model import Customer, Protocol

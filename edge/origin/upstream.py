@@ -18,7 +18,8 @@ from edge.model import Customer, Origin, Server
 from edge.origin.order import OriginPool
 from edge.origin.resolve import ResolveError
 from edge.route import host_name
-from edge.http.server import Reply, Request
+from edge.http.reply import Reply
+from edge.http.server import Request
 from edge.state import EdgeState
 
 log = logging.getLogger("edge.origin.upstream")

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from edge.http.headers import cache_status, to_client, to_client_raw
-from edge.http.server import Connection, Reply, Request
+from edge.http.reply import Reply
+from edge.http.server import Connection, Request
 
 FIELDS = [
     (b"Server", b"nginx/1.22.1"), (b"Date", b"Mon, 07 Dec 2026 10:00:00 GMT"),
