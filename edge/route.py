@@ -11,7 +11,7 @@ from __future__ import annotations
 from edge.model import Customer, EdgeConfig
 from edge.http.paths import BadPath, clean, clean_key
 
-__all__ = ["BadPath", "canonical", "host_name", "keys_host", "origin_host", "route",
+__all__ = ["BadPath", "canonical", "cname_customer", "host_name", "keys_host", "origin_host", "route",
            "split_target"]
 
 
@@ -30,6 +30,11 @@ def host_name(host: str) -> str:
             _NAMES.clear()
         _NAMES[host] = name
     return name
+
+
+def cname_customer(config: EdgeConfig, host: str) -> Customer | None:
+    """The customer whose edge CNAME the Host header `host` names, if any."""
+    return config.by_cname.get(host_name(host))
 
 
 def split_target(host: str, target: str) -> tuple[str, str]:
@@ -69,7 +74,7 @@ _last: tuple = (None, None, None, None)
 
 def _route(config: EdgeConfig, host: str, target: str) -> tuple[Customer | None, str]:
     host, target = split_target(host, target)
-    customer = config.by_cname.get(host_name(host))
+    customer = cname_customer(config, host)
     if customer is None and config.source == "--origin":
         customer = config.customers[0]
     if customer is not None:

@@ -294,9 +294,7 @@ class Upstream(asyncio.Protocol):
         statuses, length) instead, or, with the whole body (not a 5xx) and the connection
         already free again, to sink.whole(..., body) (see _scanned)."""
         loop = self.loop
-        spare, self.spare = self.spare, None           # _parser, inline: this is per request
-        self.parser = (spare if spare is not None and self._complete
-                       else httptools.HttpResponseParser(self))
+        self.parser = self._parser()
         self.response = self._head = None   # (_headers: on_message_begin's, if llhttp reads)
         self._method, self._interim, self.got_bytes = method, interim, False
         self.sink, self._headed, self._done, self._extra = sink, False, None, False

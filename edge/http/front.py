@@ -24,7 +24,7 @@ from cdnkit.ports import TCP, Owned, own
 from edge.cache.store import Stored
 from edge.cache.cached import cache_key
 from edge.http.headers import sf_name, to_client
-from edge.route import BadPath, host_name, origin_host, route
+from edge.route import BadPath, cname_customer, origin_host, route
 from edge.http.h2 import H2Connection
 from edge.http.h2stream import response_head
 from edge.http.hpackblock import block as hpack_block, encoded, field
@@ -150,7 +150,7 @@ class Hits:
             return None
         rules = customer.cache
         if not rules.enabled:
-            if (config.by_cname.get(host_name(host_text)) is customer
+            if (cname_customer(config, host_text) is customer
                     and len(self._passing) < PASSING_MAX):
                 self._passing.add(host)
             return None

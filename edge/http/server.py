@@ -334,27 +334,26 @@ class Connection(asyncio.Protocol):
         queued, and its own Host count (llhttp never saw it, and is still between
         messages)."""
         method, target, version, fields, keep_alive, host, hosts, flagged, lines = got
+        lane = None
         passes = self.passes
         if passes is not None and hosts == 1 and not flagged:
+            # A lane take made under the config in force (looked up inline: per request).
             lane = passes.lanes.get((host, self.scheme, self.peer, version))
-            if lane is not None and lane.config is passes.state.config:
-                # A pass-through Host (its customer never caches): no hit to look for.
-                request = Request(self, method.decode("latin-1"), target.decode("latin-1"),
-                                  version, fields, keep_alive, False, None)
-                request.scanned = (host, flagged, lines)
-                return self._start(request, lane)
-        if self.hits is not None and version == "1.1":
-            answer = self.hits.answer(method, target, fields, self.scheme, self.alt_svc_line,
-                                      host)
-            if answer is not None:
-                self.write(answer)
-                return
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
-            return self._refuse("syntax", f"{hosts} Host headers")
+            if lane is not None and lane.config is not passes.state.config:
+                lane = None
+        if lane is None:          # (a lane's customer never caches: no hit to look for)
+            if self.hits is not None and version == "1.1":
+                answer = self.hits.answer(method, target, fields, self.scheme,
+                                          self.alt_svc_line, host)
+                if answer is not None:
+                    self.write(answer)
+                    return
+            if hosts > 1 or (hosts == 0 and version == "1.1"):
+                return self._refuse("syntax", f"{hosts} Host headers")
         request = Request(self, method.decode("latin-1"), target.decode("latin-1"), version,
                           fields, keep_alive, False, None)
         request.scanned = (host, flagged, lines)
-        self._start(request)
+        self._start(request, lane)
 
     def on_body(self, data: bytes) -> None:
         if self._body is not None:

@@ -39,7 +39,7 @@ from edge.origin.forward import FORWARDING, HOP_BY_HOP, OVERRIDES, forwarding
 from edge.origin.order import OriginPool
 from edge.origin.upstream import (Unreachable, own_error, server_answered_5xx, server_failed,
                                   tls_name)
-from edge.route import BadPath, host_name, origin_host, route
+from edge.route import BadPath, cname_customer, origin_host, route
 from edge.state import EdgeState
 
 log = logging.getLogger("edge.origin.direct")
@@ -55,6 +55,13 @@ OWN_PATHS = ("/healthz", "/metrics")          # EdgeApp.handle's own; "/." paths
 _FIRST_LETTERS = frozenset(path[1] for path in OWN_PATHS)   # the only ones to look at
 TAILS_MAX = 10_000                            # (client, host) pairs per plan whose tail is kept
 _UNKNOWN = object()                           # no plan made yet (None: no plan possible)
+
+
+def _edge_s_own(target: str) -> bool:
+    """Whether an origin-form target is one EdgeApp.handle answers itself (/healthz,
+    /metrics, "/." paths): those go the long way."""
+    second = target[1:2]
+    return second == "." or (second in _FIRST_LETTERS and target.startswith(OWN_PATHS))
 
 
 @dataclass
@@ -75,7 +82,7 @@ class Plan:
     # By status: its requests counter and this edge's Cache-Status entry.
     statuses: dict[int, tuple[Count, str]] = field(default_factory=dict)
     # By (status, HTTP version): the edge's own lines when the origin sent no Via and
-    # no Cache-Status (Direct.whole's).
+    # no Cache-Status (Direct._own_lines').
     own: dict[tuple[int, str], bytes] = field(default_factory=dict)
     # By (client address, Host, HTTP version): Passes._tail's.
     tails: dict[tuple[str, str, str], tuple[str | None, bytes]] = field(default_factory=dict)
@@ -117,19 +124,16 @@ class Passes:
         if request.method not in ("GET", "HEAD") or request.body is not None or request.upgrade:
             return None
         target = request.target
-        second = target[1:2]
-        if target[:1] != "/" or second == "." or (second in _FIRST_LETTERS
-                                                  and target.startswith(OWN_PATHS)):
+        if target[:1] != "/" or _edge_s_own(target):
             return None
         scanned = request.scanned
         if scanned is not None:                  # edge._heads read the head
             host, flagged, fields = scanned
             if flagged:
                 return None
-            lines = [b"", fields]
         else:
             host = None
-            lines = [b""]                        # [0]: the request line, once routed
+            lines = []
             for name, value in request.raw_headers:
                 lower = name.lower()
                 if lower == b"host":
@@ -139,6 +143,7 @@ class Passes:
                     return None
                 else:
                     lines.append(b"%s: %s\r\n" % (name, value))
+            fields = b"".join(lines)
         if host is None:
             return None
         state = self.state
@@ -166,7 +171,7 @@ class Passes:
         name, tail = known if known is not None else self._tail(plan, request, client_host)
         key = (server.host, server.port or plan.port, name)
         if (scanned is not None and len(pool.servers) == 1
-                and config.by_cname.get(host_name(client_host)) is customer):
+                and cname_customer(config, client_host) is customer):
             if len(self.lanes) >= TAILS_MAX:
                 self.lanes.clear()
             self.lanes[(host, request.scheme, request.peer, request.version)] = Lane(
@@ -174,16 +179,13 @@ class Passes:
         upstream = state.client.idle(key)
         if upstream is None:
             return None                      # the long way connects (and pools it)
-        lines[0] = f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace")
-        lines.append(tail)
-        return self._send(conn, request, reply, plan, server, upstream, b"".join(lines))
+        return self._send(conn, request, reply, plan, server, upstream, path, fields, tail)
 
     def _take_lane(self, conn: Connection, request: Request, reply: Reply,
                    lane: Lane) -> "Direct | None":
         """take for a request on a known lane: only its target is looked at."""
         target = request.target
-        second = target[1:2]
-        if second == "." or (second in _FIRST_LETTERS and target.startswith(OWN_PATHS)):
+        if _edge_s_own(target):
             return None
         try:
             customer, path = route(lane.config, lane.host, target)
@@ -194,15 +196,17 @@ class Passes:
         upstream = self.state.client.idle(lane.key)
         if upstream is None:
             return None
-        head = b"".join((f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace"),
-                         request.scanned[2], lane.tail))
-        return self._send(conn, request, reply, lane.plan, lane.server, upstream, head)
+        return self._send(conn, request, reply, lane.plan, lane.server, upstream, path,
+                          request.scanned[2], lane.tail)
 
     def _send(self, conn: Connection, request: Request, reply: Reply, plan: Plan, server,
-              upstream: Upstream, head: bytes) -> "Direct":
-        """The request's `head` sent to the origin on `upstream`; its answer is relayed."""
+              upstream: Upstream, path: str, fields: bytes, tail: bytes) -> "Direct":
+        """The request sent to the origin on `upstream` (its request line for `path`,
+        the client's `fields`, the edge's `tail`); its answer is relayed."""
         relay = Direct(self, conn, request, reply, plan, server, upstream)
         self.relayed += 1
+        head = b"".join((f"{request.method} {path} HTTP/1.1\r\n".encode("latin-1", "replace"),
+                         fields, tail))
         upstream.send_direct(relay, request.method, head, plan.customer.origin.timeout,
                              reply.interim, plan.scan)
         return relay
@@ -283,9 +287,7 @@ class Direct:
             known = self._status(status)
             if known is None:
                 return
-            customer = self.plan.customer
-            lines += own_lines(incoming_via, statuses, self.request.version,
-                               self.passes.state.config.via, customer.alt_svc, known[1])
+            lines += self._own_lines(status, known[1], incoming_via, statuses)
             self.reply.start_block(status, phrase, lines, dated, length)
         except Exception:
             self._broken()
@@ -294,27 +296,35 @@ class Direct:
               incoming_via: bytes | None, statuses: tuple[bytes, ...], length: int,
               body: bytes) -> None:
         """head_lines, body and end in one: a whole response edge._heads read, not a 5xx,
-        its origin connection already free again (client.Upstream._scanned). The edge's
-        own lines are made once per status and version when the origin sent no Via or
-        Cache-Status of its own."""
+        its origin connection already free again (client.Upstream._scanned)."""
         plan = self.plan
         request, reply = self.request, self.reply
         try:
             known = self._status(status)          # never None: not a 5xx
-            plain = incoming_via is None and not statuses
-            own = plan.own.get((status, request.version)) if plain else None
-            if own is None:
-                own = own_lines(incoming_via, statuses, request.version,
-                                self.passes.state.config.via, plan.customer.alt_svc, known[1])
-                if plain:
-                    plan.own[(status, request.version)] = own
-            reply.whole(status, phrase, lines + own, dated, length, body)
+            reply.whole(status, phrase,
+                        lines + self._own_lines(status, known[1], incoming_via, statuses),
+                        dated, length, body)
         except Exception:
             return self._broken()
         size = len(body)
         plan.from_origin.value += size
         plan.to_clients.value += size
         self.conn.relay_done(request, reply)
+
+    def _own_lines(self, status: int, entry: str, incoming_via: bytes | None,
+                   statuses: tuple[bytes, ...]) -> bytes:
+        """The edge's Via, Alt-Svc and Cache-Status lines (`entry`: its Cache-Status
+        entry) after an origin head edge._heads read; made once per status and HTTP
+        version when the origin sent no Via or Cache-Status of its own."""
+        plan, version = self.plan, self.request.version
+        plain = incoming_via is None and not statuses
+        own = plan.own.get((status, version)) if plain else None
+        if own is None:
+            own = own_lines(incoming_via, statuses, version, self.passes.state.config.via,
+                            plan.customer.alt_svc, entry)
+            if plain:
+                plan.own[(status, version)] = own
+        return own
 
     def _status(self, status: int) -> tuple[Count, str] | None:
         """(requests counter, Cache-Status entry) for a response with `status`, counted;
